@@ -1,0 +1,203 @@
+"""A datasite's home: configuration, identity and secrets on the owner's disk.
+
+Layout of ``~/.dp-datasite/NAME`` (or ``--home`` / ``$DATASITE_HOME``)::
+
+    config.json          name, server id, port, database URL (no secrets)
+    secrets/             0700; signing_key and root_password, each a 0600 file
+    syft/                PySyft's SQLite database and blob files (low side: mock data only)
+    private/             0700; real datasets, never given to the PySyft server
+    results/             0700; job results waiting for the owner's release
+    server.pid, server.log
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Every environment variable the datasite reads (compose/ sets each of them).
+ENV_VARS = (
+    "DATASITE_NAME",
+    "DATASITE_HOME",
+    "DATASITE_DB_URL",
+    "DATASITE_PORT",
+    "DATASITE_ROOT_PASSWORD_FILE",
+    "DATASITE_KEY_FILE",
+)
+
+DEFAULT_PORT = 8080
+ROOT_EMAIL = "owner@dp-datasite.org"
+
+
+class SiteError(RuntimeError):
+    """An owner-side operation failed; the message says what to do."""
+
+
+@dataclass
+class SiteConfig:
+    name: str
+    server_uid: str
+    port: int = DEFAULT_PORT
+    db_url: str | None = None  # None: SQLite files under the home
+    root_email: str = ROOT_EMAIL
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def default_home(name: str) -> Path:
+    base = os.environ.get("DATASITE_HOME")
+    if base:
+        return Path(base)
+    return Path.home() / ".dp-datasite" / name
+
+
+@dataclass
+class SiteHome:
+    """Paths inside one datasite's home directory."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def key_file(self) -> Path:
+        return self.secrets / "signing_key"
+
+    @property
+    def password_file(self) -> Path:
+        return self.secrets / "root_password"
+
+    @property
+    def syft_dir(self) -> Path:
+        return self.root / "syft"
+
+    @property
+    def private(self) -> Path:
+        return self.root / "private"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def load(self) -> SiteConfig:
+        if not self.exists():
+            raise SiteError(
+                f"No datasite at {self.root}. Create it with `datasite init NAME` "
+                "(or pass the right --home)."
+            )
+        cfg = SiteConfig(**json.loads(self.config_file.read_text()))
+        if os.environ.get("DATASITE_DB_URL"):
+            cfg.db_url = os.environ["DATASITE_DB_URL"]
+        if os.environ.get("DATASITE_PORT"):
+            cfg.port = int(os.environ["DATASITE_PORT"])
+        return cfg
+
+    def save(self, cfg: SiteConfig) -> None:
+        self.config_file.write_text(cfg.to_json())
+
+    def signing_key_hex(self) -> str:
+        return _read_secret(self.key_file)
+
+    def root_password(self) -> str:
+        return _read_secret(self.password_file)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SiteError(f"Secret file {path} is missing; re-create the site with `datasite init`.")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SiteError(f"{path} is readable by other users; run `chmod 600 {path}`.")
+    return path.read_text().strip()
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+
+
+def _read_given_secret(path: Path, flag: str) -> str:
+    if not path.exists():
+        raise SiteError(f"{flag} {path}: no such file.")
+    return path.read_text().strip()
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def init_site(
+    name: str,
+    home: Path | None = None,
+    db_url: str | None = None,
+    port: int = DEFAULT_PORT,
+    root_password_file: Path | None = None,
+    key_file: Path | None = None,
+    exist_ok: bool = False,
+) -> SiteHome:
+    """Create a datasite's home: identity, signing key, root password, config."""
+    from nacl.signing import SigningKey  # PyNaCl comes with syft; no syft import needed here
+    from uuid import uuid4
+
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise SiteError(f"Invalid site name {name!r}: use letters, digits, '-' and '_'.")
+    if db_url and not db_url.startswith(("postgresql://", "postgresql+psycopg2://", "sqlite://")):
+        raise SiteError(f"--db must be a postgresql:// URL, got {db_url!r}.")
+    site = SiteHome(Path(home) if home else default_home(name))
+    if site.exists():
+        if exist_ok:
+            return site
+        raise SiteError(f"A datasite already exists at {site.root}; pick another name or --home.")
+    if key_file:
+        key_hex = _read_given_secret(Path(key_file), "--key-file")
+        if len(key_hex) != 64:
+            raise SiteError(f"{key_file} must hold a hex-encoded 32-byte ed25519 seed.")
+    else:
+        key_hex = SigningKey.generate().encode().hex()
+    if root_password_file:
+        password = _read_given_secret(Path(root_password_file), "--root-password-file")
+        if len(password) < 12 or password == "changethis":
+            raise SiteError("The root password must have at least 12 characters.")
+    else:
+        password = secrets.token_urlsafe(24)
+    site.root.mkdir(parents=True, exist_ok=True)
+    for d in (site.secrets, site.private, site.results):
+        _private_dir(d)
+    site.syft_dir.mkdir(exist_ok=True)
+    _write_secret(site.key_file, key_hex)
+    _write_secret(site.password_file, password)
+    site.save(SiteConfig(name=name, server_uid=uuid4().hex, port=port, db_url=db_url))
+    return site
+
+
+def open_site(name: str, home: Path | None = None) -> SiteHome:
+    site = SiteHome(Path(home) if home else default_home(name))
+    cfg = site.load()
+    if cfg.name != name:
+        raise SiteError(f"The datasite at {site.root} is named {cfg.name!r}, not {name!r}.")
+    return site

@@ -1,0 +1,101 @@
+"""Start, stop and probe a datasite's HTTP server process."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .config import SiteError, SiteHome
+
+
+def url_for(port: int, host: str = "127.0.0.1") -> str:
+    return f"http://{host}:{port}"
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/metadata", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def running_pid(site: SiteHome) -> int | None:
+    try:
+        pid = int(site.pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        site.pid_file.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
+       foreground: bool = False, timeout: float = 180.0) -> str:
+    """Start the server (detached unless ``foreground``); return its URL once it answers."""
+    cfg = site.load()
+    port = port or cfg.port
+    if port != cfg.port:
+        cfg.port = port
+        site.save(cfg)
+    url = url_for(port)
+    if running_pid(site):
+        if is_healthy(url):
+            return url
+        raise SiteError(f"{cfg.name} has a server process but it does not answer on {url}; "
+                        f"run `datasite down {cfg.name}` and start it again.")
+    if is_healthy(url):
+        raise SiteError(f"Port {port} is already used by another server; choose --port.")
+    cmd = [sys.executable, "-m", "datasite.server", "--home", str(site.root),
+           "--host", host, "--port", str(port)]
+    if foreground:
+        os.execv(sys.executable, cmd)
+    log = open(site.log_file, "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=str(Path.cwd()))
+    site.pid_file.write_text(f"{proc.pid} {port}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            site.pid_file.unlink(missing_ok=True)
+            tail = site.log_file.read_text(errors="replace")[-2000:]
+            raise SiteError(f"The datasite server exited during start-up; log {site.log_file}:\n{tail}")
+        if is_healthy(url):
+            return url
+        time.sleep(0.5)
+    down(site)
+    raise SiteError(f"The datasite did not answer on {url} within {timeout:.0f}s; see {site.log_file}.")
+
+
+def down(site: SiteHome, timeout: float = 20.0) -> bool:
+    """Stop the server; return False if it was not running."""
+    pid = running_pid(site)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            # reap if it is our child (tests start servers from the same process)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    site.pid_file.unlink(missing_ok=True)
+    return True

@@ -70,13 +70,20 @@ def build_worker(site: SiteHome):
     from syft.server.datasite import Datasite
     from syft.server.server import ServerSideType
     from syft.store.blob_storage.on_disk import OnDiskBlobStorageClientConfig, OnDiskBlobStorageConfig
-    from syft.store.db.db import DBConfig
     from syft.store.db.sqlite import SQLiteDBConfig
     from syft.types.uid import UID
     from syft.server.credentials import SyftSigningKey
 
     if cfg.db_url:
-        db_config = DBConfig.from_connection_string(cfg.db_url)
+        from urllib.parse import urlparse
+
+        from syft.store.db.postgres import PostgresDBConfig
+
+        url = urlparse(cfg.db_url)
+        # syft's own URL parser requires a password; trust/peer auth has none
+        db_config = PostgresDBConfig(host=url.hostname or "127.0.0.1", port=url.port or 5432,
+                                     user=url.username or "postgres", password=url.password or "",
+                                     database=url.path.lstrip("/"))
     else:
         db_config = SQLiteDBConfig(filename="syft.db", path=site.syft_dir)
     blob = OnDiskBlobStorageConfig(

@@ -1,0 +1,177 @@
+"""`datasite` command line: the owner's workflow. Every command is a call into datasite.owner."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_PORT, SiteError, init_site, open_site
+
+
+def _site(args):
+    from .owner import OwnerSite
+
+    return OwnerSite(open_site(args.name, args.home))
+
+
+def cmd_init(args) -> None:
+    site = init_site(args.name, home=args.home, db_url=args.db, port=args.port,
+                     root_password_file=args.root_password_file, key_file=args.key_file,
+                     exist_ok=args.exist_ok)
+    print(f"Datasite {args.name} ready in {site.root}")
+    print(f"  root login: {site.load().root_email}; password in {site.password_file} (mode 0600)")
+    print(f"  start it with: datasite up {args.name}" + (f" --home {args.home}" if args.home else ""))
+
+
+def cmd_up(args) -> None:
+    from . import lifecycle
+
+    url = lifecycle.up(open_site(args.name, args.home), port=args.port, host=args.host,
+                       foreground=args.foreground)
+    print(f"Datasite {args.name} is up at {url}")
+
+
+def cmd_down(args) -> None:
+    from . import lifecycle
+
+    stopped = lifecycle.down(open_site(args.name, args.home))
+    print(f"Datasite {args.name} stopped." if stopped else f"Datasite {args.name} was not running.")
+
+
+def cmd_upload(args) -> None:
+    meta = _site(args).upload(args.dataset, table=args.table, label=args.label, images=args.images,
+                              labels=args.labels, npz=args.npz, mock=args.mock,
+                              description=args.description or "")
+    print(f"Uploaded {meta.name}: {meta.kind}, {meta.n_records} records, labels {meta.labels}; "
+          "mock published, real data kept on this machine.")
+
+
+def cmd_users_add(args) -> None:
+    if args.password_file:
+        password = Path(args.password_file).read_text().strip()
+    else:
+        password = getpass.getpass(f"Password for {args.email}: ")
+        if getpass.getpass("Again: ") != password:
+            raise SiteError("The passwords differ.")
+    _site(args).add_user(args.email, password, name=args.full_name)
+    print(f"Registered researcher {args.email} on {args.name}.")
+
+
+def cmd_review(args) -> None:
+    items = _site(args).review(include_done=args.all)
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+        return
+    if not items:
+        print("No pending requests.")
+    for it in items:
+        print(f"Request {it['request_id'][:8]}  [{it['state']}]  from {it['researcher']}  "
+              f"submitted {it['submitted']}")
+        print(f"  dataset: {it['dataset']}   job: {it['kind']}")
+        if it["template"]:
+            print("  code: recognised dp-datasite job template (only the spec differs)")
+            for k, v in sorted(it["spec"].items()):
+                print(f"    {k} = {v}")
+            print(f"  checks against the real data: {it['validation']}")
+        else:
+            print("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it:")
+            for line in it["code"].splitlines():
+                print(f"    | {line}")
+        print()
+
+
+def cmd_run(args) -> None:
+    summary = _site(args).run(args.request, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"Release it with: datasite release {args.name} {args.request}")
+
+
+def cmd_release(args) -> None:
+    _site(args).release(args.request)
+    print(f"Released request {args.request} to its researcher.")
+
+
+def cmd_deny(args) -> None:
+    _site(args).deny(args.request, args.reason)
+    print(f"Denied request {args.request}: {args.reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="datasite", description="Run a dp-datasite (data owner).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, fn, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("name", help="datasite name")
+        s.add_argument("--home", type=Path, default=None,
+                       help="site home (default ~/.dp-datasite/NAME or $DATASITE_HOME)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = cmd("init", cmd_init, "create a datasite: keys, root password, config")
+    s.add_argument("--db", default=os.environ.get("DATASITE_DB_URL"),
+                   help="PostgreSQL URL (default: SQLite files in the home)")
+    s.add_argument("--port", type=int, default=int(os.environ.get("DATASITE_PORT", DEFAULT_PORT)))
+    s.add_argument("--root-password-file", type=Path,
+                   default=os.environ.get("DATASITE_ROOT_PASSWORD_FILE"))
+    s.add_argument("--key-file", type=Path, default=os.environ.get("DATASITE_KEY_FILE"))
+    s.add_argument("--exist-ok", action="store_true", help="do nothing if it already exists")
+
+    s = cmd("up", cmd_up, "start the datasite's HTTP server")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--foreground", action="store_true", help="run in this process (containers)")
+    cmd("down", cmd_down, "stop the datasite")
+
+    s = cmd("upload", cmd_upload, "import a real dataset and publish its mock")
+    s.add_argument("dataset")
+    s.add_argument("--table", help="CSV or Parquet file")
+    s.add_argument("--label", help="label column of the table")
+    s.add_argument("--images", help="folder of PNG/JPEG images")
+    s.add_argument("--labels", help="labels.csv for --images (filename,label)")
+    s.add_argument("--npz", help=".npz file in MedMNIST layout")
+    s.add_argument("--mock", default="synthetic")
+    s.add_argument("--description", default="")
+
+    users = sub.add_parser("users", help="manage researchers").add_subparsers(dest="users_cmd",
+                                                                              required=True)
+    s = users.add_parser("add", help="register a researcher")
+    s.add_argument("name")
+    s.add_argument("email")
+    s.add_argument("--home", type=Path, default=None)
+    s.add_argument("--password-file", help="file holding the password (else prompt)")
+    s.add_argument("--full-name", default=None)
+    s.set_defaults(fn=cmd_users_add)
+
+    s = cmd("review", cmd_review, "list pending requests")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="include released and denied requests")
+    s = cmd("run", cmd_run, "run an approved job on the private data")
+    s.add_argument("request")
+    s.add_argument("--quiet", action="store_true")
+    s = cmd("release", cmd_release, "send a job's result back")
+    s.add_argument("request")
+    s = cmd("deny", cmd_deny, "refuse a request")
+    s.add_argument("request")
+    s.add_argument("--reason", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except SiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # IngestError and SpecError are ValueErrors with user-facing text
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

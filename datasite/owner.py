@@ -1,0 +1,334 @@
+"""The data owner's operations, as a Python API (the CLI is a thin layer over this).
+
+The PySyft server is the *low side*: mock data, users, code requests. The owner's process is
+the *high side*: real data on disk, the trusted job runner, the record of every execution.
+A request moves: pending (on the server) -> running -> ran -> released | denied (| failed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shared.data import DatasetMeta
+from shared.template import recognise
+
+from . import lifecycle
+from .config import SiteError, SiteHome, open_site
+from .state import loads, open_state
+from .storage import read_private, remove_private, write_private
+
+
+class OwnerSite:
+    """One datasite, seen by its owner."""
+
+    def __init__(self, site: SiteHome):
+        self.home = site
+        self.config = site.load()
+        self.state = open_state(site)
+        self._client = None
+
+    @classmethod
+    def open(cls, name: str, home: Path | None = None) -> "OwnerSite":
+        return cls(open_site(name, home))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def url(self) -> str:
+        return lifecycle.url_for(self.config.port)
+
+    # -- server ------------------------------------------------------------------------------
+    def up(self, port: int | None = None) -> str:
+        url = lifecycle.up(self.home, port=port)
+        self.config = self.home.load()
+        return url
+
+    def down(self) -> bool:
+        self._client = None
+        return lifecycle.down(self.home)
+
+    @property
+    def client(self):
+        """Root client of the low side (logs in on first use)."""
+        if self._client is None:
+            if not lifecycle.is_healthy(self.url):
+                raise SiteError(f"Datasite {self.name} is not running at {self.url}; "
+                                f"start it with `datasite up {self.name}`.")
+            import syft as sy
+
+            self._client = sy.login(url=self.url, email=self.config.root_email,
+                                    password=self.home.root_password())
+        return self._client
+
+    # -- datasets ----------------------------------------------------------------------------
+    def upload(self, dataset: str, *, table: str | None = None, label: str | None = None,
+               images: str | None = None, labels: str | None = None, npz: str | None = None,
+               mock: str = "synthetic", description: str = "", seed: int = 0) -> DatasetMeta:
+        """Import real data, build its mock, publish the mock and the metadata."""
+        from . import ingest
+        from .mock import synthetic_mock
+
+        sources = [x for x in (table, images, npz) if x]
+        if len(sources) != 1:
+            raise SiteError("Give exactly one of --table FILE, --images DIR or --npz FILE.")
+        if mock != "synthetic":
+            raise SiteError(f"Unknown mock kind {mock!r}; the only one is 'synthetic'.")
+        if self.state.dataset(dataset) or dataset in self._server_dataset_names():
+            raise SiteError(f"A dataset named {dataset!r} already exists on {self.name}; "
+                            "choose another name.")
+        if table:
+            if not label:
+                raise SiteError("A table needs --label COLUMN (the column to predict).")
+            payload, meta = ingest.load_table(table, label=label, name=dataset)
+        elif images:
+            if not labels:
+                raise SiteError("An image folder needs --labels labels.csv (filename,label).")
+            payload, meta = ingest.load_images(images, labels, name=dataset)
+        else:
+            payload, meta = ingest.load_npz(npz, name=dataset)
+        if description:
+            meta.description = description
+        mock_payload = synthetic_mock(payload, meta, seed=seed)
+
+        path = write_private(self.home.private, meta, payload)
+        try:
+            self._publish(meta, mock_payload)
+            self.state.add_dataset(dataset, meta.kind, meta.to_json(), str(path))
+        except BaseException:
+            remove_private(path)
+            self._unpublish(dataset)
+            raise
+        return meta
+
+    def _server_dataset_names(self) -> list[str]:
+        return [d.name for d in self.client.datasets.get_all()]
+
+    def _publish(self, meta: DatasetMeta, mock_payload) -> None:
+        import syft as sy
+
+        ds = sy.Dataset(name=meta.name, summary=f"{meta.kind}, {meta.n_records} records",
+                        description=describe(meta))
+        # The low side never holds real data: its "private" asset is the mock as well.
+        ds.add_asset(sy.Asset(name=meta.name, data=mock_payload, mock=mock_payload))
+        result = self.client.upload_dataset(ds)
+        if isinstance(result, sy.SyftError):
+            raise SiteError(f"Publishing {meta.name} failed: {result.message}")
+
+    def _unpublish(self, dataset: str) -> None:
+        try:
+            for d in self.client.datasets.get_all():
+                if d.name == dataset:
+                    self.client.api.services.dataset.delete(uid=d.id)
+        except Exception:  # cleanup after a failure must not hide the original error
+            pass
+
+    def datasets(self) -> dict[str, DatasetMeta]:
+        out = {}
+        for name in self.state.dataset_names():
+            out[name] = DatasetMeta.from_json(self.state.dataset(name)["meta_json"])
+        return out
+
+    # -- users -------------------------------------------------------------------------------
+    def add_user(self, email: str, password: str, name: str | None = None,
+                 institution: str = "") -> None:
+        if len(password) < 8:
+            raise SiteError("Choose a password of at least 8 characters for the researcher.")
+        existing = [u.email for u in self.client.users.get_all()]
+        if email in existing:
+            raise SiteError(f"{email} is already registered on {self.name}.")
+        res = self.client.users.create(email=email, name=name or email.split("@")[0],
+                                       password=password, password_verify=password,
+                                       institution=institution or None)
+        import syft as sy
+
+        if isinstance(res, sy.SyftError):
+            raise SiteError(f"Could not register {email}: {res.message}")
+
+    # -- requests ----------------------------------------------------------------------------
+    def _syft_requests(self) -> dict[str, Any]:
+        return {r.id.to_string(): r for r in self.client.requests.get_all()}
+
+    def _syft_request(self, request_id: str):
+        reqs = self._syft_requests()
+        matches = [k for k in reqs if k.startswith(request_id)]
+        if len(matches) != 1:
+            known = ", ".join(k[:8] for k in reqs) or "none"
+            raise SiteError(f"No request {request_id!r} on {self.name} (known: {known}). "
+                            f"List them with `datasite review {self.name}`.")
+        return matches[0], reqs[matches[0]]
+
+    def describe_request(self, request_id: str, req=None) -> dict:
+        """Who asked what, whether the code is a recognised template, and its spec."""
+        if req is None:
+            request_id, req = self._syft_request(request_id)
+        code = req.code
+        source = code.raw_code
+        spec = recognise(source)
+        user = req.requesting_user_email
+        own = self.state.request(request_id) or {}
+        info = {
+            "request_id": request_id,
+            "researcher": user,
+            "submitted": str(req.request_time),
+            "function": code.service_func_name,
+            "template": spec is not None,
+            "kind": spec.get("kind") if spec else "custom",
+            "dataset": spec.get("dataset") if spec else _asset_names(code),
+            "spec": spec,
+            "server_status": req.status.name.lower(),
+            "state": own.get("state") or ("denied" if req.status.name == "REJECTED" else "pending"),
+            "validation": None,
+        }
+        if spec is None:
+            info["code"] = source
+        else:
+            info["validation"] = self._validate(spec)
+        return info
+
+    def review(self, include_done: bool = False) -> list[dict]:
+        out = []
+        for rid, req in self._syft_requests().items():
+            info = self.describe_request(rid, req)
+            if include_done or info["state"] in ("pending", "ran", "failed"):
+                out.append(info)
+        return out
+
+    def _validate(self, spec: dict) -> str:
+        """'ok' or the reason the spec cannot run here -- checked against the REAL metadata."""
+        from shared.specs import SpecError, spec_from_dict
+
+        try:
+            job = spec_from_dict(spec)
+            row = self.state.dataset(spec.get("dataset", ""))
+            if row is None:
+                raise SpecError(f"unknown dataset {spec.get('dataset')!r} on {self.name}")
+            job.validate(DatasetMeta.from_json(row["meta_json"]))
+        except (SpecError, TypeError, ValueError) as e:
+            return str(e)
+        return "ok"
+
+    def run(self, request_id: str, progress: bool = True) -> dict:
+        """Run a recognised job once on the real data; keep the result for review."""
+        request_id, req = self._syft_request(request_id)
+        info = self.describe_request(request_id, req)
+        if info["state"] == "denied":
+            raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
+        if info["spec"] is None:
+            raise SiteError(
+                f"Request {request_id[:8]} is custom code, not a dp-datasite job template. "
+                "The trusted runner only runs recognised jobs, whose privacy cost it can price. "
+                f"Read it with `datasite review {self.name}` and deny it with a reason.")
+        if info["validation"] != "ok":
+            raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
+        spec = info["spec"]
+        row = self.state.dataset(spec["dataset"])
+        claimed = self.state.claim_for_run(
+            request_id, dataset=spec["dataset"], researcher=info["researcher"],
+            func_name=info["function"], spec_json=json.dumps(spec, sort_keys=True))
+        if not claimed:
+            raise SiteError(f"Request {request_id[:8]} already ran on the private data "
+                            f"(state: {self.state.request(request_id)['state']}); "
+                            "a job runs at most once.")
+        result_path = self.home.results / f"{request_id}.pkl"
+        execution = self.state.start_execution(request_id, spec["dataset"])
+        try:
+            _run_subprocess(spec, row["path"], result_path, progress)
+        except BaseException as e:
+            self.state.finish_execution(execution, "failed")
+            self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
+            raise
+        self.state.finish_execution(execution, "ok")
+        with open(result_path, "rb") as f:
+            result = pickle.load(f)
+        summary = summarise(result)
+        self.state.set_state(request_id, "ran", result_path=str(result_path),
+                             summary_json=json.dumps(summary))
+        return summary
+
+    def release(self, request_id: str) -> dict:
+        """Send a run's result back to the researcher."""
+        request_id, req = self._syft_request(request_id)
+        own = self.state.request(request_id)
+        if own is None or own["state"] not in ("ran", "released"):
+            state = own["state"] if own else "pending"
+            raise SiteError(f"Request {request_id[:8]} is {state}: only a job that ran can be "
+                            f"released (run it with `datasite run {self.name} {request_id[:8]}`).")
+        if own["state"] == "released":
+            raise SiteError(f"Request {request_id[:8]} was already released.")
+        with open(own["result_path"], "rb") as f:
+            result = pickle.load(f)
+        req.deposit_result(result)
+        self.state.set_state(request_id, "released")
+        return loads(own["summary_json"])
+
+    def deny(self, request_id: str, reason: str) -> None:
+        if not reason or not reason.strip():
+            raise SiteError("Say why with --reason: the researcher sees it.")
+        request_id, req = self._syft_request(request_id)
+        own = self.state.request(request_id)
+        if own and own["state"] == "released":
+            raise SiteError(f"Request {request_id[:8]} was already released; it cannot be denied.")
+        import syft as sy
+
+        res = req.deny(reason=reason)
+        if isinstance(res, sy.SyftError):
+            raise SiteError(f"Deny failed: {res.message}")
+        self.state.set_state(request_id, "denied", reason=reason)
+
+    def executions(self, request_id: str | None = None) -> int:
+        """How many times any job (or this request) touched the private data."""
+        return self.state.execution_count(request_id)
+
+
+def _asset_names(code) -> str:
+    try:
+        return ", ".join(code.assets.keys()) if hasattr(code.assets, "keys") else str(code.assets)
+    except Exception:
+        return "?"
+
+
+def describe(meta: DatasetMeta) -> str:
+    """Dataset description as published: prose plus the machine-readable metadata."""
+    return f"{meta.description}\n\n```json dp-datasite-meta\n{meta.to_json()}\n```\n"
+
+
+def summarise(result: dict) -> dict:
+    """What the owner sees before releasing: metrics and privacy, no model bytes."""
+    return {"kind": result.get("kind"), "metrics": result.get("metrics"),
+            "privacy": {k: v for k, v in (result.get("privacy") or {}).items() if k != "event"}}
+
+
+def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), dataset_dir, str(result_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)
+    bar = None
+    for line in proc.stdout:
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "progress" in msg and progress:
+            done, total = msg["progress"]
+            if bar is None:
+                bar = tqdm(total=total, desc=f"job {spec['kind']}", unit="step")
+            bar.n = done
+            bar.refresh()
+    code = proc.wait()
+    errfile.seek(0)
+    err = errfile.read()
+    if bar is not None:
+        bar.close()
+    if code != 0 or not result_path.exists():
+        raise SiteError(f"The job failed (exit {code}):\n{err[-3000:]}")

@@ -1,0 +1,35 @@
+"""Runs one approved job on private data, in its own process (CUDA never touches the server).
+
+``python -m datasite.runner SPEC_JSON DATASET_DIR RESULT_FILE`` prints progress as JSON lines
+and writes the result (a pickle the owner's own process produced and alone reads).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+from shared.runner import run_job
+
+from .storage import read_private
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec_json, dataset_dir, result_file = (argv or sys.argv[1:])[:3]
+    data, meta = read_private(Path(dataset_dir))
+
+    def progress(done: int, total: int) -> None:
+        print(json.dumps({"progress": [done, total]}), flush=True)
+
+    result = run_job(json.loads(spec_json), data, meta, progress=progress)
+    tmp = Path(result_file).with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    tmp.rename(result_file)
+    print(json.dumps({"done": True}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

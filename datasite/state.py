@@ -1,0 +1,160 @@
+"""The owner's own records, in the datasite's database (SQLite file or PostgreSQL).
+
+PySyft's database holds the low side; these tables hold what only the owner knows: where the
+real data is, and every request's life on the private side, including each execution on
+private data (the proof that nothing ran twice).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import (Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text,
+                        create_engine, event, func, insert, select, update)
+from sqlalchemy.engine import Engine
+
+from .config import SiteHome
+
+metadata = MetaData()
+
+datasets = Table(
+    "dpds_datasets", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("meta_json", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+requests = Table(
+    "dpds_requests", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("dataset", String(200)),
+    Column("researcher", String(320)),
+    Column("func_name", String(200)),
+    Column("spec_json", Text),
+    Column("state", String(20), nullable=False),  # running, ran, failed, released, denied
+    Column("result_path", Text),
+    Column("reason", Text),
+    Column("summary_json", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+executions = Table(
+    "dpds_executions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("dpds_requests.request_id"), nullable=False),
+    Column("dataset", String(200), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("outcome", String(20)),  # ok, failed
+)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def engine_for(site: SiteHome) -> Engine:
+    cfg = site.load()
+    url = cfg.db_url or f"sqlite:///{site.root / 'state.db'}"
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    engine = create_engine(url, future=True)
+    if url.startswith("sqlite"):
+        # SQLite ignores SELECT ... FOR UPDATE; take the write lock when a transaction begins
+        # so that two owners' processes cannot both claim the same request.
+        @event.listens_for(engine, "connect")
+        def _no_implicit_transactions(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA busy_timeout = 30000")
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    metadata.create_all(engine)
+    return engine
+
+
+class State:
+    """Small typed accessors over the owner's tables."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # datasets
+    def add_dataset(self, name: str, kind: str, meta_json: str, path: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(datasets).values(name=name, kind=kind, meta_json=meta_json,
+                                              path=path, created_at=now()))
+
+    def remove_dataset(self, name: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(datasets.delete().where(datasets.c.name == name))
+
+    def dataset(self, name: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    def dataset_names(self) -> list[str]:
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(select(datasets.c.name).order_by(datasets.c.name))]
+
+    # requests
+    def request(self, request_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(requests).where(requests.c.request_id == request_id)).mappings().first()
+        return dict(row) if row else None
+
+    def claim_for_run(self, request_id: str, **fields) -> bool:
+        """Atomically move a request into 'running'; False if it was ever run before."""
+        with self.engine.begin() as c:
+            row = c.execute(select(requests.c.state).where(requests.c.request_id == request_id)
+                            .with_for_update()).first()
+            if row is None:
+                c.execute(insert(requests).values(request_id=request_id, state="running",
+                                                  updated_at=now(), **fields))
+                return True
+            if row[0] != "failed":
+                return False
+            c.execute(update(requests).where(requests.c.request_id == request_id)
+                      .values(state="running", updated_at=now(), **fields))
+            return True
+
+    def set_state(self, request_id: str, state: str, **fields) -> None:
+        with self.engine.begin() as c:
+            exists = c.execute(select(requests.c.request_id)
+                               .where(requests.c.request_id == request_id)).first()
+            if exists:
+                c.execute(update(requests).where(requests.c.request_id == request_id)
+                          .values(state=state, updated_at=now(), **fields))
+            else:
+                c.execute(insert(requests).values(request_id=request_id, state=state,
+                                                  updated_at=now(), **fields))
+
+    # executions on private data
+    def start_execution(self, request_id: str, dataset: str) -> int:
+        with self.engine.begin() as c:
+            return c.execute(insert(executions).values(
+                request_id=request_id, dataset=dataset, started_at=now())).inserted_primary_key[0]
+
+    def finish_execution(self, execution_id: int, outcome: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(executions).where(executions.c.id == execution_id)
+                      .values(finished_at=now(), outcome=outcome))
+
+    def execution_count(self, request_id: str | None = None) -> int:
+        q = select(func.count()).select_from(executions)
+        if request_id is not None:
+            q = q.where(executions.c.request_id == request_id)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
+
+def open_state(site: SiteHome) -> State:
+    return State(engine_for(site))
+
+
+def loads(text: str | None):
+    return json.loads(text) if text else None

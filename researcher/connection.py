@@ -1,0 +1,103 @@
+"""Connecting to a datasite and browsing its datasets (mock data and metadata only)."""
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+from shared.data import DatasetMeta
+
+from .errors import ConnectError, ResearcherError
+
+_META = re.compile(r"```json dp-datasite-meta\n(.*?)\n```", re.S)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v2/metadata", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def connect(url: str, email: str, password: str) -> "Site":
+    """Log in to a datasite as a researcher."""
+    if not _reachable(url):
+        raise ConnectError(f"No datasite answers at {url}. Check the address, or ask the data "
+                           "owner to start it (`datasite up NAME`).")
+    import syft as sy
+
+    try:
+        client = sy.login(url=url, email=email, password=password)
+    except Exception as e:  # syft raises SyftException with a generic text
+        raise ConnectError(f"Login to {url} as {email} failed: wrong email or password? "
+                           f"({str(e).strip().splitlines()[-1][:200]})") from None
+    if isinstance(client, sy.SyftError):
+        raise ConnectError(f"Login to {url} as {email} failed: {client.message}")
+    return Site(url, email, client)
+
+
+class RemoteDataset:
+    """A dataset as a researcher sees it: metadata and mock data; the real data stays home."""
+
+    def __init__(self, meta: DatasetMeta, asset):
+        self.meta = meta
+        self._asset = asset
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def mock(self):
+        return self._asset.mock
+
+    def __repr__(self) -> str:
+        m = self.meta
+        shape = m.image_shape if m.image_shape else f"{len(m.features)} features"
+        return f"<dataset {m.name}: {m.kind}, {m.n_records} records, {shape}, labels {m.labels}>"
+
+
+class DatasetCatalog(dict):
+    def __missing__(self, key):
+        raise ResearcherError(f"No dataset {key!r} on this datasite; available: {sorted(self)}.")
+
+    def __repr__(self) -> str:
+        return "\n".join(repr(v) for v in self.values()) or "<no datasets>"
+
+
+class Site:
+    """A logged-in researcher's view of one datasite."""
+
+    def __init__(self, url: str, email: str, client):
+        self.url = url
+        self.email = email
+        self.client = client
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    @property
+    def datasets(self) -> DatasetCatalog:
+        out = DatasetCatalog()
+        for ds in self.client.datasets.get_all():
+            match = _META.search(ds.description.text if hasattr(ds.description, "text")
+                                 else str(ds.description))
+            if not match:
+                continue  # not published by dp-datasite
+            out[ds.name] = RemoteDataset(DatasetMeta(**json.loads(match.group(1))), ds.assets[0])
+        return out
+
+    def submit(self, job) -> "JobRequest":
+        from .requests import submit
+
+        return submit(self, job)
+
+    def request(self, request_id: str) -> "JobRequest":
+        from .requests import JobRequest
+
+        return JobRequest.find(self, request_id)
+
+    def __repr__(self) -> str:
+        return f"<datasite {self.name} at {self.url} as {self.email}>"

@@ -1,0 +1,114 @@
+"""Submitting a job, waiting for the owner's decision, and decoding the released result."""
+from __future__ import annotations
+
+import time
+
+from shared.template import compile_function, func_name_for, render
+
+from .errors import JobDenied, JobTimeout, ResearcherError
+from .results import JobResult
+
+
+def submit(site, job) -> "JobRequest":
+    """Validate ``job`` against the published metadata, then send it as a code request."""
+    import syft as sy
+
+    spec = job.spec
+    remote = site.datasets[spec.dataset]
+    spec.validate(remote.meta)  # the owner validates again against the real data
+    source = render(spec.to_dict())
+    fn = compile_function(source, {"sy": sy, "asset": remote._asset})
+    res = site.client.code.request_code_execution(fn)
+    if isinstance(res, sy.SyftError):
+        raise ResearcherError(f"Submission failed: {res.message}")
+    return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict()), spec.dataset)
+
+
+class JobRequest:
+    """A submitted job. ``wait()`` returns its result once the owner releases it."""
+
+    def __init__(self, site, request_id: str, func_name: str, dataset: str):
+        self.site = site
+        self.id = request_id
+        self.func_name = func_name
+        self.dataset = dataset
+        self._result: JobResult | None = None
+
+    @classmethod
+    def find(cls, site, request_id: str) -> "JobRequest":
+        for req in site.client.requests.get_all():
+            rid = req.id.to_string()
+            if rid.startswith(request_id):
+                code = req.code
+                dataset = next(iter(code.assets.keys()), "") if hasattr(code.assets, "keys") else ""
+                return cls(site, rid, code.service_func_name, dataset)
+        raise ResearcherError(f"No request {request_id!r} of yours on {site.name}.")
+
+    def _syft_request(self):
+        for req in self.site.client.requests.get_all():
+            if req.id.to_string() == self.id:
+                return req
+        raise ResearcherError(f"Request {self.id[:8]} is no longer on {self.site.name}.")
+
+    def status(self) -> str:
+        """'pending' (waiting for the owner), 'denied' or 'released'."""
+        if self._result is not None:
+            return "released"
+        req = self._syft_request()
+        if req.status.name == "REJECTED":
+            return "denied"
+        return "released" if self._try_fetch() else "pending"
+
+    def denial_reason(self) -> str | None:
+        req = self._syft_request()
+        if req.status.name != "REJECTED":
+            return None
+        return req.code.status.first_denial_reason
+
+    def _try_fetch(self) -> bool:
+        fn = getattr(self.site.client.code, self.func_name, None)
+        if fn is None:
+            return False
+        asset = self.site.datasets[self.dataset]._asset
+        try:
+            out = fn(data=asset)
+        except Exception:  # "waiting for approval": nothing released yet
+            return False
+        value = out.get() if hasattr(out, "get") else out
+        if not isinstance(value, dict) or "kind" not in value:
+            return False
+        self._result = JobResult(value)
+        return True
+
+    def wait(self, timeout: float | None = 3600, poll: float = 2.0, progress: bool = True) -> JobResult:
+        """Block until the owner releases the result (or denies it, or ``timeout`` passes)."""
+        from tqdm.auto import tqdm
+
+        start = time.monotonic()
+        bar = tqdm(desc=f"{self.func_name[:28]}: waiting for the data owner", unit="s",
+                   disable=not progress, bar_format="{desc} {elapsed}")
+        try:
+            while True:
+                state = self.status()
+                if state == "released":
+                    bar.set_description_str(f"{self.func_name[:28]}: released")
+                    return self._result
+                if state == "denied":
+                    raise JobDenied(self.id, self.denial_reason() or "no reason given")
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise JobTimeout(f"Request {self.id[:8]} is still pending after {timeout:.0f}s; "
+                                     "call wait() again later, or ask the data owner.")
+                bar.update(0)
+                bar.refresh()
+                time.sleep(poll)
+        finally:
+            bar.close()
+
+    @property
+    def result(self) -> JobResult:
+        if self._result is None and not self._try_fetch():
+            raise ResearcherError(f"Request {self.id[:8]} has no released result yet; use wait().")
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<request {self.id[:8]} {self.func_name} on {self.site.name}>"

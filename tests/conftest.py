@@ -1,0 +1,66 @@
+"""Fixtures: real datasites (HTTP servers on 127.0.0.1) with SQLite or PostgreSQL storage."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("DPDS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_database() -> str:
+    """A fresh PostgreSQL database for one site; skipped nowhere: PostgreSQL must be there."""
+    import psycopg2
+
+    name = f"dpds_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect(PG_ADMIN_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def make_site(root: Path, name: str, backend: str = "sqlite"):
+    from datasite.config import init_site
+    from datasite.owner import OwnerSite
+
+    db = _pg_database() if backend == "postgres" else None
+    home = init_site(name, home=root / name, db_url=db, port=free_port())
+    site = OwnerSite(home)
+    site.up()
+    return site
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory):
+    from datasite.demo_data import write_breast_cancer_csv, write_synthetic_cxr_npz
+
+    d = tmp_path_factory.mktemp("demo")
+    write_breast_cancer_csv(d / "breast_cancer.csv")
+    write_synthetic_cxr_npz(d / "cxr.npz", n_train=300, n_val=50, n_test=50, size=28, seed=0)
+    return d
+
+
+RESEARCHER = ("alice@uni.edu", "alice-password-1")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live_site(request, tmp_path_factory, demo_files):
+    """A running datasite with the breast-cancer table and one registered researcher."""
+    site = make_site(tmp_path_factory.mktemp("site"), f"hosp-{request.param}", request.param)
+    try:
+        site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"), label="diagnosis")
+        site.add_user(*RESEARCHER, name="Alice")
+        yield site
+    finally:
+        site.down()

@@ -1,0 +1,49 @@
+"""The two notebooks, executed as an owner and a researcher would, against a live datasite."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+NB = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _execute(name: str, env: dict) -> None:
+    nb = nbformat.read(NB / name, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(NB.parent)}})
+    client.execute(env=dict(os.environ, **env))  # the kernel gets its own environment
+
+
+def test_owner_and_researcher_notebooks(tmp_path):
+    from datasite.config import open_site
+    from datasite import lifecycle
+
+    port = free_port()
+    env = {"DPDS_NB_HOME": str(tmp_path), "DPDS_NB_PORT": str(port),
+           "DPDS_NB_URL": f"http://127.0.0.1:{port}", "DPDS_NB_PASSWORD": "alice-notebook-pw",
+           "DPDS_NB_TIMEOUT": "300", "DPDS_NB_WAIT": "0"}
+    try:
+        _execute("owner.ipynb", env)  # set up: site, data, researcher
+        errors = []
+
+        def researcher_side():
+            try:
+                _execute("researcher.ipynb", env)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        t = threading.Thread(target=researcher_side)
+        t.start()
+        _execute("owner.ipynb", dict(env, DPDS_NB_WAIT="300"))  # review, run, release
+        t.join(timeout=400)
+        assert not t.is_alive() and not errors, errors
+    finally:
+        lifecycle.down(open_site("hospital-a", tmp_path / "hospital-a"))

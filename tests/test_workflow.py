@@ -1,0 +1,106 @@
+"""The whole owner/researcher journey against a real HTTP datasite (SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import researcher
+from datasite.config import SiteError
+from researcher import jobs
+from researcher.errors import JobDenied, ResearcherError
+
+from conftest import RESEARCHER
+
+pytestmark = pytest.mark.slow
+
+
+def _job(**kw):
+    args = dict(dataset="breast_cancer", label="diagnosis", epsilon=3.0, delta=1e-5, epochs=3,
+                batch_size=64, clip_norm=1.0)
+    args.update(kw)
+    return jobs.DPSGD(**args)
+
+
+def test_submit_run_release_and_restart(live_site, demo_files):
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    ds = site.datasets["breast_cancer"]
+    assert ds.meta.n_records == 569 and ds.meta.labels == [0, 1]
+    real = pd.read_csv(demo_files / "breast_cancer.csv")
+    mock = ds.mock
+    assert list(mock.columns) == list(real.columns)
+    assert set(mock["diagnosis"]) == {0, 1}
+    # no real record appears in the mock
+    merged = mock.merge(real, how="inner", on=list(real.columns))
+    assert len(merged) == 0
+
+    mock_result = _job().run_on_mock(site)
+    assert 0.0 <= mock_result.metrics["test_accuracy"] <= 1.0
+
+    req = site.submit(_job())
+    assert req.status() == "pending"
+    pending = {r["request_id"]: r for r in live_site.review()}
+    info = pending[req.id]
+    assert info["template"] is True and info["kind"] == "dpsgd_table"
+    assert info["researcher"] == RESEARCHER[0] and info["validation"] == "ok"
+
+    summary = live_site.run(req.id, progress=False)
+    assert summary["metrics"]["test_accuracy"] > 0.8
+    assert req.status() == "pending"  # ran, but not released: nothing visible yet
+    with pytest.raises(ResearcherError):
+        _ = req.result
+
+    live_site.release(req.id)
+    result = req.wait(timeout=60, progress=False)
+    assert result.metrics["test_accuracy"] == summary["metrics"]["test_accuracy"]
+    assert 0 < result.privacy["epsilon"] <= 3.0 + 1e-6
+    model = result.model  # loadable without syft
+    assert sum(p.numel() for p in model.parameters()) == 31 * 2 or sum(
+        p.numel() for p in model.parameters()) > 0
+
+    # restart: datasets, users, requests and results survive
+    live_site.down()
+    live_site.up()
+    site2 = researcher.connect(live_site.url, *RESEARCHER)
+    assert "breast_cancer" in site2.datasets
+    again = site2.request(req.id[:8])
+    assert again.wait(timeout=30, progress=False).metrics == result.metrics
+    assert live_site.executions(req.id) == 1
+
+
+def test_deny_reaches_researcher(live_site):
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    req = site.submit(_job(epsilon=1.5))
+    live_site.deny(req.id, reason="epsilon too large for this cohort")
+    with pytest.raises(JobDenied, match="epsilon too large"):
+        req.wait(timeout=30, progress=False)
+    with pytest.raises(SiteError, match="denied"):
+        live_site.run(req.id, progress=False)
+    assert live_site.executions(req.id) == 0
+
+
+def test_spec_checked_on_submission(live_site):
+    from shared.specs import SpecError
+
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    for bad, words in [(dict(epsilon=0.0), "epsilon"), (dict(delta=0.01), "delta"),
+                       (dict(batch_size=10_000), "batch"), (dict(label="age"), "label")]:
+        with pytest.raises(SpecError, match=words):
+            site.submit(_job(**bad))
+    with pytest.raises(ResearcherError, match="No dataset"):
+        site.submit(_job(dataset="nope"))
+
+
+def test_clear_errors(live_site, tmp_path):
+    from researcher.errors import ConnectError
+
+    with pytest.raises(ConnectError, match="wrong email or password"):
+        researcher.connect(live_site.url, RESEARCHER[0], "not-the-password")
+    with pytest.raises(ConnectError, match="No datasite answers"):
+        researcher.connect("http://127.0.0.1:9", *RESEARCHER)
+    with pytest.raises(SiteError, match="No request"):
+        live_site.run("deadbeef", progress=False)
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    with pytest.raises(ResearcherError, match="No request"):
+        site.request("deadbeef")
+    with pytest.raises(SiteError, match="already exists"):
+        live_site.upload("breast_cancer", table="x.csv", label="diagnosis")

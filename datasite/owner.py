@@ -96,7 +96,8 @@ class OwnerSite:
             payload, meta = ingest.load_npz(npz, name=dataset)
         if description:
             meta.description = description
-        mock_payload = synthetic_mock(payload, meta, seed=seed)
+        # as many mock records as real ones (capped): a job's batch size must fit the mock too
+        mock_payload = synthetic_mock(payload, meta, n=min(meta.n_records, 2000), seed=seed)
 
         path = write_private(self.home.private, meta, payload)
         try:

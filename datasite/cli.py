@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -61,7 +62,8 @@ def cmd_users_add(args) -> None:
 
 
 def cmd_review(args) -> None:
-    items = _site(args).review(include_done=args.all)
+    with contextlib.redirect_stdout(sys.stderr):  # PySyft prints chatter on stdout
+        items = _site(args).review(include_done=args.all)
     if args.json:
         print(json.dumps(items, indent=2, default=str))
         return

@@ -6,6 +6,7 @@ A request moves: pending (on the server) -> running -> ran -> released | denied 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -64,8 +65,9 @@ class OwnerSite:
                                 f"start it with `datasite up {self.name}`.")
             import syft as sy
 
-            self._client = sy.login(url=self.url, email=self.config.root_email,
-                                    password=self.home.root_password())
+            with contextlib.redirect_stdout(sys.stderr):  # keep the owner's stdout for results
+                self._client = sy.login(url=self.url, email=self.config.root_email,
+                                        password=self.home.root_password())
         return self._client
 
     # -- datasets ----------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""Privacy accounting with Google's ``dp_accounting``: events, epsilons, noise calibration, JSON.
+
+A job's privacy cost is a ``DpEvent`` (what mechanisms ran, with which parameters). PLD is the
+reference accountant (tight); RDP is reported alongside as a cross-check. Opacus' accountant is
+never used for a guarantee.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any, Iterable
+
+import dp_accounting
+from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+# Wide RDP order grid: Opacus' grid stops at 63, which is loose at small epsilon (ALGORITHMS.md 1).
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10 for x in range(1, 101)]
+    + list(range(12, 64))
+    + [64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024]
+)
+
+# PLD discretisation: every interval gives an upper bound on epsilon (pessimistic rounding);
+# a finer one is tighter but slower, and how fine is "fine enough" depends on q, sigma, T.
+# So refine from coarse until two successive estimates agree to PLD_RTOL.
+PLD_START_INTERVAL = 3e-3
+PLD_MIN_INTERVAL = 1e-5
+PLD_RTOL = 2e-3
+
+SIGMA_MAX = 1e3  # a noise multiplier beyond this trains nothing useful: call it unreachable
+
+
+class AccountingError(ValueError):
+    """A privacy target cannot be met, or an event cannot be read; the message says why."""
+
+
+# -- events ------------------------------------------------------------------------------------
+def dpsgd_event(sample_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    """``steps`` rounds of the Poisson-subsampled Gaussian mechanism (DP-SGD)."""
+    if not 0 < sample_rate <= 1:
+        raise AccountingError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+        raise AccountingError(f"noise_multiplier must be > 0, got {noise_multiplier}")
+    if int(steps) != steps or steps < 0:
+        raise AccountingError(f"steps must be a non-negative integer, got {steps}")
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+            float(sample_rate), dp_accounting.GaussianDpEvent(float(noise_multiplier))),
+        int(steps))
+
+
+# -- epsilons ----------------------------------------------------------------------------------
+def _pld_epsilon(event: dp_accounting.DpEvent, delta: float, interval: float) -> float:
+    acc = PLDAccountant(value_discretization_interval=interval)
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon(event: dp_accounting.DpEvent, delta: float,
+            value_discretization_interval: float | None = None) -> float:
+    """Epsilon at ``delta`` by the PLD accountant (an upper bound at any discretisation).
+
+    With no interval given, it is refined (3e-3, 1e-3, 3e-4, ...) until two successive
+    estimates agree within 0.2%: deterministic, so the same event always gives the same number.
+    """
+    _check_delta(delta)
+    if value_discretization_interval is not None:
+        return _pld_epsilon(event, delta, value_discretization_interval)
+    interval = PLD_START_INTERVAL
+    eps = _pld_epsilon(event, delta, interval)
+    while interval / 3 >= PLD_MIN_INTERVAL * (1 - 1e-9):
+        interval /= 3
+        finer = _pld_epsilon(event, delta, interval)
+        done = abs(eps - finer) <= PLD_RTOL * max(finer, 1e-3)
+        eps = min(eps, finer)  # both are upper bounds: keep the tighter
+        if done:
+            break
+    return eps
+
+
+_pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
+
+
+def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float:
+    """Epsilon at ``delta`` by the RDP accountant over the wide order grid (looser, cheaper)."""
+    _check_delta(delta)
+    acc = RdpAccountant(orders=list(RDP_ORDERS))
+    # At large q, dp_accounting cannot evaluate some fractional orders < 2 and logs a warning per
+    # order; it then leaves them out, which keeps the bound valid. Silence that noise.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        acc.compose(event)
+        return float(acc.get_epsilon(delta))
+    finally:
+        absl_logger.setLevel(level)
+
+
+def compose_epsilon(event_jsons: Iterable[str], delta: float) -> float:
+    """PLD epsilon of the composition of several stored events (the ledger's total)."""
+    events = [event_from_json(t) for t in event_jsons]
+    if not events:
+        return 0.0
+    return epsilon(dp_accounting.ComposedDpEvent(events), delta)
+
+
+def _check_delta(delta: float) -> None:
+    if not (0 < delta < 1):
+        raise AccountingError(f"delta must be in (0, 1), got {delta}")
+
+
+# -- calibration -------------------------------------------------------------------------------
+def calibrate_noise(sample_rate: float, steps: int, epsilon: float, delta: float,
+                    rtol: float = 1e-3) -> float:
+    """Smallest noise multiplier (within ``rtol``) whose PLD epsilon at ``delta`` is <= ``epsilon``.
+
+    The returned sigma always satisfies the target by :func:`epsilon` itself (bisection keeps the
+    feasible end), so a report computed from the same event never exceeds the request.
+    """
+    target = epsilon
+    if not (target > 0 and math.isfinite(target)):
+        raise AccountingError(f"epsilon must be a finite number > 0, got {target}")
+    _check_delta(delta)
+    if steps < 1:
+        raise AccountingError(f"steps must be >= 1, got {steps}")
+
+    def pld(sigma: float) -> float:
+        return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta)
+
+    def rdp(sigma: float) -> float:
+        return epsilon_rdp(dpsgd_event(sample_rate, sigma, steps), delta)
+
+    # Bracket cheaply with RDP (it is looser, so its sigma is usually feasible for PLD too).
+    hi = _feasible_upper(rdp, target, 1.0)
+    hi = _feasible_upper(pld, target, hi)
+    lo = hi / 2
+    while pld(lo) <= target:
+        hi, lo = lo, lo / 2
+        if lo < 1e-3:  # tiny noise already meets the target (huge epsilon): no need to go lower
+            return hi
+    while hi / lo - 1 > rtol:  # geometric bisection; hi stays feasible
+        mid = math.sqrt(lo * hi)
+        if pld(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _feasible_upper(eps_of, target: float, start: float) -> float:
+    """A sigma >= ``start`` with eps_of(sigma) <= target, doubling; error past SIGMA_MAX."""
+    sigma = start
+    while eps_of(sigma) > target:
+        sigma *= 2
+        if sigma > SIGMA_MAX:
+            raise AccountingError(
+                f"epsilon {target} at this delta is out of reach: it would need a noise "
+                f"multiplier above {SIGMA_MAX:g}. Raise epsilon or delta, or lower the number of "
+                "steps (epochs) or the sampling rate (batch size).")
+    return sigma
+
+
+# -- JSON --------------------------------------------------------------------------------------
+# dp_accounting 0.6 has no JSON helpers, only DpEvent.to_named_tuple/from_named_tuple; the latter
+# imports whatever module the data names. We write our own format and only build classes from
+# dp_accounting.dp_event, so a stored ledger row cannot make us import anything else.
+def _event_classes() -> dict[str, type]:
+    return {name: obj for name, obj in vars(dp_event).items()
+            if isinstance(obj, type) and issubclass(obj, dp_event.DpEvent)}
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dp_event.DpEvent):
+        nt = value.to_named_tuple()  # checks the event is plain (public attrs fields only)
+        out = {"class": nt.class_name}  # "class" is a keyword, so never an attrs field name
+        for name in nt._fields:
+            if name not in ("module_name", "class_name"):
+                out[name] = _to_jsonable(getattr(value, name))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AccountingError(f"cannot serialise a non-finite number in an event: {value}")
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    raise AccountingError(f"cannot serialise {type(value).__name__} inside a DpEvent")
+
+
+def _from_jsonable(value: Any, classes: dict[str, type]) -> Any:
+    if isinstance(value, dict):
+        name = value.get("class")
+        cls = classes.get(name)
+        if cls is None:
+            raise AccountingError(f"unknown DpEvent class {name!r}")
+        fields = {k: _from_jsonable(v, classes) for k, v in value.items() if k != "class"}
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise AccountingError(f"bad fields for {name}: {e}") from None
+    if isinstance(value, list):
+        return [_from_jsonable(v, classes) for v in value]
+    return value
+
+
+def event_to_json(event: dp_accounting.DpEvent) -> str:
+    """Stable JSON (sorted keys) of an event; floats keep their exact value (repr round-trips)."""
+    return json.dumps(_to_jsonable(event), sort_keys=True, allow_nan=False)
+
+
+def event_from_json(text: str) -> dp_accounting.DpEvent:
+    """Inverse of :func:`event_to_json`: ``event_from_json(event_to_json(e)) == e``."""
+    event = _from_jsonable(json.loads(text), _event_classes())
+    if not isinstance(event, dp_event.DpEvent):
+        raise AccountingError("JSON does not describe a DpEvent")
+    return event
+
+
+# -- report ------------------------------------------------------------------------------------
+def privacy_report(event: dp_accounting.DpEvent, delta: float) -> dict:
+    """What the owner and researcher see: PLD epsilon (the guarantee), RDP cross-check, event."""
+    return {
+        "epsilon": epsilon(event, delta),
+        "delta": float(delta),
+        "epsilon_rdp": epsilon_rdp(event, delta),
+        "accountant": "pld",
+        "event": event_to_json(event),
+    }

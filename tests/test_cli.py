@@ -1,0 +1,106 @@
+"""The `datasite` command line, run as the owner runs it (subprocesses, real server)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import free_port
+
+
+def run(*args, home, check=True, env=None):
+    cmd = [sys.executable, "-m", "datasite.cli", *args, "--home", str(home)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env or dict(os.environ),
+                       timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_init_creates_identity_and_secrets(tmp_path):
+    home = tmp_path / "h"
+    out = run("init", "hosp", home=home).stdout
+    assert "ready" in out
+    key = home / "secrets" / "signing_key"
+    pw = home / "secrets" / "root_password"
+    for f in (key, pw):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "private").stat().st_mode) == 0o700
+    password = pw.read_text()
+    assert password != "changethis" and len(password) >= 24
+    assert len(key.read_text()) == 64 and int(key.read_text(), 16) >= 0
+    cfg = json.loads((home / "config.json").read_text())
+    assert len(cfg["server_uid"]) == 32 and cfg["db_url"] is None
+    # a second site gets different secrets
+    run("init", "hosp", home=tmp_path / "h2")
+    assert (tmp_path / "h2/secrets/signing_key").read_text() != key.read_text()
+    # same home twice: clear error, nothing overwritten
+    p = run("init", "hosp", home=home, check=False)
+    assert p.returncode == 2 and "already exists" in p.stderr
+    assert key.read_text() == (home / "secrets" / "signing_key").read_text()
+
+
+def test_init_rejects_bad_db_and_weak_password(tmp_path):
+    p = run("init", "hosp", "--db", "mysql://x", home=tmp_path / "a", check=False)
+    assert p.returncode == 2 and "postgresql" in p.stderr
+    weak = tmp_path / "pw"
+    weak.write_text("changethis")
+    p = run("init", "hosp", "--root-password-file", str(weak), home=tmp_path / "b", check=False)
+    assert p.returncode == 2 and "12 characters" in p.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_secret_readable_by_others_is_refused(tmp_path):
+    from datasite.config import SiteError, SiteHome, init_site
+
+    site = init_site("hosp", home=tmp_path / "h")
+    site.password_file.chmod(0o644)
+    with pytest.raises(SiteError, match="chmod 600"):
+        SiteHome(site.root).root_password()
+
+
+@pytest.mark.slow
+def test_owner_cli_journey(tmp_path, demo_files):
+    home = tmp_path / "site"
+    port = free_port()
+    run("init", "clinic", "--port", str(port), home=home)
+    try:
+        assert "is up" in run("up", "clinic", home=home).stdout
+        # bad uploads: clear error, nothing half-uploaded
+        bad = tmp_path / "bad.csv"
+        bad.write_text("a,b,y\n1,2,0\n3,,1\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(20)))
+        p = run("upload", "clinic", "bad", "--table", str(bad), "--label", "y", home=home,
+                check=False)
+        assert p.returncode == 2 and "b" in p.stderr and ("NaN" in p.stderr or "missing" in p.stderr)
+        p = run("upload", "clinic", "nofile", "--table", str(tmp_path / "nope.csv"),
+                "--label", "y", home=home, check=False)
+        assert p.returncode == 2 and "nope.csv" in p.stderr
+        assert not any((home / "private").iterdir())
+        out = run("upload", "clinic", "cxr", "--npz", str(demo_files / "cxr.npz"), home=home).stdout
+        assert "400 records" in out
+        pw = tmp_path / "pw.txt"
+        pw.write_text("researcher-password")
+        run("users", "add", "clinic", "bob@uni.edu", "--password-file", str(pw), home=home)
+        p = run("users", "add", "clinic", "bob@uni.edu", "--password-file", str(pw), home=home,
+                check=False)
+        assert p.returncode == 2 and "already registered" in p.stderr
+        assert json.loads(run("review", "clinic", "--json", home=home).stdout) == []
+        p = run("run", "clinic", "abc123", home=home, check=False)
+        assert p.returncode == 2 and "No request" in p.stderr
+        assert "stopped" in run("down", "clinic", home=home).stdout
+        p = run("review", "clinic", home=home, check=False)
+        assert p.returncode == 2 and "not running" in p.stderr and "datasite up" in p.stderr
+        # state survives a restart
+        run("up", "clinic", home=home)
+        from datasite.owner import OwnerSite
+        from datasite.config import open_site
+
+        owner = OwnerSite(open_site("clinic", home))
+        assert "cxr" in owner.datasets()
+        assert "bob@uni.edu" in [u.email for u in owner.client.users.get_all()]
+    finally:
+        run("down", "clinic", home=home, check=False)

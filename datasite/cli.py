@@ -45,9 +45,30 @@ def cmd_down(args) -> None:
 def cmd_upload(args) -> None:
     meta = _site(args).upload(args.dataset, table=args.table, label=args.label, images=args.images,
                               labels=args.labels, npz=args.npz, mock=args.mock,
-                              description=args.description or "")
+                              description=args.description or "",
+                              budget_epsilon=args.budget_eps, delta=args.delta)
     print(f"Uploaded {meta.name}: {meta.kind}, {meta.n_records} records, labels {meta.labels}; "
           "mock published, real data kept on this machine.")
+
+
+def cmd_budget(args) -> None:
+    _site(args).set_budget(args.dataset, args.epsilon, args.delta, researcher=args.researcher or "")
+    who = args.researcher or "the dataset"
+    print(f"Budget for {who} on {args.dataset}: eps={args.epsilon:g}")
+
+
+def cmd_ledger(args) -> None:
+    from .ledger_view import plot, render, report
+
+    site = _site(args)
+    rep = report(site.ledger, args.dataset)
+    if args.verify and not rep["audit"]["intact"]:
+        raise SiteError(f"The audit log was tampered with: {rep['audit']['detail']}")
+    if args.dataset and not rep["datasets"]:
+        raise SiteError(f"No budget or ledger for dataset {args.dataset!r} on {args.name}.")
+    if args.plot:
+        plot(site.ledger, args.plot)
+    print(json.dumps(rep, indent=2, default=str) if args.json else render(rep))
 
 
 def cmd_users_add(args) -> None:
@@ -57,8 +78,12 @@ def cmd_users_add(args) -> None:
         password = getpass.getpass(f"Password for {args.email}: ")
         if getpass.getpass("Again: ") != password:
             raise SiteError("The passwords differ.")
-    _site(args).add_user(args.email, password, name=args.full_name)
+    site = _site(args)
+    site.add_user(args.email, password, name=args.full_name)
     print(f"Registered researcher {args.email} on {args.name}.")
+    if args.dataset:
+        site.set_budget(args.dataset, args.budget_eps, researcher=args.email)
+        print(f"Budget for {args.email} on {args.dataset}: eps={args.budget_eps:g}")
 
 
 def cmd_review(args) -> None:
@@ -78,6 +103,20 @@ def cmd_review(args) -> None:
             for k, v in sorted(it["spec"].items()):
                 print(f"    {k} = {v}")
             print(f"  checks against the real data: {it['validation']}")
+            cost = it.get("cost")
+            if cost:
+                print(f"  privacy cost (computed here from the spec): eps={cost['epsilon']:.3f} "
+                      f"at delta={cost['delta']:g} (RDP {cost.get('epsilon_rdp', float('nan')):.3f})")
+                b = cost["budget"]
+                if b is None:
+                    print("  budget: NONE SET for this dataset -- `datasite budget` before running")
+                else:
+                    print(f"  dataset budget {b['dataset_budget']:g}: spent {b['dataset_spent']:.3f}"
+                          f" -> {b['dataset_after']:.3f} after this job")
+                    if b["researcher_budget"] is not None:
+                        print(f"  researcher budget {b['researcher_budget']:g}: spent "
+                              f"{b['researcher_spent']:.3f} -> {b['researcher_after']:.3f}")
+                    print("  fits the budgets" if b["fits"] else "  DOES NOT FIT: run will refuse")
         else:
             print("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it:")
             for line in it["code"].splitlines():
@@ -137,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--npz", help=".npz file in MedMNIST layout")
     s.add_argument("--mock", default="synthetic")
     s.add_argument("--description", default="")
+    s.add_argument("--budget-eps", type=float, default=None, help="the dataset's privacy budget")
+    s.add_argument("--delta", type=float, default=None, help="the dataset's delta")
 
     users = sub.add_parser("users", help="manage researchers").add_subparsers(dest="users_cmd",
                                                                               required=True)
@@ -146,7 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--home", type=Path, default=None)
     s.add_argument("--password-file", help="file holding the password (else prompt)")
     s.add_argument("--full-name", default=None)
+    s.add_argument("--dataset", help="give the researcher a budget on this dataset")
+    s.add_argument("--budget-eps", type=float, default=None)
     s.set_defaults(fn=cmd_users_add)
+
+    s = cmd("budget", cmd_budget, "set a dataset's (or a researcher's) privacy budget")
+    s.add_argument("dataset")
+    s.add_argument("--epsilon", type=float, required=True)
+    s.add_argument("--delta", type=float, default=None, help="dataset budgets only")
+    s.add_argument("--researcher", default=None, help="email: a researcher's share")
+
+    s = cmd("ledger", cmd_ledger, "budgets, spend and history")
+    s.add_argument("--dataset", default=None)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--plot", default=None, help="write cumulative spend to this PNG")
+    s.add_argument("--verify", action="store_true", help="fail if the audit log was altered")
 
     s = cmd("review", cmd_review, "list pending requests")
     s.add_argument("--json", action="store_true")

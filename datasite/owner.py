@@ -21,6 +21,7 @@ from shared.template import recognise
 
 from . import lifecycle
 from .config import SiteError, SiteHome, open_site
+from .ledger import Ledger, LedgerError
 from .state import loads, open_state
 from .storage import read_private, remove_private, write_private
 
@@ -32,6 +33,7 @@ class OwnerSite:
         self.home = site
         self.config = site.load()
         self.state = open_state(site)
+        self.ledger = Ledger(self.state)
         self._client = None
 
     @classmethod
@@ -73,7 +75,8 @@ class OwnerSite:
     # -- datasets ----------------------------------------------------------------------------
     def upload(self, dataset: str, *, table: str | None = None, label: str | None = None,
                images: str | None = None, labels: str | None = None, npz: str | None = None,
-               mock: str = "synthetic", description: str = "", seed: int = 0) -> DatasetMeta:
+               mock: str = "synthetic", description: str = "", seed: int = 0,
+               budget_epsilon: float | None = None, delta: float | None = None) -> DatasetMeta:
         """Import real data, build its mock, publish the mock and the metadata."""
         from . import ingest
         from .mock import synthetic_mock
@@ -83,6 +86,9 @@ class OwnerSite:
             raise SiteError("Give exactly one of --table FILE, --images DIR or --npz FILE.")
         if mock != "synthetic":
             raise SiteError(f"Unknown mock kind {mock!r}; the only one is 'synthetic'.")
+        if (budget_epsilon is None) != (delta is None):
+            raise SiteError("Give both --budget-eps and --delta (or neither, and set the budget "
+                            "later with `datasite budget`).")
         if self.state.dataset(dataset) or dataset in self._server_dataset_names():
             raise SiteError(f"A dataset named {dataset!r} already exists on {self.name}; "
                             "choose another name.")
@@ -105,7 +111,10 @@ class OwnerSite:
         try:
             self._publish(meta, mock_payload)
             self.state.add_dataset(dataset, meta.kind, meta.to_json(), str(path))
+            if budget_epsilon is not None:
+                self.set_budget(dataset, budget_epsilon, delta)
         except BaseException:
+            self.state.remove_dataset(dataset)
             remove_private(path)
             self._unpublish(dataset)
             raise
@@ -138,6 +147,32 @@ class OwnerSite:
         for name in self.state.dataset_names():
             out[name] = DatasetMeta.from_json(self.state.dataset(name)["meta_json"])
         return out
+
+    # -- budgets -----------------------------------------------------------------------------
+    def set_budget(self, dataset: str, epsilon: float, delta: float | None = None,
+                   researcher: str = "") -> None:
+        """The dataset's total budget (eps, delta), or a researcher's share of it."""
+        if self.state.dataset(dataset) is None:
+            raise SiteError(f"No dataset {dataset!r} on {self.name}.")
+        if not researcher and delta is None:
+            raise SiteError("A dataset budget needs --delta as well as --epsilon.")
+        if delta is not None and not researcher:
+            n = DatasetMeta.from_json(self.state.dataset(dataset)["meta_json"]).n_records
+            if delta >= 1.0 / n:
+                raise SiteError(f"delta={delta:g} is not below 1/n = {1.0 / n:.2g} for {n} records: "
+                                "choose a smaller delta.")
+        try:
+            self.ledger.set_budget(dataset, epsilon, delta or 0.5, researcher=researcher)
+        except LedgerError as e:
+            raise SiteError(str(e)) from None
+
+    def price(self, spec: dict) -> str:
+        """The privacy event of a spec, computed here from the spec (never from the client)."""
+        from shared.accounting import event_to_json
+        from shared.pricing import planned_event
+
+        meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
+        return event_to_json(planned_event(spec, meta))
 
     # -- users -------------------------------------------------------------------------------
     def add_user(self, email: str, password: str, name: str | None = None,
@@ -194,7 +229,23 @@ class OwnerSite:
             info["code"] = source
         else:
             info["validation"] = self._validate(spec)
+            if info["validation"] == "ok":
+                info["cost"] = self._quote(spec, user)
         return info
+
+    def _quote(self, spec: dict, researcher: str) -> dict:
+        from shared.accounting import event_from_json, privacy_report
+
+        event_json = self.price(spec)
+        budget = self.ledger.budget(spec["dataset"])
+        delta = budget["delta"] if budget else spec.get("delta", 1e-5)
+        cost = {k: v for k, v in privacy_report(event_from_json(event_json), delta).items()
+                if k != "event"}
+        if budget:
+            cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json)
+        else:
+            cost["budget"] = None
+        return cost
 
     def review(self, include_done: bool = False) -> list[dict]:
         out = []
@@ -233,6 +284,9 @@ class OwnerSite:
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]
         row = self.state.dataset(spec["dataset"])
+        if self.ledger.budget(spec["dataset"]) is None:
+            raise SiteError(f"Dataset {spec['dataset']} has no privacy budget; set one with "
+                            f"`datasite budget {self.name} {spec['dataset']} --epsilon E --delta D`.")
         claimed = self.state.claim_for_run(
             request_id, dataset=spec["dataset"], researcher=info["researcher"],
             func_name=info["function"], spec_json=json.dumps(spec, sort_keys=True))
@@ -240,6 +294,12 @@ class OwnerSite:
             raise SiteError(f"Request {request_id[:8]} already ran on the private data "
                             f"(state: {self.state.request(request_id)['state']}); "
                             "a job runs at most once.")
+        try:
+            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], self.price(spec))
+        except LedgerError as e:
+            self.state.set_state(request_id, "failed", reason=str(e))
+            raise SiteError(str(e)) from None
+        self.ledger.start(request_id)
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
@@ -247,6 +307,7 @@ class OwnerSite:
         except BaseException as e:
             self.state.finish_execution(execution, "failed")
             self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
+            self.ledger.refund(request_id, reason="job failed")
             raise
         self.state.finish_execution(execution, "ok")
         with open(result_path, "rb") as f:
@@ -268,7 +329,14 @@ class OwnerSite:
             raise SiteError(f"Request {request_id[:8]} was already released.")
         with open(own["result_path"], "rb") as f:
             result = pickle.load(f)
+        entry = self.ledger.entry(request_id)
+        if entry["state"] == "running":
+            try:
+                self.ledger.commit(request_id, result["privacy"]["event"])
+            except LedgerError as e:
+                raise SiteError(str(e)) from None
         req.deposit_result(result)
+        self.ledger.released(request_id)
         self.state.set_state(request_id, "released")
         return loads(own["summary_json"])
 
@@ -284,6 +352,12 @@ class OwnerSite:
         res = req.deny(reason=reason)
         if isinstance(res, sy.SyftError):
             raise SiteError(f"Deny failed: {res.message}")
+        entry = self.ledger.entry(request_id)
+        if entry and entry["state"] in ("reserved", "running"):
+            # ran but never released: nothing left the site, so the reservation is returned
+            self.ledger.refund(request_id, reason=f"denied after run: {reason}")
+        else:
+            self.ledger.log("deny", request_id, {"reason": reason})
         self.state.set_state(request_id, "denied", reason=reason)
 
     def executions(self, request_id: str | None = None) -> int:

@@ -59,7 +59,8 @@ def live_site(request, tmp_path_factory, demo_files):
     """A running datasite with the breast-cancer table and one registered researcher."""
     site = make_site(tmp_path_factory.mktemp("site"), f"hosp-{request.param}", request.param)
     try:
-        site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"), label="diagnosis")
+        site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"), label="diagnosis",
+                    budget_epsilon=50.0, delta=1e-5)
         site.add_user(*RESEARCHER, name="Alice")
         yield site
     finally:

@@ -1,0 +1,155 @@
+"""Job specifications: plain, JSON-able descriptions of what a researcher asks a datasite to run.
+
+A spec is data, never code: the datasite validates it against the real dataset's metadata,
+prices it, and runs it with its own trusted trainer (:mod:`shared.runner`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from .data import TABLE, DatasetMeta
+
+MODELS = ("logreg", "mlp")
+
+
+class SpecError(ValueError):
+    """A spec cannot run; the message says what to change."""
+
+
+# kind -> spec class; later job kinds register themselves with @register.
+SPEC_KINDS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    SPEC_KINDS[cls.KIND] = cls
+    return cls
+
+
+def spec_from_dict(d: dict) -> Any:
+    """Build the spec of whatever kind ``d["kind"]`` names (not yet validated against data)."""
+    if not isinstance(d, dict):
+        raise SpecError(f"a spec must be a dict, got {type(d).__name__}")
+    kind = d.get("kind")
+    if kind not in SPEC_KINDS:
+        raise SpecError(f"unknown job kind {kind!r}; known kinds: {sorted(SPEC_KINDS)}")
+    return SPEC_KINDS[kind].from_dict(d)
+
+
+def n_train_records(n_records: int, test_fraction: float) -> int:
+    """Records left for training after the held-out split (the trainer splits the same way)."""
+    n_test = int(math.ceil(n_records * test_fraction)) if test_fraction > 0 else 0
+    return n_records - n_test
+
+
+@register
+@dataclass
+class DPSGDTableSpec:
+    """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
+
+    ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
+    1 / (number of training records).
+    """
+
+    KIND: ClassVar[str] = "dpsgd_table"
+
+    dataset: str
+    label: str
+    epsilon: float
+    delta: float
+    model: str = "logreg"
+    epochs: int = 5
+    batch_size: int = 64
+    clip_norm: float = 1.0
+    learning_rate: float = 0.1
+    hidden: int = 32
+    test_fraction: float = 0.2
+    seed: int = 0
+    kind: str = field(default=KIND, init=False)  # fixed; serialised so specs self-describe
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DPSGDTableSpec":
+        d = dict(d)
+        kind = d.pop("kind", cls.KIND)
+        if kind != cls.KIND:
+            raise SpecError(f"spec kind is {kind!r}, expected {cls.KIND!r}")
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SpecError(f"unknown spec field(s) {unknown}; allowed: {sorted(known)}")
+        missing = [f.name for f in fields(cls)
+                   if f.init and f.default is MISSING and f.name not in d]
+        if missing:
+            raise SpecError(f"spec is missing required field(s) {missing}")
+        return cls(**d)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
+        """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_types()
+        for name in ("epsilon", "delta", "clip_norm", "learning_rate", "test_fraction"):
+            if math.isnan(getattr(self, name)):
+                raise SpecError(f"{name} is NaN; give a number")
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        if self.model not in MODELS:
+            raise SpecError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
+        if self.epochs < 1:
+            raise SpecError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise SpecError(f"clip_norm must be a finite number > 0, got {self.clip_norm}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise SpecError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.hidden < 1:
+            raise SpecError(f"hidden must be >= 1, got {self.hidden}")
+        if not 0 <= self.test_fraction < 1:
+            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_types(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"str": str, "float": (int, float), "int": int}[f.type]
+            # bool is an int in Python, but `epochs=True` is surely a mistake
+            if isinstance(v, bool) or not isinstance(v, want):
+                raise SpecError(f"{f.name} must be {f.type}, got {v!r}")
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        if meta.kind != TABLE:
+            raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs a "
+                            "table; use an image job kind")
+        if self.dataset != meta.name:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        if self.label != meta.label:
+            raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
+                            f"not {self.label!r}")
+        n = n_train_records(meta.n_records, self.test_fraction)
+        if n < 2:
+            raise SpecError(f"only {n} training record(s) after holding out "
+                            f"test_fraction={self.test_fraction}; lower test_fraction")
+        if self.delta >= 1 / n:
+            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
+                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
+        if self.batch_size > n:
+            raise SpecError(f"batch_size={self.batch_size} exceeds the {n} training records; "
+                            f"choose at most {n}")
+
+
+def _suggest_delta(n: int) -> float:
+    """A power of ten at most 1/(10 n): the usual choice."""
+    return 10.0 ** math.floor(math.log10(1 / (10 * n)))

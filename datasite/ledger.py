@@ -74,17 +74,33 @@ class Ledger:
     # -- accounting helpers --------------------------------------------------------------------
     @staticmethod
     def epsilon_of(event_jsons: list[str], delta: float) -> float:
-        """Tight (PLD) epsilon of composing these events."""
-        from shared.accounting import compose_epsilon
+        """Tight (PLD) epsilon of composing these events.
 
-        return compose_epsilon(event_jsons, delta) if event_jsons else 0.0
+        Identical events (the same job run again) are grouped into one self-composition, which
+        the PLD accountant does by repeated convolution in one go instead of one by one.
+        """
+        from collections import Counter
+
+        import dp_accounting
+
+        from shared.accounting import epsilon, event_from_json
+
+        if not event_jsons:
+            return 0.0
+        groups = Counter(event_jsons)
+        parts = [event_from_json(e) if k == 1 else
+                 dp_accounting.SelfComposedDpEvent(event_from_json(e), k) for e, k in groups.items()]
+        return epsilon(parts[0] if len(parts) == 1 else dp_accounting.ComposedDpEvent(parts), delta)
 
     # -- budgets -------------------------------------------------------------------------------
-    def set_budget(self, dataset: str, epsilon: float, delta: float, researcher: str = "",
+    def set_budget(self, dataset: str, epsilon: float, delta: float | None, researcher: str = "",
                    actor: str = "owner") -> None:
+        """Dataset budget (eps, delta), or a researcher's eps share (delta is the dataset's)."""
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise LedgerError(f"A budget needs epsilon > 0, got {epsilon}.")
-        if not (math.isfinite(delta) and 0 < delta < 1):
+        if researcher:
+            delta = 0.5  # placeholder, replaced by the dataset's delta below
+        if delta is None or not (math.isfinite(delta) and 0 < delta < 1):
             raise LedgerError(f"A budget needs 0 < delta < 1, got {delta}.")
         with self.engine.begin() as c:
             if researcher:

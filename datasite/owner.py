@@ -162,7 +162,7 @@ class OwnerSite:
                 raise SiteError(f"delta={delta:g} is not below 1/n = {1.0 / n:.2g} for {n} records: "
                                 "choose a smaller delta.")
         try:
-            self.ledger.set_budget(dataset, epsilon, delta or 0.5, researcher=researcher)
+            self.ledger.set_budget(dataset, epsilon, delta, researcher=researcher)
         except LedgerError as e:
             raise SiteError(str(e)) from None
 

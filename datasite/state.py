@@ -67,7 +67,7 @@ def engine_for(site: SiteHome) -> Engine:
         @event.listens_for(engine, "connect")
         def _no_implicit_transactions(dbapi_conn, _record):
             dbapi_conn.isolation_level = None
-            dbapi_conn.execute("PRAGMA busy_timeout = 30000")
+            dbapi_conn.execute("PRAGMA busy_timeout = 600000")  # writers queue, never fail
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):

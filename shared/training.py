@@ -1,0 +1,225 @@
+"""DP-SGD training of a table classifier with Opacus; the privacy guarantee comes from PLD.
+
+What the guarantee covers: the model weights, for the training records, at (epsilon, delta).
+What it does NOT cover (the owner reviews these before release): the metrics below are computed
+on private records without noise -- the held-out test split is real data too.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch.utils.data import DataLoader, TensorDataset
+
+from .accounting import calibrate_noise, dpsgd_event, privacy_report
+from .models import build_model, model_config
+
+PREPROCESSING = "row_l2_normalise"
+
+Progress = Callable[[int, int], None]
+
+
+# -- data --------------------------------------------------------------------------------------
+def row_l2_normalise(X: np.ndarray) -> np.ndarray:
+    """x -> x / max(1, ||x||_2), row by row; NaN -> 0.
+
+    Why: standardising with column means/stds of the private table would release those
+    statistics through the model without any noise. A fixed per-row map uses no statistics of
+    other records, so it costs no privacy, and bounded rows keep the logits on a sane scale.
+    (The price: columns of very different scales are not equalised.)
+    """
+    X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return (X / np.maximum(norms, 1.0)).astype(np.float32)
+
+
+def feature_columns(df: pd.DataFrame, label: str) -> list[str]:
+    """All columns but the label, in table order; they must be numeric."""
+    if label not in df.columns:
+        raise ValueError(f"label column {label!r} is not in the table")
+    cols = [c for c in df.columns if c != label]
+    bad = [c for c in cols if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad or not cols:
+        raise ValueError(f"feature columns must be numeric; not numeric: {bad}" if bad
+                         else "the table has no feature columns")
+    return [str(c) for c in cols]
+
+
+def encode_labels(values: pd.Series, classes: Sequence) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.array([index[v] for v in values.tolist()], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"label value {e.args[0]!r} is not in the label set {list(classes)}") \
+            from None
+
+
+def split_indices(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/test split, stratified by label when every class allows it.
+
+    The test size is ceil(n * test_fraction), as ``shared.specs.n_train_records`` assumes.
+    """
+    n = len(y)
+    idx = np.arange(n)
+    if test_fraction <= 0:
+        return idx, idx[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
+    except ValueError:  # a class too small to stratify: fall back to a plain random split
+        tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed)
+    return np.sort(tr), np.sort(te)
+
+
+# -- Opacus wiring -----------------------------------------------------------------------------
+def poisson_schedule(n_train: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, total steps) exactly as Opacus' Poisson loader will run them.
+
+    Opacus samples with q = 1 / len(DataLoader) = 1 / ceil(n / B) -- not B / n -- and runs
+    int(1 / q) steps per epoch (float rounding makes that ceil(n / B) - 1 for some n, e.g. 93).
+    We ask Opacus' own classes rather than re-derive the arithmetic.
+    """
+    plain = DataLoader(range(n_train), batch_size=batch_size)
+    q = 1 / len(plain)
+    per_epoch = len(UniformWithReplacementSampler(num_samples=n_train, sample_rate=q))
+    return q, epochs * per_epoch
+
+
+def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                         noise_multiplier: float, clip_norm: float, learning_rate: float,
+                         batch_size: int, seed: int, device: torch.device | str = "cpu"):
+    """(module, optimizer, loader) from Opacus: per-sample clipping to ``clip_norm``, Gaussian
+    noise of std ``noise_multiplier * clip_norm`` on the summed clipped gradients, Poisson
+    sampling; sampling and noise seeded by ``seed``.
+    """
+    device = torch.device(device)
+    loader = DataLoader(TensorDataset(X, y), batch_size=batch_size,
+                        generator=torch.Generator().manual_seed(seed))  # Poisson sampler RNG
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        # Opacus' accountant is attached but unused: our guarantee is PLD over the event.
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        module, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=noise_multiplier, max_grad_norm=clip_norm,
+            poisson_sampling=True,
+            noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
+        )
+    return module, optimizer, loader
+
+
+def dp_step(module, optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """One DP-SGD step. Empty Poisson batches still take the (pure-noise) step: skipping it
+    would make the release depend on the sampling outcome outside the accounted mechanism."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = module(xb)
+    # sum / max(1, b) is the mean for b >= 1 and 0 (not NaN) for an empty batch
+    loss = F.cross_entropy(logits, yb, reduction="sum") / max(1, len(yb))
+    loss.backward()
+    optimizer.step()
+
+
+# -- the job -----------------------------------------------------------------------------------
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
+                      device: torch.device | str | None = None,
+                      classes: Sequence | None = None) -> dict:
+    """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
+
+    ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
+    Same spec + same data + same device gives the same model.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    cols = feature_columns(df, spec.label)
+    classes = sorted(df[spec.label].unique().tolist()) if classes is None else list(classes)
+    if len(classes) < 2:
+        raise ValueError(f"need at least two label values to classify, got {classes}")
+    X = row_l2_normalise(df[cols].to_numpy())
+    y = encode_labels(df[spec.label], classes)
+    tr, te = split_indices(y, spec.test_fraction, spec.seed)
+    n_train = len(tr)
+
+    q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)
+    sigma = calibrate_noise(q, steps, spec.epsilon, spec.delta)
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, len(cols), len(classes), spec.hidden)
+    model.to(device)
+    module, optimizer, loader = make_private_trainer(
+        model, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), noise_multiplier=sigma,
+        clip_norm=spec.clip_norm, learning_rate=spec.learning_rate,
+        batch_size=spec.batch_size, seed=spec.seed, device=device)
+    if not (loader.sample_rate == q and len(loader) * spec.epochs == steps):
+        raise RuntimeError("Opacus' loader disagrees with the accounted schedule")  # never ship
+
+    done = 0
+    module.train()
+    for _ in range(spec.epochs):
+        for xb, yb in loader:
+            dp_step(module, optimizer, xb.to(device), yb.to(device))
+            done += 1
+            if progress is not None:
+                progress(done, steps)
+
+    # The guarantee is for the schedule actually executed, counted step by step.
+    event = dpsgd_event(q, sigma, done)
+    privacy = privacy_report(event, spec.delta)
+    privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
+                   expected_batch_size=q * n_train)
+
+    model.eval()
+    config = model_config(spec.model, len(cols), len(classes), spec.hidden)
+    config.update(classes=classes, feature_columns=cols, preprocessing=PREPROCESSING)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return {
+        "model_state": buf.getvalue(),
+        "model_config": config,
+        # NOTE: computed on private records (train and held-out test) with no noise; part of
+        # what the owner reviews before releasing the result.
+        "metrics": _metrics(model, X, y, tr, te, classes, device),
+        "privacy": privacy,
+    }
+
+
+@torch.no_grad()
+def _metrics(model, X, y, tr, te, classes, device) -> dict:
+    def probs(idx):
+        if len(idx) == 0:
+            return np.zeros((0, len(classes)))
+        return torch.softmax(model(torch.from_numpy(X[idx]).to(device)), 1).cpu().numpy()
+
+    p_tr, p_te = probs(tr), probs(te)
+    out = {
+        "n_train": int(len(tr)), "n_test": int(len(te)),
+        "train_accuracy": _accuracy(p_tr, y[tr]),
+        "test_accuracy": _accuracy(p_te, y[te]),
+        "test_auc": None,
+        "per_class_accuracy": {},
+    }
+    pred = p_te.argmax(1) if len(te) else np.zeros(0, dtype=int)
+    for i, c in enumerate(classes):
+        mask = y[te] == i
+        out["per_class_accuracy"][str(c)] = float((pred[mask] == i).mean()) if mask.any() else None
+    if len(classes) == 2 and len(set(y[te].tolist())) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        out["test_auc"] = float(roc_auc_score(y[te], p_te[:, 1]))
+    return out
+
+
+def _accuracy(p: np.ndarray, y: np.ndarray) -> float | None:
+    return float((p.argmax(1) == y).mean()) if len(y) else None

@@ -2,7 +2,7 @@
 
 Layout of ``~/.dp-datasite/NAME`` (or ``--home`` / ``$DATASITE_HOME``)::
 
-    config.json          name, server id, port, database URL (no secrets)
+    config.json          0600; name, server id, port, database URL
     secrets/             0700; signing_key and root_password, each a 0600 file
     syft/                PySyft's SQLite database and blob files (low side: mock data only)
     private/             0700; real datasets, never given to the PySyft server
@@ -114,7 +114,10 @@ class SiteHome:
         return cfg
 
     def save(self, cfg: SiteConfig) -> None:
-        self.config_file.write_text(cfg.to_json())
+        # 0600: a PostgreSQL URL may carry its password
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg.to_json())
 
     def signing_key_hex(self) -> str:
         return _read_secret(self.key_file)

@@ -47,11 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         csv = base / "breast_cancer.csv"
         write_breast_cancer_csv(csv)
         meta = owner.upload("breast_cancer", table=str(csv), label="diagnosis",
-                            description="Wisconsin diagnostic breast cancer (scikit-learn).")
+                            description="Wisconsin diagnostic breast cancer (scikit-learn).",
+                            budget_epsilon=8.0, delta=1e-5)
         print(f"{meta.name}: {meta.n_records} records, {len(meta.features)} features, "
               f"labels {meta.labels}")
         owner.add_user("alice@uni.edu", "alice-demo-password", name="Dr Alice")
-        print("registered researcher alice@uni.edu")
+        owner.set_budget("breast_cancer", 5.0, researcher="alice@uni.edu")
+        print("registered researcher alice@uni.edu; budgets: dataset eps=8 at delta=1e-5, "
+              "alice eps=5")
 
         _section("Researcher: connect, browse, test on mock data, submit")
         site = researcher.connect(url, "alice@uni.edu", "alice-demo-password")
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print("metrics:", json.dumps(result.metrics, indent=2, default=str))
         print("privacy:", json.dumps({k: v for k, v in result.privacy.items() if k != "event"},
                                      indent=2, default=str))
+        _section("Owner: the privacy ledger")
+        from .ledger_view import render, report
+
+        print(render(report(owner.ledger)))
         model = result.model
         print(f"model: {model.__class__.__name__} with "
               f"{sum(p.numel() for p in model.parameters())} parameters, loaded without syft")

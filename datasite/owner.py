@@ -400,8 +400,7 @@ def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: b
             done, total = msg["progress"]
             if bar is None:
                 bar = tqdm(total=total, desc=f"job {spec['kind']}", unit="step")
-            bar.n = done
-            bar.refresh()
+            bar.update(done - bar.n)  # tqdm throttles redraws itself
     code = proc.wait()
     errfile.seek(0)
     err = errfile.read()

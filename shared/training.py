@@ -40,6 +40,12 @@ def row_l2_normalise(X: np.ndarray) -> np.ndarray:
     return (X / np.maximum(norms, 1.0)).astype(np.float32)
 
 
+# name -> per-row transform; results.predict looks the model's preprocessing up here.
+PREPROCESSORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "row_l2_normalise": row_l2_normalise,
+}
+
+
 def feature_columns(df: pd.DataFrame, label: str) -> list[str]:
     """All columns but the label, in table order; they must be numeric."""
     if label not in df.columns:
@@ -124,7 +130,11 @@ def dp_step(module, optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
     logits = module(xb)
     # sum / max(1, b) is the mean for b >= 1 and 0 (not NaN) for an empty batch
     loss = F.cross_entropy(logits, yb, reduction="sum") / max(1, len(yb))
-    loss.backward()
+    with warnings.catch_warnings():
+        # torch warns that Opacus' full backward hook fires on module outputs when the inputs
+        # need no grad: that is exactly the case Opacus handles, so the warning is noise.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
     optimizer.step()
 
 
@@ -146,7 +156,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     classes = sorted(df[spec.label].unique().tolist()) if classes is None else list(classes)
     if len(classes) < 2:
         raise ValueError(f"need at least two label values to classify, got {classes}")
-    X = row_l2_normalise(df[cols].to_numpy())
+    X = PREPROCESSORS[PREPROCESSING](df[cols].to_numpy())
     y = encode_labels(df[spec.label], classes)
     tr, te = split_indices(y, spec.test_fraction, spec.seed)
     n_train = len(tr)

@@ -1,0 +1,36 @@
+"""Using a released result without syft: rebuild the model, predict on new rows."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .models import build_from_config
+from .training import PREPROCESSORS
+
+
+def load_model(result: dict) -> torch.nn.Module:
+    """The trained model of a job result (``model_state`` + ``model_config``), in eval mode."""
+    model = build_from_config(result["model_config"])
+    state = torch.load(io.BytesIO(result["model_state"]), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, config: dict, df: pd.DataFrame) -> np.ndarray:
+    """Class probabilities (columns in ``config["classes"]`` order) for the rows of ``df``."""
+    missing = [c for c in config["feature_columns"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"table lacks the model's feature columns {missing}")
+    X = PREPROCESSORS[config["preprocessing"]](df[config["feature_columns"]].to_numpy())
+    device = next(model.parameters()).device
+    return torch.softmax(model(torch.from_numpy(X).to(device)), 1).cpu().numpy()
+
+
+def predict(model: torch.nn.Module, config: dict, df: pd.DataFrame) -> list:
+    """Predicted labels (original label values) for the rows of ``df``."""
+    classes = config["classes"]
+    return [classes[i] for i in predict_proba(model, config, df).argmax(1)]

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.data import power_of_ten_scale
 from shared.data import IMAGES, TABLE, DatasetMeta
 
 MIN_RECORDS = 10  # fewer records than this cannot support any useful DP analysis
@@ -201,6 +202,8 @@ def load_table(path, label: str, name: str | None = None, *, min_records: int = 
     meta = DatasetMeta(name=name, kind=TABLE, n_records=int(len(df)), label=label, labels=classes,
                        features={c: str(df[c].dtype) for c in features},
                        description=f"Table imported from {p.name}.")
+    meta.feature_scales = {c: power_of_ten_scale(float(np.abs(df[c].to_numpy(dtype=float)).max()))
+                           for c in meta.features}
     return df, meta
 
 

@@ -25,6 +25,9 @@ class DatasetMeta:
     labels: list[Any]  # the label set, sorted
     features: dict[str, str] = field(default_factory=dict)  # column -> dtype (tables)
     image_shape: list[int] | None = None  # (H, W) or (H, W, C) (images)
+    # column -> public scale (a power of ten >= the column's largest |value|), declared by
+    # the owner at upload; jobs divide by it instead of using statistics of the records
+    feature_scales: dict[str, float] = field(default_factory=dict)
     description: str = ""
 
     def to_json(self) -> str:
@@ -33,3 +36,16 @@ class DatasetMeta:
     @classmethod
     def from_json(cls, text: str) -> "DatasetMeta":
         return cls(**json.loads(text))
+
+
+def power_of_ten_scale(max_abs: float) -> float:
+    """The smallest power of ten >= ``max_abs`` (1.0 for an all-zero column).
+
+    Publishing only the order of magnitude of a column's range is the coarse, declared
+    bound that lets a model equalise column scales without releasing record statistics.
+    """
+    import math
+
+    if not math.isfinite(max_abs) or max_abs <= 0:
+        return 1.0
+    return float(10.0 ** math.ceil(math.log10(max_abs)))

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from .models import build_from_config
-from .training import PREPROCESSORS
+from .training import preprocess
 
 
 def load_model(result: dict) -> torch.nn.Module:
@@ -25,7 +25,7 @@ def predict_proba(model: torch.nn.Module, config: dict, df: pd.DataFrame) -> np.
     missing = [c for c in config["feature_columns"] if c not in df.columns]
     if missing:
         raise ValueError(f"table lacks the model's feature columns {missing}")
-    X = PREPROCESSORS[config["preprocessing"]](df[config["feature_columns"]].to_numpy())
+    X = preprocess(df[config["feature_columns"]].to_numpy(), config)
     device = next(model.parameters()).device
     return torch.softmax(model(torch.from_numpy(X).to(device)), 1).cpu().numpy()
 

@@ -11,7 +11,8 @@ def _run_dpsgd_table(spec: DPSGDTableSpec, data, meta: DatasetMeta, progress) ->
     from .training import train_dpsgd_table  # torch/opacus imported only when a job runs
 
     # Public label set from the metadata, so the class list does not depend on the records.
-    return train_dpsgd_table(data, spec, progress=progress, classes=meta.labels or None)
+    return train_dpsgd_table(data, spec, progress=progress, classes=meta.labels or None,
+                             feature_scales=meta.feature_scales or None)
 
 
 # kind -> trainer; later job kinds add theirs next to their spec class.

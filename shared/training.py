@@ -40,10 +40,24 @@ def row_l2_normalise(X: np.ndarray) -> np.ndarray:
     return (X / np.maximum(norms, 1.0)).astype(np.float32)
 
 
-# name -> per-row transform; results.predict looks the model's preprocessing up here.
-PREPROCESSORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "row_l2_normalise": row_l2_normalise,
-}
+def public_scale(X: np.ndarray, scales) -> np.ndarray:
+    """x_j -> clip(x_j / s_j, -1, 1) with the owner's declared per-column scales s_j.
+
+    The scales are public metadata (powers of ten), not statistics of the training records,
+    so this costs no privacy and -- unlike row normalisation -- keeps each record's magnitude,
+    which is often the signal (e.g. tumour area).
+    """
+    X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(X / np.asarray(scales, dtype=np.float64), -1.0, 1.0).astype(np.float32)
+
+
+def preprocess(X: np.ndarray, config: dict) -> np.ndarray:
+    """Apply the preprocessing recorded in a model config (training and prediction alike)."""
+    if config["preprocessing"] == "public_scale":
+        return public_scale(X, config["feature_scales"])
+    if config["preprocessing"] == "row_l2_normalise":
+        return row_l2_normalise(X)
+    raise ValueError(f"unknown preprocessing {config['preprocessing']!r}")
 
 
 def feature_columns(df: pd.DataFrame, label: str) -> list[str]:
@@ -145,7 +159,8 @@ def default_device() -> torch.device:
 
 def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       device: torch.device | str | None = None,
-                      classes: Sequence | None = None) -> dict:
+                      classes: Sequence | None = None,
+                      feature_scales: dict | None = None) -> dict:
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
@@ -156,7 +171,11 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     classes = sorted(df[spec.label].unique().tolist()) if classes is None else list(classes)
     if len(classes) < 2:
         raise ValueError(f"need at least two label values to classify, got {classes}")
-    X = PREPROCESSORS[PREPROCESSING](df[cols].to_numpy())
+    prep = {"preprocessing": PREPROCESSING}
+    if feature_scales and all(c in feature_scales for c in cols):
+        prep = {"preprocessing": "public_scale",
+                "feature_scales": [float(feature_scales[c]) for c in cols]}
+    X = preprocess(df[cols].to_numpy(), prep)
     y = encode_labels(df[spec.label], classes)
     tr, te = split_indices(y, spec.test_fraction, spec.seed)
     n_train = len(tr)
@@ -192,7 +211,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
 
     model.eval()
     config = model_config(spec.model, len(cols), len(classes), spec.hidden)
-    config.update(classes=classes, feature_columns=cols, preprocessing=PREPROCESSING)
+    config.update(classes=classes, feature_columns=cols, **prep)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     return {

@@ -26,6 +26,9 @@ from .state import loads, open_state
 from .storage import read_private, remove_private, write_private
 
 
+BUDGET_SUBJECT = "dp-datasite budget: "
+
+
 class OwnerSite:
     """One datasite, seen by its owner."""
 
@@ -165,6 +168,35 @@ class OwnerSite:
             self.ledger.set_budget(dataset, epsilon, delta, researcher=researcher)
         except LedgerError as e:
             raise SiteError(str(e)) from None
+        self.publish_budgets([researcher] if researcher else None)
+
+    def budgets_for(self, researcher: str) -> dict:
+        """What a researcher may know: per dataset, the budget left to the dataset and to them."""
+        out = {}
+        for b in self.ledger.all_budgets():
+            if b["researcher"]:
+                continue
+            ds = b["dataset"]
+            left = {"dataset_left": b["epsilon"] - self.ledger.spent(ds)["epsilon"],
+                    "delta": b["delta"], "researcher_left": None}
+            own = self.ledger.budget(ds, researcher)
+            if own:
+                left["researcher_left"] = own["epsilon"] - self.ledger.spent(ds, researcher)["epsilon"]
+            out[ds] = left
+        return out
+
+    def publish_budgets(self, researchers: list[str] | None = None) -> None:
+        """Tell researchers their budgets, privately, as a PySyft notification to each."""
+        from syft.server.credentials import SyftVerifyKey
+        from syft.service.notification.notifications import CreateNotification
+
+        for email, key in self.state.researcher_keys().items():
+            if researchers is not None and email not in researchers:
+                continue
+            subject = BUDGET_SUBJECT + json.dumps(self.budgets_for(email), sort_keys=True)
+            self.client.api.services.notifications.send(notification=CreateNotification(
+                subject=subject, to_user_verify_key=SyftVerifyKey.from_string(key),
+                from_user_verify_key=self.client.verify_key))
 
     def price(self, spec: dict) -> str:
         """The privacy event of a spec, computed here from the spec (never from the client)."""
@@ -189,6 +221,11 @@ class OwnerSite:
 
         if isinstance(res, sy.SyftError):
             raise SiteError(f"Could not register {email}: {res.message}")
+        # PySyft generates the researcher's key server-side and shows it to no admin API;
+        # one login with the password we just set tells us where to send their budget notes.
+        with contextlib.redirect_stdout(sys.stderr):
+            as_user = sy.login(url=self.url, email=email, password=password)
+        self.state.add_researcher(email, str(as_user.verify_key))
 
     # -- requests ----------------------------------------------------------------------------
     def _syft_requests(self) -> dict[str, Any]:
@@ -300,6 +337,7 @@ class OwnerSite:
             self.state.set_state(request_id, "failed", reason=str(e))
             raise SiteError(str(e)) from None
         self.ledger.start(request_id)
+        self.publish_budgets([info["researcher"]])
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
@@ -308,6 +346,7 @@ class OwnerSite:
             self.state.finish_execution(execution, "failed")
             self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
             self.ledger.refund(request_id, reason="job failed")
+            self.publish_budgets([info["researcher"]])
             raise
         self.state.finish_execution(execution, "ok")
         with open(result_path, "rb") as f:
@@ -338,6 +377,7 @@ class OwnerSite:
         req.deposit_result(result)
         self.ledger.released(request_id)
         self.state.set_state(request_id, "released")
+        self.publish_budgets([own["researcher"]])
         return loads(own["summary_json"])
 
     def deny(self, request_id: str, reason: str) -> None:
@@ -356,6 +396,7 @@ class OwnerSite:
         if entry and entry["state"] in ("reserved", "running"):
             # ran but never released: nothing left the site, so the reservation is returned
             self.ledger.refund(request_id, reason=f"denied after run: {reason}")
+            self.publish_budgets([entry["researcher"]])
         else:
             self.ledger.log("deny", request_id, {"reason": reason})
         self.state.set_state(request_id, "denied", reason=reason)

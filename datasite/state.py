@@ -40,6 +40,12 @@ requests = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+researchers = Table(
+    "dpds_researchers", metadata,
+    Column("email", String(320), primary_key=True),
+    Column("verify_key", String(64), nullable=False),  # to address private notifications
+)
+
 executions = Table(
     "dpds_executions", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -132,6 +138,15 @@ class State:
             else:
                 c.execute(insert(requests).values(request_id=request_id, state=state,
                                                   updated_at=now(), **fields))
+
+    # researchers
+    def add_researcher(self, email: str, verify_key: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(researchers).values(email=email, verify_key=verify_key))
+
+    def researcher_keys(self) -> dict[str, str]:
+        with self.engine.connect() as c:
+            return {r.email: r.verify_key for r in c.execute(select(researchers))}
 
     # executions on private data
     def start_execution(self, request_id: str, dataset: str) -> int:

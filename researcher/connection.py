@@ -9,6 +9,7 @@ from shared.data import DatasetMeta
 
 from .errors import ConnectError, ResearcherError
 
+BUDGET_SUBJECT = "dp-datasite budget: "  # must match datasite.owner.BUDGET_SUBJECT
 _META = re.compile(r"```json dp-datasite-meta\n(.*?)\n```", re.S)
 
 
@@ -40,9 +41,10 @@ def connect(url: str, email: str, password: str) -> "Site":
 class RemoteDataset:
     """A dataset as a researcher sees it: metadata and mock data; the real data stays home."""
 
-    def __init__(self, meta: DatasetMeta, asset):
+    def __init__(self, meta: DatasetMeta, asset, budget: dict | None = None):
         self.meta = meta
         self._asset = asset
+        self.budget = budget  # eps left to the dataset and to you, as the owner last told you
 
     @property
     def name(self) -> str:
@@ -55,7 +57,12 @@ class RemoteDataset:
     def __repr__(self) -> str:
         m = self.meta
         shape = m.image_shape if m.image_shape else f"{len(m.features)} features"
-        return f"<dataset {m.name}: {m.kind}, {m.n_records} records, {shape}, labels {m.labels}>"
+        b = self.budget or {}
+        left = (f", eps left: {b['researcher_left']:.2f} for you" if b.get("researcher_left")
+                is not None else "") + (f", {b['dataset_left']:.2f} for the dataset"
+                                       if b.get("dataset_left") is not None else "")
+        return (f"<dataset {m.name}: {m.kind}, {m.n_records} records, {shape}, "
+                f"labels {m.labels}{left}>")
 
 
 class DatasetCatalog(dict):
@@ -78,15 +85,26 @@ class Site:
     def name(self) -> str:
         return self.client.name
 
+    def budgets(self) -> dict:
+        """Your privacy budget per dataset: the latest figures the owner sent you."""
+        latest = None
+        for n in self.client.api.services.notifications.get_all():
+            if n.subject.startswith(BUDGET_SUBJECT) and (latest is None or
+                                                         n.created_at > latest.created_at):
+                latest = n
+        return json.loads(latest.subject[len(BUDGET_SUBJECT):]) if latest else {}
+
     @property
     def datasets(self) -> DatasetCatalog:
+        budgets = self.budgets()
         out = DatasetCatalog()
         for ds in self.client.datasets.get_all():
             match = _META.search(ds.description.text if hasattr(ds.description, "text")
                                  else str(ds.description))
             if not match:
                 continue  # not published by dp-datasite
-            out[ds.name] = RemoteDataset(DatasetMeta(**json.loads(match.group(1))), ds.assets[0])
+            out[ds.name] = RemoteDataset(DatasetMeta(**json.loads(match.group(1))), ds.assets[0],
+                                         budgets.get(ds.name))
         return out
 
     def submit(self, job) -> "JobRequest":

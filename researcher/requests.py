@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from shared.template import compile_function, func_name_for, render
+from shared.template import compile_function, func_name_for, recognise, render
 
 from .errors import JobDenied, JobTimeout, ResearcherError
 from .results import JobResult
@@ -40,8 +40,10 @@ class JobRequest:
             rid = req.id.to_string()
             if rid.startswith(request_id):
                 code = req.code
-                dataset = next(iter(code.assets.keys()), "") if hasattr(code.assets, "keys") else ""
-                return cls(site, rid, code.service_func_name, dataset)
+                spec = recognise(code.raw_code)
+                if spec is None:
+                    raise ResearcherError(f"Request {rid[:8]} is not a dp-datasite job.")
+                return cls(site, rid, code.service_func_name, spec["dataset"])
         raise ResearcherError(f"No request {request_id!r} of yours on {site.name}.")
 
     def _syft_request(self):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import dp_accounting
@@ -52,11 +54,58 @@ def dpsgd_event(sample_rate: float, noise_multiplier: float, steps: int) -> dp_a
         int(steps))
 
 
-# -- epsilons ----------------------------------------------------------------------------------
-def _pld_epsilon(event: dp_accounting.DpEvent, delta: float, interval: float) -> float:
+# -- PLDs --------------------------------------------------------------------------------------
+# A privacy report needs the same event's PLD twice (epsilon at delta, then the trade-off curve),
+# at the same discretisation intervals: keep the last few composed accountants. Keyed by the
+# event's JSON (ComposedDpEvent holds a list, so events are not hashable) and the interval.
+_PLD_CACHE: "OrderedDict[tuple[str, float], PLDAccountant]" = OrderedDict()
+_PLD_CACHE_SIZE = 4
+_PLD_CACHE_LOCK = threading.Lock()
+
+
+def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccountant:
+    """A ``PLDAccountant`` (pessimistic discretisation at ``interval``) that has composed ``event``.
+
+    Treat it as read-only: it may be shared with other callers.
+    """
+    try:
+        key = (event_to_json(event), float(interval))
+    except AccountingError:
+        key = None
+    if key is not None:
+        with _PLD_CACHE_LOCK:
+            acc = _PLD_CACHE.get(key)
+            if acc is not None:
+                _PLD_CACHE.move_to_end(key)
+                return acc
     acc = PLDAccountant(value_discretization_interval=interval)
     acc.compose(event)
-    return float(acc.get_epsilon(delta))
+    if key is not None:
+        with _PLD_CACHE_LOCK:
+            _PLD_CACHE[key] = acc
+            while len(_PLD_CACHE) > _PLD_CACHE_SIZE:
+                _PLD_CACHE.popitem(last=False)
+    return acc
+
+
+def pld_of(event: dp_accounting.DpEvent, interval: float):
+    """The event's ``PrivacyLossDistribution`` at ``interval``, or None for a non-private event."""
+    acc = pld_accountant(event, interval)
+    # dp_accounting 0.6 has no public getter for the composed PLD (tests pin this).
+    return None if acc._contains_non_dp_event else acc._pld  # pylint: disable=protected-access
+
+
+def refinement_intervals() -> list[float]:
+    """Discretisation intervals tried in turn: PLD_START_INTERVAL, /3, /9, ... >= PLD_MIN_INTERVAL."""
+    out = [PLD_START_INTERVAL]
+    while out[-1] / 3 >= PLD_MIN_INTERVAL * (1 - 1e-9):
+        out.append(out[-1] / 3)
+    return out
+
+
+# -- epsilons ----------------------------------------------------------------------------------
+def _pld_epsilon(event: dp_accounting.DpEvent, delta: float, interval: float) -> float:
+    return float(pld_accountant(event, interval).get_epsilon(delta))
 
 
 def epsilon(event: dp_accounting.DpEvent, delta: float,
@@ -69,10 +118,9 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
     _check_delta(delta)
     if value_discretization_interval is not None:
         return _pld_epsilon(event, delta, value_discretization_interval)
-    interval = PLD_START_INTERVAL
-    eps = _pld_epsilon(event, delta, interval)
-    while interval / 3 >= PLD_MIN_INTERVAL * (1 - 1e-9):
-        interval /= 3
+    intervals = refinement_intervals()
+    eps = _pld_epsilon(event, delta, intervals[0])
+    for interval in intervals[1:]:
         finer = _pld_epsilon(event, delta, interval)
         done = abs(eps - finer) <= PLD_RTOL * max(finer, 1e-3)
         eps = min(eps, finer)  # both are upper bounds: keep the tighter

@@ -60,6 +60,12 @@ def test_submit_run_release_and_restart(live_site, demo_files):
     acc = (pd.Series(predict(model, result.raw["model_config"], real)) == real["diagnosis"]).mean()
     assert acc > 0.8
 
+    # the researcher sees the budget left, as the owner's ledger computes it
+    left = site.datasets["breast_cancer"].budget
+    spent = live_site.ledger.spent("breast_cancer")["epsilon"]
+    assert left["dataset_left"] == pytest.approx(50.0 - spent)
+    assert result.privacy["epsilon"] <= spent + 1e-9
+
     # restart: datasets, users, requests and results survive
     live_site.down()
     live_site.up()
@@ -107,3 +113,20 @@ def test_clear_errors(live_site, tmp_path):
         site.request("deadbeef")
     with pytest.raises(SiteError, match="already exists"):
         live_site.upload("breast_cancer", table="x.csv", label="diagnosis")
+
+
+def test_cannot_spend_budget_not_given(live_site):
+    """A researcher's share is enforced by the owner's run, whatever the researcher submits."""
+    live_site.set_budget("breast_cancer", 1.0, researcher=RESEARCHER[0])
+    try:
+        site = researcher.connect(live_site.url, *RESEARCHER)
+        assert site.datasets["breast_cancer"].budget["researcher_left"] <= 1.0
+        req = site.submit(_job(epsilon=2.0))
+        info = {r["request_id"]: r for r in live_site.review()}[req.id]
+        assert info["cost"]["budget"]["fits"] is False
+        with pytest.raises(SiteError, match="would reach"):
+            live_site.run(req.id, progress=False)
+        assert live_site.executions(req.id) == 0
+        assert req.status() == "pending"
+    finally:
+        live_site.set_budget("breast_cancer", 100.0, researcher=RESEARCHER[0])

@@ -1,0 +1,269 @@
+"""Attack risk and Gaussian DP of a privacy event, from the trade-off curve of its PLD.
+
+(eps, delta) alone says little about what an attacker can do. The whole privacy profile
+delta(eps) of the event's privacy loss distribution (PLD) gives its trade-off curve: the smallest
+false-negative rate beta an attacker testing "was this record in the training data?" can have at
+false-positive rate alpha. From it we report
+
+* ``tpr_bound``: the largest true-positive rate 1 - beta(alpha) of any membership attack at FPR
+  alpha in {0.1%, 1%, 10%}, beside ``tpr_bound_eps_delta``, what the single pair (eps, delta)
+  implies, so users see what the full curve buys;
+* ``mu`` (Gaussian DP): the smallest mu whose Gaussian trade-off G_mu lies at or below the curve,
+  with ``mu_fit_error``, the largest gap between G_mu and the curve (0 = exactly Gaussian).
+
+References: Dong, Roth, Su, "Gaussian differential privacy" (JRSS-B 2022), Prop. 2.5 / 2.12;
+Gomez, Kulynych, Kaissis et al., arXiv 2503.10945; Kulynych et al., arXiv 2407.02191. The CLT
+approximation of mu for DP-SGD is never used here: it is not a bound in either direction.
+
+Also: :func:`calibrate_noise_for`, the DP-SGD noise multiplier for a target eps (at delta), mu,
+or attack TPR at a given FPR.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import dp_accounting
+import numpy as np
+from scipy.stats import norm
+
+from .accounting import (PLD_RTOL, SIGMA_MAX, AccountingError, calibrate_noise, dpsgd_event,
+                         pld_of, refinement_intervals)
+
+REPORT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)
+
+# FPR grid on which mu is fitted: dense in log scale at small alpha (where attacks matter) and
+# linear up to 0.999. mu-GDP is claimed on [MU_ALPHA_MIN, MU_ALPHA_MAX] only: near alpha = 0 no
+# PLD can show it (G_mu -> 1, while the PLD's truncated tail mass keeps beta below 1).
+MU_ALPHA_MIN, MU_ALPHA_MAX = 1e-6, 0.999
+MU_ALPHAS = np.unique(np.concatenate([np.logspace(math.log10(MU_ALPHA_MIN), -1, 501),
+                                      np.linspace(0.1, MU_ALPHA_MAX, 900)]))
+
+# Epsilon grid for the privacy profile. A line with eps > ln(1/MU_ALPHA_MIN) bounds beta by a
+# negative number (first form) or by < MU_ALPHA_MIN (second form) on the whole alpha grid, so
+# the grid stops there. Step 0.001 below 0.5 (small-eps events), 0.005 above.
+EPS_GRID = np.unique(np.concatenate([np.linspace(0.0, 0.5, 501),
+                                     np.arange(0.5, math.log(1 / MU_ALPHA_MIN) + 0.005, 0.005)]))
+
+# The curve is refined like epsilon (3e-3, 1e-3, 3.3e-4, 1.1e-4) until the TPR bounds and mu
+# agree within PLD_RTOL, but not below this interval: the profile costs O(PLD size) in Python.
+CURVE_MIN_INTERVAL = 1e-4
+
+
+# -- trade-off curves ---------------------------------------------------------------------------
+def _lines(eps: np.ndarray, delta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """f_{eps,delta}(alpha) = max(0, 1 - delta - e^eps alpha, e^-eps (1 - delta - alpha)),
+    the trade-off curve of (eps, delta)-DP; shape (len(alpha), len(eps))."""
+    a = alpha[:, None]
+    one_minus_delta = 1.0 - delta[None, :]
+    first = one_minus_delta - np.exp(eps)[None, :] * a
+    second = np.exp(-eps)[None, :] * (one_minus_delta - a)
+    return np.maximum(np.maximum(first, second), 0.0)
+
+
+@dataclass(frozen=True)
+class TradeOff:
+    """A valid lower bound on an event's trade-off function, from pairs (eps_i, delta_i) that the
+    event satisfies: beta(alpha) = sup_i f_{eps_i, delta_i}(alpha).
+
+    Direction (why a finite grid is safe): every pair (eps, delta(eps)) of the profile is a true
+    (eps, delta)-DP statement (the pessimistic PLD even over-estimates delta), and each one alone
+    implies beta(alpha) >= f_{eps,delta}(alpha) for every attack (Dong, Roth, Su, Prop. 2.5). The
+    sup over any set of true pairs is therefore still a valid lower bound on beta. A finite grid
+    leaves pairs out, which can only make our beta smaller, i.e. the TPR bound 1 - beta larger
+    than the exact curve's: conservative, never optimistic. Over all eps >= 0 the sup equals
+    the curve that the profile determines (Prop. 2.12); the grid converges to it from below.
+    """
+
+    eps: np.ndarray
+    delta: np.ndarray
+
+    def beta(self, alpha):
+        """Lower bound on the attacker's false-negative rate at false-positive rate ``alpha``."""
+        a = np.atleast_1d(np.asarray(alpha, dtype=float))
+        if np.any((a < 0) | (a > 1)):
+            raise AccountingError("a false-positive rate must lie in [0, 1]")
+        out = np.empty_like(a)
+        for i in range(0, len(a), 128):  # chunks bound the (alphas x eps) temporary
+            out[i:i + 128] = _lines(self.eps, self.delta, a[i:i + 128]).max(axis=1)
+        return float(out[0]) if np.ndim(alpha) == 0 else out
+
+    def tpr(self, alpha):
+        """Upper bound on the true-positive rate of any membership attack at FPR ``alpha``."""
+        return 1.0 - self.beta(alpha)
+
+    def union(self, other: "TradeOff") -> "TradeOff":
+        """Both sets of pairs hold, so the pointwise max of the two curves holds too."""
+        return TradeOff(np.concatenate([self.eps, other.eps]),
+                        np.concatenate([self.delta, other.delta]))
+
+
+def tradeoff_from_profile(eps, delta) -> TradeOff:
+    """The curve implied by (eps_i, delta_i) pairs, each of which the mechanism satisfies."""
+    eps = np.asarray(eps, dtype=float).ravel()
+    delta = np.clip(np.asarray(delta, dtype=float).ravel(), 0.0, 1.0)
+    if eps.shape != delta.shape or np.any(eps < 0) or not np.all(np.isfinite(eps)):
+        raise AccountingError("a privacy profile needs matching finite eps >= 0 and delta")
+    return TradeOff(eps, delta)
+
+
+def tradeoff_from_pld(pld, eps_grid: np.ndarray = EPS_GRID) -> TradeOff:
+    """Curve of a dp_accounting ``PrivacyLossDistribution`` from its profile on ``eps_grid``.
+
+    ``get_delta_for_epsilon`` takes the max over the add and remove directions, so each pair is
+    a standard (symmetric) (eps, delta)-DP guarantee.
+    """
+    grid = np.sort(np.asarray(eps_grid, dtype=float))
+    return tradeoff_from_profile(grid, np.asarray(pld.get_delta_for_epsilon(grid), dtype=float))
+
+
+def _summary(curve: TradeOff) -> np.ndarray:
+    mu, _ = fit_mu(curve)
+    return np.append(curve.tpr(np.asarray(REPORT_FPRS)), np.inf if mu is None else mu)
+
+
+def tradeoff_curve(event: dp_accounting.DpEvent) -> TradeOff | None:
+    """The event's trade-off curve (None: the event is not private at all, TPR = 1).
+
+    Refines the PLD's discretisation until the TPR bounds at REPORT_FPRS and mu agree within
+    PLD_RTOL, and keeps the pointwise max of all the curves computed (each is valid).
+    Deterministic: the same event always gives the same curve.
+    """
+    curve, prev = None, None
+    for interval in [i for i in refinement_intervals() if i >= CURVE_MIN_INTERVAL * (1 - 1e-9)]:
+        pld = pld_of(event, interval)
+        if pld is None:
+            return None
+        fresh = tradeoff_from_pld(pld)
+        curve = fresh if curve is None else curve.union(fresh)
+        now = _summary(curve)
+        if prev is not None and np.all(np.abs(now - prev) <= PLD_RTOL * np.maximum(np.abs(now), 1e-3)):
+            break
+        prev = now
+    return curve
+
+
+# -- bounds ------------------------------------------------------------------------------------
+def tpr_bound(event: dp_accounting.DpEvent, fpr: float) -> float:
+    """Largest TPR of any membership attack on ``event`` at false-positive rate ``fpr``."""
+    curve = tradeoff_curve(event)
+    return 1.0 if curve is None else float(curve.tpr(float(fpr)))
+
+
+def tpr_bound_eps_delta(epsilon: float, delta: float, fpr: float) -> float:
+    """The TPR bound that (eps, delta)-DP alone implies: 1 - f_{eps,delta}(fpr), i.e.
+    min(1, e^eps fpr + delta, 1 - e^-eps (1 - delta - fpr))."""
+    if not math.isfinite(epsilon):
+        return 1.0
+    return 1.0 - float(_lines(np.array([float(epsilon)]), np.array([float(delta)]),
+                              np.array([float(fpr)]))[0, 0])
+
+
+def gaussian_tradeoff(mu: float, alpha):
+    """G_mu(alpha) = Phi(Phi^-1(1 - alpha) - mu): the trade-off curve of mu-GDP."""
+    return norm.cdf(norm.isf(alpha) - mu)
+
+
+def fit_mu(curve: TradeOff, alphas: np.ndarray = MU_ALPHAS) -> tuple[float | None, float]:
+    """(mu, fit error): the smallest mu with G_mu(alpha) <= beta(alpha) on ``alphas``, and
+    max |G_mu(alpha) - beta(alpha)| there. mu is None when no finite mu fits (beta = 0 somewhere
+    on the grid: the event is too weak for any Gaussian description).
+
+    G_mu(alpha) <= beta  <=>  mu >= Phi^-1(1 - alpha) - Phi^-1(beta), so mu is the max of that
+    over the grid (no search). Since beta is a valid lower bound on the event's trade-off curve,
+    the event is mu-GDP at every grid FPR.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    beta = curve.beta(alphas)
+    if np.any(beta <= 0):
+        return None, float(np.max(np.abs(beta - (1 - alphas))))
+    mu = max(0.0, float(np.max(norm.isf(alphas) - norm.ppf(beta))))
+    return mu, float(np.max(np.abs(gaussian_tradeoff(mu, alphas) - beta)))
+
+
+def risk_report(event: dp_accounting.DpEvent, epsilon: float, delta: float) -> dict:
+    """The attack-risk and GDP fields of a privacy report; ``epsilon`` is the event's PLD epsilon
+    at ``delta`` (a true pair, so it is added to the curve's pairs)."""
+    curve = tradeoff_curve(event)
+    keys = [f"{a:g}" for a in REPORT_FPRS]
+    out = {"tpr_bound_eps_delta": {k: tpr_bound_eps_delta(epsilon, delta, a)
+                                   for k, a in zip(keys, REPORT_FPRS)}}
+    if curve is None or not math.isfinite(epsilon):
+        out.update(tpr_bound={k: 1.0 for k in keys}, mu=None, mu_fit_error=None)
+    else:
+        curve = curve.union(tradeoff_from_profile([epsilon], [delta]))
+        mu, err = fit_mu(curve)
+        out.update(tpr_bound={k: float(curve.tpr(a)) for k, a in zip(keys, REPORT_FPRS)},
+                   mu=mu, mu_fit_error=err)
+    out["mu_fpr_range"] = [MU_ALPHA_MIN, MU_ALPHA_MAX]
+    return out
+
+
+# -- calibration -------------------------------------------------------------------------------
+def calibrate_noise_for(sample_rate: float, steps: int, *, epsilon: float | None = None,
+                        delta: float | None = None, mu: float | None = None,
+                        tpr: float | None = None, fpr: float | None = None,
+                        rtol: float = 1e-3) -> float:
+    """DP-SGD noise multiplier for exactly one target: ``epsilon`` at ``delta``, or ``mu``
+    (Gaussian DP), or attack ``tpr`` at ``fpr``.
+
+    Returns (within ``rtol``) the smallest sigma found by bisection whose guarantee, computed by
+    the same functions the privacy report uses, meets the target: the feasible end is returned.
+    mu and TPR do not depend on delta; a ``delta`` passed with them is ignored.
+    """
+    targets = [n for n, v in (("epsilon", epsilon), ("mu", mu), ("tpr", tpr)) if v is not None]
+    if len(targets) != 1:
+        raise AccountingError("give exactly one target: epsilon (with delta), mu, or tpr "
+                              f"(with fpr); got {targets or 'none'}")
+    if steps < 1:
+        raise AccountingError(f"steps must be >= 1, got {steps}")
+    if epsilon is not None:
+        if delta is None:
+            raise AccountingError("an epsilon target needs delta")
+        return calibrate_noise(sample_rate, steps, epsilon, delta, rtol=rtol)
+    if fpr is not None and tpr is None:
+        raise AccountingError("fpr goes with a tpr target")
+
+    def curve(sigma: float) -> TradeOff | None:
+        return tradeoff_curve(dpsgd_event(sample_rate, sigma, steps))
+
+    if mu is not None:
+        if not (mu > 0 and math.isfinite(mu)):
+            raise AccountingError(f"mu must be a finite number > 0, got {mu}")
+
+        def ok(sigma: float) -> bool:
+            c = curve(sigma)
+            m = None if c is None else fit_mu(c)[0]
+            return m is not None and m <= mu
+        what = f"mu={mu:g}"
+    else:
+        if fpr is None or not 0 < fpr < 1:
+            raise AccountingError(f"a tpr target needs a false-positive rate 0 < fpr < 1, got {fpr}")
+        if not fpr < tpr < 1:
+            raise AccountingError(f"tpr must lie in (fpr, 1) = ({fpr:g}, 1): no mechanism gives an "
+                                  f"attacker less than TPR = FPR, got {tpr}")
+
+        def ok(sigma: float) -> bool:
+            c = curve(sigma)
+            return c is not None and float(c.tpr(fpr)) <= tpr
+        what = f"TPR {tpr:g} at FPR {fpr:g}"
+
+    hi = 1.0
+    while not ok(hi):
+        hi *= 2
+        if hi > SIGMA_MAX:
+            raise AccountingError(f"{what} is out of reach: it would need a noise multiplier above "
+                                  f"{SIGMA_MAX:g}. Relax the target, or lower the number of steps "
+                                  "(epochs) or the sampling rate (batch size).")
+    lo = hi / 2
+    while ok(lo):
+        hi, lo = lo, lo / 2
+        if lo < 1e-3:  # tiny noise already meets the target
+            return hi
+    while hi / lo - 1 > rtol:  # geometric bisection; hi stays feasible
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

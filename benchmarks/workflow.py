@@ -42,7 +42,8 @@ def main() -> None:
     try:
         csv = base / "bc.csv"
         write_breast_cancer_csv(csv)
-        meta = owner.upload("bc", table=str(csv), label="diagnosis")
+        meta = owner.upload("bc", table=str(csv), label="diagnosis", budget_epsilon=1000.0,
+                            delta=1e-5)
         owner.add_user("bench@uni.edu", "bench-password")
         site = researcher.connect(owner.url, "bench@uni.edu", "bench-password")
         df = pd.read_csv(csv)

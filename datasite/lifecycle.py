@@ -30,6 +30,12 @@ def running_pid(site: SiteHome) -> int | None:
     except (FileNotFoundError, ValueError, IndexError):
         return None
     try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)  # a dead child of ours is a zombie until reaped
+    except ChildProcessError:
+        reaped = 0
+    try:
+        if reaped:
+            raise ProcessLookupError
         os.kill(pid, 0)
     except ProcessLookupError:
         site.pid_file.unlink(missing_ok=True)

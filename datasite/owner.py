@@ -240,7 +240,7 @@ class OwnerSite:
                             f"List them with `datasite review {self.name}`.")
         return matches[0], reqs[matches[0]]
 
-    def describe_request(self, request_id: str, req=None) -> dict:
+    def describe_request(self, request_id: str, req=None, with_cost: bool = True) -> dict:
         """Who asked what, whether the code is a recognised template, and its spec."""
         if req is None:
             request_id, req = self._syft_request(request_id)
@@ -266,7 +266,7 @@ class OwnerSite:
             info["code"] = source
         else:
             info["validation"] = self._validate(spec)
-            if info["validation"] == "ok":
+            if info["validation"] == "ok" and with_cost:
                 info["cost"] = self._quote(spec, user)
         return info
 
@@ -309,7 +309,7 @@ class OwnerSite:
     def run(self, request_id: str, progress: bool = True) -> dict:
         """Run a recognised job once on the real data; keep the result for review."""
         request_id, req = self._syft_request(request_id)
-        info = self.describe_request(request_id, req)
+        info = self.describe_request(request_id, req, with_cost=False)
         if info["state"] == "denied":
             raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
         if info["spec"] is None:
@@ -321,6 +321,7 @@ class OwnerSite:
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]
         row = self.state.dataset(spec["dataset"])
+        self._recover_interrupted(request_id)
         if self.ledger.budget(spec["dataset"]) is None:
             raise SiteError(f"Dataset {spec['dataset']} has no privacy budget; set one with "
                             f"`datasite budget {self.name} {spec['dataset']} --epsilon E --delta D`.")
@@ -341,7 +342,9 @@ class OwnerSite:
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
-            _run_subprocess(spec, row["path"], result_path, progress)
+            _run_subprocess(spec, row["path"], result_path, progress,
+                            on_start=lambda pid: self.state.set_state(request_id, "running",
+                                                                      runner_pid=pid))
         except BaseException as e:
             self.state.finish_execution(execution, "failed")
             self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
@@ -355,6 +358,23 @@ class OwnerSite:
         self.state.set_state(request_id, "ran", result_path=str(result_path),
                              summary_json=json.dumps(summary))
         return summary
+
+    def _recover_interrupted(self, request_id: str) -> None:
+        """A run whose owner process died: refund its reservation, visibly, so it can run again.
+
+        Its job process is gone and left no result, so nothing was computed that could leave.
+        """
+        own = self.state.request(request_id)
+        if not own or own["state"] != "running":
+            return
+        if own["runner_pid"] and _alive(own["runner_pid"]):
+            raise SiteError(f"Request {request_id[:8]} is running now (pid {own['runner_pid']}).")
+        if own["result_path"] and Path(own["result_path"]).exists():
+            return
+        entry = self.ledger.entry(request_id)
+        if entry and entry["state"] in ("reserved", "running"):
+            self.ledger.refund(request_id, reason="interrupted: the job process died")
+        self.state.set_state(request_id, "failed", reason="interrupted; reservation refunded")
 
     def release(self, request_id: str) -> dict:
         """Send a run's result back to the researcher."""
@@ -424,13 +444,26 @@ def summarise(result: dict) -> dict:
             "privacy": {k: v for k, v in (result.get("privacy") or {}).items() if k != "event"}}
 
 
-def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
+                    on_start=None) -> None:
     from tqdm import tqdm
 
     cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), dataset_dir, str(result_path)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)
+    if on_start is not None:
+        on_start(proc.pid)
     bar = None
     for line in proc.stdout:
         try:

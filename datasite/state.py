@@ -37,6 +37,7 @@ requests = Table(
     Column("result_path", Text),
     Column("reason", Text),
     Column("summary_json", Text),
+    Column("runner_pid", Integer),  # the job process while state is 'running'
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -107,6 +107,12 @@ def cmd_review(args) -> None:
             if cost:
                 print(f"  privacy cost (computed here from the spec): eps={cost['epsilon']:.3f} "
                       f"at delta={cost['delta']:g} (RDP {cost.get('epsilon_rdp', float('nan')):.3f})")
+                tpr = cost.get("tpr_bound") or {}
+                if tpr:
+                    mu = cost.get("mu")
+                    print(f"  membership-attack bound: TPR <= {tpr.get('0.001', 1):.3f} / "
+                          f"{tpr.get('0.01', 1):.3f} / {tpr.get('0.1', 1):.3f} at FPR 0.1/1/10%"
+                          + (f"; mu-GDP {mu:.3f}" if mu is not None else ""))
                 b = cost["budget"]
                 if b is None:
                     print("  budget: NONE SET for this dataset -- `datasite budget` before running")

@@ -96,7 +96,8 @@ def pld_of(event: dp_accounting.DpEvent, interval: float):
 
 
 def refinement_intervals() -> list[float]:
-    """Discretisation intervals tried in turn: PLD_START_INTERVAL, /3, /9, ... >= PLD_MIN_INTERVAL."""
+    """Discretisation intervals tried in turn: PLD_START_INTERVAL, /3, /9, ... down to
+    PLD_MIN_INTERVAL."""
     out = [PLD_START_INTERVAL]
     while out[-1] / 3 >= PLD_MIN_INTERVAL * (1 - 1e-9):
         out.append(out[-1] / 3)

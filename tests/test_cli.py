@@ -104,3 +104,50 @@ def test_owner_cli_journey(tmp_path, demo_files):
         assert "bob@uni.edu" in [u.email for u in owner.client.users.get_all()]
     finally:
         run("down", "clinic", home=home, check=False)
+
+
+@pytest.mark.slow
+def test_ledger_command_shows_plots_and_verifies(tmp_path, demo_files):
+    """`datasite budget` / `ledger` on a site with spend: JSON, plot, tamper detection."""
+    from sqlalchemy import text
+
+    import researcher
+    from datasite.config import open_site
+    from datasite.owner import OwnerSite
+    from researcher import jobs
+
+    home = tmp_path / "site"
+    run("init", "lab", "--port", str(free_port()), home=home)
+    run("up", "lab", home=home)
+    try:
+        run("upload", "lab", "bc", "--table", str(demo_files / "breast_cancer.csv"), "--label",
+            "diagnosis", home=home)
+        p = run("ledger", "lab", "--dataset", "bc", home=home, check=False)
+        assert p.returncode == 2 and "No budget" in p.stderr
+        p = run("budget", "lab", "bc", "--epsilon", "4", "--delta", "0.5", home=home, check=False)
+        assert p.returncode == 2 and "1/n" in p.stderr
+        run("budget", "lab", "bc", "--epsilon", "4", "--delta", "1e-5", home=home)
+        pw = tmp_path / "pw"
+        pw.write_text("carol-password")
+        run("users", "add", "lab", "carol@uni.edu", "--password-file", str(pw), "--dataset", "bc",
+            "--budget-eps", "3", home=home)
+        owner = OwnerSite(open_site("lab", home))
+        site = researcher.connect(owner.url, "carol@uni.edu", "carol-password")
+        assert site.datasets["bc"].budget["researcher_left"] == pytest.approx(3.0)
+        req = site.submit(jobs.DPSGD(dataset="bc", label="diagnosis", epsilon=1.0, delta=1e-5,
+                                     epochs=2))
+        review = run("review", "lab", home=home).stdout
+        assert "privacy cost" in review and "fits the budgets" in review
+        run("run", "lab", req.id[:8], "--quiet", home=home)
+        run("release", "lab", req.id[:8], home=home)
+        rep = json.loads(run("ledger", "lab", "--json", "--plot", str(tmp_path / "l.png"),
+                             home=home).stdout)
+        ds = rep["datasets"][0]
+        assert ds["jobs"] == 1 and 0 < ds["spent"] <= 1.0 + 1e-9 and rep["audit"]["intact"]
+        assert (tmp_path / "l.png").stat().st_size > 1000
+        with owner.ledger.engine.begin() as c:
+            c.execute(text("UPDATE dpds_audit SET actor = 'mallory' WHERE seq = 1"))
+        p = run("ledger", "lab", "--verify", home=home, check=False)
+        assert p.returncode == 2 and "tampered" in p.stderr
+    finally:
+        run("down", "lab", home=home, check=False)

@@ -11,8 +11,7 @@ import pytest
 from dp_accounting.pld import PLDAccountant
 from scipy.stats import norm
 
-from shared.accounting import (AccountingError, calibrate_noise, dpsgd_event, epsilon, pld_of,
-                               privacy_report)
+from shared.accounting import AccountingError, calibrate_noise, dpsgd_event, pld_of, privacy_report
 from shared.reporting import (EPS_GRID, MU_ALPHAS, REPORT_FPRS, TradeOff, calibrate_noise_for,
                               fit_mu, gaussian_tradeoff, privacy_profile, tpr_bound,
                               tpr_bound_eps_delta, tradeoff_curve, tradeoff_from_pld,

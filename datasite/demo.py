@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(site.datasets)
         print(site.datasets["breast_cancer"].mock.iloc[:3, :5])
         job = jobs.DPSGD(dataset="breast_cancer", label="diagnosis", epsilon=args.epsilon,
-                         delta=1e-5, epochs=30, batch_size=64, clip_norm=1.0, learning_rate=1.0, model="logreg")
+                         delta=1e-5, epochs=30, batch_size=64, clip_norm=1.0, learning_rate=1.0,
+                         model="logreg")
         mock_result = job.run_on_mock(site)
         print(f"on mock data: {mock_result.metrics.get('test_accuracy'):.3f} accuracy "
               "(mock labels are random: ~chance is expected)")

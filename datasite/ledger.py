@@ -33,7 +33,8 @@ entries = Table(
     Column("request_id", String(64), primary_key=True),
     Column("dataset", String(200), nullable=False),
     Column("researcher", String(320), nullable=False),
-    Column("state", String(20), nullable=False),
+    Column("state", String(20), nullable=False),  # estimated reserved running committed
+    #                                               released refunded denied
     Column("event_json", Text, nullable=False),       # the reserved (planned) event
     Column("realised_json", Text),                     # what the job reports it ran
     Column("epsilon", Float, nullable=False),          # of the event alone, at the dataset delta
@@ -173,6 +174,24 @@ class Ledger:
             rb is None or out["researcher_after"] <= rb["epsilon"] + 1e-9)
         return out
 
+    def estimate(self, request_id: str, dataset: str, researcher: str, event_json: str,
+                 actor: str = "owner") -> None:
+        """Record a reviewed request's priced cost (spends nothing)."""
+        d = self._require_budget(dataset)["delta"]
+        with self.engine.begin() as c:
+            row = c.execute(select(entries.c.state).where(entries.c.request_id == request_id)).first()
+            if row is not None:
+                return  # already estimated, or further along
+            eps = self.epsilon_of([event_json], d)
+            c.execute(insert(entries).values(
+                request_id=request_id, dataset=dataset, researcher=researcher, state="estimated",
+                event_json=event_json, epsilon=eps, created_at=now(), updated_at=now()))
+            self._audit(c, actor, "estimate", request_id, {"epsilon": eps})
+
+    def deny(self, request_id: str, reason: str, actor: str = "owner") -> None:
+        """A denied request: its estimate is closed; nothing was ever reserved."""
+        self._transition(request_id, ("estimated",), "denied", actor, {"reason": reason})
+
     def reserve(self, request_id: str, dataset: str, researcher: str, event_json: str,
                 actor: str = "owner") -> dict:
         """Atomically reserve a request's cost, or refuse with the numbers."""
@@ -182,7 +201,7 @@ class Ledger:
             if "" not in rows:
                 raise LedgerError(f"Dataset {dataset!r} has no privacy budget; set one first.")
             existing = c.execute(select(entries.c.state).where(entries.c.request_id == request_id)).first()
-            if existing and existing[0] not in ("refunded",):
+            if existing and existing[0] not in ("refunded", "estimated"):
                 raise LedgerError(f"Request {request_id[:8]} already has a ledger entry ({existing[0]}).")
             d = rows[""].delta
             ds_after = self.epsilon_of(self._events(c, dataset) + [event_json], d)

@@ -267,10 +267,10 @@ class OwnerSite:
         else:
             info["validation"] = self._validate(spec)
             if info["validation"] == "ok" and with_cost:
-                info["cost"] = self._quote(spec, user)
+                info["cost"] = self._quote(request_id, spec, user)
         return info
 
-    def _quote(self, spec: dict, researcher: str) -> dict:
+    def _quote(self, request_id: str, spec: dict, researcher: str) -> dict:
         from shared.accounting import event_from_json, privacy_report
 
         event_json = self.price(spec)
@@ -280,6 +280,7 @@ class OwnerSite:
                 if k != "event"}
         if budget:
             cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json)
+            self.ledger.estimate(request_id, spec["dataset"], researcher, event_json)
         else:
             cost["budget"] = None
         return cost
@@ -417,6 +418,8 @@ class OwnerSite:
             # ran but never released: nothing left the site, so the reservation is returned
             self.ledger.refund(request_id, reason=f"denied after run: {reason}")
             self.publish_budgets([entry["researcher"]])
+        elif entry and entry["state"] == "estimated":
+            self.ledger.deny(request_id, reason)
         else:
             self.ledger.log("deny", request_id, {"reason": reason})
         self.state.set_state(request_id, "denied", reason=reason)

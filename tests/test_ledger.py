@@ -133,3 +133,18 @@ def test_concurrent_reservations_never_overspend(tmp_path, backend):
     # the greedy maximum: one more job would not have fitted
     assert compose_epsilon([_event(steps=100)] * (total + 1), DELTA) > budget
     assert led.verify()[0]
+
+
+def test_estimate_then_deny_or_reserve(ledger):
+    ledger.set_budget("t", 5.0, DELTA)
+    e = _event()
+    ledger.estimate("a", "t", "r@x", e)
+    ledger.estimate("b", "t", "r@x", e)
+    assert ledger.spent("t")["jobs"] == 0  # estimates spend nothing
+    ledger.deny("a", "not this cohort")
+    ledger.reserve("b", "t", "r@x", e)
+    assert ledger.entry("a")["state"] == "denied" and ledger.entry("b")["state"] == "reserved"
+    assert ledger.spent("t")["jobs"] == 1
+    with pytest.raises(LedgerError, match="denied"):
+        ledger.reserve("a", "t", "r@x", e)
+    assert ledger.verify()[0]

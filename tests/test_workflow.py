@@ -79,7 +79,12 @@ def test_submit_run_release_and_restart(live_site, demo_files):
 def test_deny_reaches_researcher(live_site):
     site = researcher.connect(live_site.url, *RESEARCHER)
     req = site.submit(_job(epsilon=1.5))
+    assert {r["request_id"] for r in live_site.review()} >= {req.id}
+    assert live_site.ledger.entry(req.id)["state"] == "estimated"
+    spent = live_site.ledger.spent("breast_cancer")["epsilon"]
     live_site.deny(req.id, reason="epsilon too large for this cohort")
+    assert live_site.ledger.entry(req.id)["state"] == "denied"
+    assert live_site.ledger.spent("breast_cancer")["epsilon"] == spent
     with pytest.raises(JobDenied, match="epsilon too large"):
         req.wait(timeout=30, progress=False)
     with pytest.raises(SiteError, match="denied"):

@@ -15,7 +15,7 @@ import math
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, insert,
                         select, update)
 
-from .state import State, now
+from .state import State, migrate, now
 
 metadata = MetaData()
 
@@ -33,8 +33,8 @@ entries = Table(
     Column("request_id", String(64), primary_key=True),
     Column("dataset", String(200), nullable=False),
     Column("researcher", String(320), nullable=False),
-    Column("state", String(20), nullable=False),  # estimated reserved running committed
-    #                                               released refunded denied
+    # estimated | reserved | running | committed | released | refunded | denied
+    Column("state", String(20), nullable=False),
     Column("event_json", Text, nullable=False),       # the reserved (planned) event
     Column("realised_json", Text),                     # what the job reports it ran
     Column("epsilon", Float, nullable=False),          # of the event alone, at the dataset delta
@@ -70,7 +70,7 @@ def _hash(prev: str, at: str, actor: str, action: str, request_id: str | None, p
 class Ledger:
     def __init__(self, state: State):
         self.engine = state.engine
-        metadata.create_all(self.engine)
+        migrate(self.engine, metadata)
 
     # -- accounting helpers --------------------------------------------------------------------
     @staticmethod

@@ -79,8 +79,30 @@ def engine_for(site: SiteHome) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-    metadata.create_all(engine)
+    migrate(engine, metadata)
     return engine
+
+
+def migrate(engine: Engine, meta: MetaData) -> None:
+    """Create missing tables and add missing nullable columns (additive, idempotent).
+
+    Schema changes are additive by rule: a new column must be nullable, so a home written by
+    an older version opens unchanged in a newer one. Anything else needs a hand-written step.
+    """
+    from sqlalchemy import inspect
+
+    meta.create_all(engine)
+    with engine.begin() as c:  # inspect on the same connection: SQLite holds one writer
+        insp = inspect(c)
+        for table in meta.sorted_tables:
+            have = {col["name"] for col in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                if not col.nullable:
+                    raise RuntimeError(f"cannot add NOT NULL column {table.name}.{col.name}")
+                ddl = col.type.compile(dialect=engine.dialect)
+                c.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
 
 
 class State:

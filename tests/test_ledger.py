@@ -148,3 +148,23 @@ def test_estimate_then_deny_or_reserve(ledger):
     with pytest.raises(LedgerError, match="denied"):
         ledger.reserve("a", "t", "r@x", e)
     assert ledger.verify()[0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_old_schema_is_migrated_additively(tmp_path, backend):
+    """A home written before a nullable column existed opens, gains the column, keeps rows."""
+    from datasite.config import init_site
+    from datasite.state import engine_for
+
+    db = _pg_database() if backend == "postgres" else None
+    site = init_site("m", home=tmp_path / "m", db_url=db)
+    engine = engine_for(site)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO dpds_requests (request_id, state, updated_at) "
+                       "VALUES ('old', 'ran', CURRENT_TIMESTAMP)"))
+        c.execute(text("ALTER TABLE dpds_requests DROP COLUMN runner_pid"))
+    state = State(engine_for(site))  # re-open: migration runs
+    assert state.request("old")["state"] == "ran"
+    assert "runner_pid" in state.request("old")
+    state.set_state("old", "running", runner_pid=123)
+    assert state.request("old")["runner_pid"] == 123

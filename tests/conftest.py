@@ -17,11 +17,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_CREATED: list[str] = []
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases():
+    yield
+    for name in _CREATED:  # servers are down by now; FORCE ends stray connections
+        try:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception:
+            pass
+
+
 def _pg_database() -> str:
     """A fresh PostgreSQL database for one site; skipped nowhere: PostgreSQL must be there."""
     import psycopg2
 
     name = f"dpds_{uuid.uuid4().hex[:10]}"
+    _CREATED.append(name)
     conn = psycopg2.connect(PG_ADMIN_URL)
     conn.autocommit = True
     with conn.cursor() as cur:

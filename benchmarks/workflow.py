@@ -9,19 +9,12 @@ in-process call of shared.runner.run_job on the same data. Prints overhead in s 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -31,13 +24,14 @@ def main() -> None:
 
     import researcher
     from datasite.config import init_site
+    from datasite.lifecycle import free_port
     from datasite.demo_data import write_breast_cancer_csv
     from datasite.owner import OwnerSite
     from researcher import jobs
     from shared.runner import run_job
 
     base = Path(tempfile.mkdtemp(prefix="dpds-bench-"))
-    owner = OwnerSite(init_site("bench", home=base / "bench", port=_port()))
+    owner = OwnerSite(init_site("bench", home=base / "bench", port=free_port()))
     owner.up()
     try:
         csv = base / "bc.csv"

@@ -6,15 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _section(title: str) -> None:
@@ -33,12 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .cli import cmd_review
     from .config import init_site
+    from .lifecycle import free_port
     from .demo_data import write_breast_cancer_csv
     from .owner import OwnerSite
 
     base = args.home or Path(tempfile.mkdtemp(prefix="dp-datasite-demo-"))
     _section("Owner: create and start the datasite")
-    home = init_site("demo-hospital", home=base / "demo-hospital", port=_free_port())
+    home = init_site("demo-hospital", home=base / "demo-hospital", port=free_port())
     owner = OwnerSite(home)
     url = owner.up()
     print(f"datasite demo-hospital up at {url} (home {home.root})")

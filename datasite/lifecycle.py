@@ -12,6 +12,15 @@ from pathlib import Path
 from .config import SiteError, SiteHome
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for demos and tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def url_for(port: int, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{port}"
 

@@ -16,17 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.data import DatasetMeta
+from shared.data import BUDGET_NOTE_PREFIX, DatasetMeta, published_description
 from shared.template import recognise
 
 from . import lifecycle
 from .config import SiteError, SiteHome, open_site
 from .ledger import Ledger, LedgerError
 from .state import loads, open_state
-from .storage import read_private, remove_private, write_private
-
-
-BUDGET_SUBJECT = "dp-datasite budget: "
+from .storage import remove_private, write_private
 
 
 class OwnerSite:
@@ -130,7 +127,7 @@ class OwnerSite:
         import syft as sy
 
         ds = sy.Dataset(name=meta.name, summary=f"{meta.kind}, {meta.n_records} records",
-                        description=describe(meta))
+                        description=published_description(meta))
         # The low side never holds real data: its "private" asset is the mock as well.
         ds.add_asset(sy.Asset(name=meta.name, data=mock_payload, mock=mock_payload))
         result = self.client.upload_dataset(ds)
@@ -193,7 +190,7 @@ class OwnerSite:
         for email, key in self.state.researcher_keys().items():
             if researchers is not None and email not in researchers:
                 continue
-            subject = BUDGET_SUBJECT + json.dumps(self.budgets_for(email), sort_keys=True)
+            subject = BUDGET_NOTE_PREFIX + json.dumps(self.budgets_for(email), sort_keys=True)
             self.client.api.services.notifications.send(notification=CreateNotification(
                 subject=subject, to_user_verify_key=SyftVerifyKey.from_string(key),
                 from_user_verify_key=self.client.verify_key))
@@ -434,11 +431,6 @@ def _asset_names(code) -> str:
         return ", ".join(code.assets.keys()) if hasattr(code.assets, "keys") else str(code.assets)
     except Exception:
         return "?"
-
-
-def describe(meta: DatasetMeta) -> str:
-    """Dataset description as published: prose plus the machine-readable metadata."""
-    return f"{meta.description}\n\n```json dp-datasite-meta\n{meta.to_json()}\n```\n"
 
 
 def summarise(result: dict) -> dict:

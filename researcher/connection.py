@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 
-from shared.data import DatasetMeta
+from shared.data import BUDGET_NOTE_PREFIX, DatasetMeta, parse_published
 
 from .errors import ConnectError, ResearcherError
 
-BUDGET_SUBJECT = "dp-datasite budget: "  # must match datasite.owner.BUDGET_SUBJECT
-_META = re.compile(r"```json dp-datasite-meta\n(.*?)\n```", re.S)
 
 
 def _reachable(url: str) -> bool:
@@ -89,22 +86,21 @@ class Site:
         """Your privacy budget per dataset: the latest figures the owner sent you."""
         latest = None
         for n in self.client.api.services.notifications.get_all():
-            if n.subject.startswith(BUDGET_SUBJECT) and (latest is None or
+            if n.subject.startswith(BUDGET_NOTE_PREFIX) and (latest is None or
                                                          n.created_at > latest.created_at):
                 latest = n
-        return json.loads(latest.subject[len(BUDGET_SUBJECT):]) if latest else {}
+        return json.loads(latest.subject[len(BUDGET_NOTE_PREFIX):]) if latest else {}
 
     @property
     def datasets(self) -> DatasetCatalog:
         budgets = self.budgets()
         out = DatasetCatalog()
         for ds in self.client.datasets.get_all():
-            match = _META.search(ds.description.text if hasattr(ds.description, "text")
-                                 else str(ds.description))
-            if not match:
+            meta = parse_published(ds.description.text if hasattr(ds.description, "text")
+                                   else str(ds.description))
+            if meta is None:
                 continue  # not published by dp-datasite
-            out[ds.name] = RemoteDataset(DatasetMeta(**json.loads(match.group(1))), ds.assets[0],
-                                         budgets.get(ds.name))
+            out[ds.name] = RemoteDataset(meta, ds.assets[0], budgets.get(ds.name))
         return out
 
     def submit(self, job) -> "JobRequest":

@@ -12,6 +12,9 @@ from typing import Any
 
 TABLE = "table"
 IMAGES = "images"
+# The datasite tells each researcher their budget in a private note whose subject starts so.
+BUDGET_NOTE_PREFIX = "dp-datasite budget: "
+_META_FENCE = "```json dp-datasite-meta"
 
 
 @dataclass
@@ -49,3 +52,17 @@ def power_of_ten_scale(max_abs: float) -> float:
     if not math.isfinite(max_abs) or max_abs <= 0:
         return 1.0
     return float(10.0 ** math.ceil(math.log10(max_abs)))
+
+
+def published_description(meta: DatasetMeta) -> str:
+    """A dataset's public description: the owner's prose plus machine-readable metadata."""
+    return f"{meta.description}\n\n{_META_FENCE}\n{meta.to_json()}\n```\n"
+
+
+def parse_published(text: str) -> DatasetMeta | None:
+    """The metadata in a description written by ``published_description`` (else None)."""
+    start = text.find(_META_FENCE)
+    if start < 0:
+        return None
+    body = text[start + len(_META_FENCE):].split("```", 1)[0]
+    return DatasetMeta.from_json(body.strip())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -11,10 +10,7 @@ import pytest
 PG_ADMIN_URL = os.environ.get("DPDS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from datasite.lifecycle import free_port  # noqa: E402  (re-exported for the tests)
 
 
 _CREATED: list[str] = []

@@ -167,30 +167,38 @@ class OwnerSite:
             raise SiteError(str(e)) from None
         self.publish_budgets([researcher] if researcher else None)
 
-    def budgets_for(self, researcher: str) -> dict:
+    def budgets_for(self, researcher: str, _dataset_left: dict | None = None) -> dict:
         """What a researcher may know: per dataset, the budget left to the dataset and to them."""
+        dataset_left = _dataset_left if _dataset_left is not None else self._dataset_left()
         out = {}
         for b in self.ledger.all_budgets():
             if b["researcher"]:
                 continue
             ds = b["dataset"]
-            left = {"dataset_left": b["epsilon"] - self.ledger.spent(ds)["epsilon"],
-                    "delta": b["delta"], "researcher_left": None}
+            left = {"dataset_left": dataset_left[ds], "delta": b["delta"], "researcher_left": None}
             own = self.ledger.budget(ds, researcher)
             if own:
                 left["researcher_left"] = own["epsilon"] - self.ledger.spent(ds, researcher)["epsilon"]
             out[ds] = left
         return out
 
+    def _dataset_left(self) -> dict[str, float]:
+        return {b["dataset"]: b["epsilon"] - self.ledger.spent(b["dataset"])["epsilon"]
+                for b in self.ledger.all_budgets() if not b["researcher"]}
+
     def publish_budgets(self, researchers: list[str] | None = None) -> None:
         """Tell researchers their budgets, privately, as a PySyft notification to each."""
         from syft.server.credentials import SyftVerifyKey
         from syft.service.notification.notifications import CreateNotification
 
-        for email, key in self.state.researcher_keys().items():
-            if researchers is not None and email not in researchers:
-                continue
-            subject = BUDGET_NOTE_PREFIX + json.dumps(self.budgets_for(email), sort_keys=True)
+        targets = {e: k for e, k in self.state.researcher_keys().items()
+                   if researchers is None or e in researchers}
+        if not targets:
+            return
+        dataset_left = self._dataset_left()  # composed once, not once per researcher
+        for email, key in targets.items():
+            subject = BUDGET_NOTE_PREFIX + json.dumps(self.budgets_for(email, dataset_left),
+                                                      sort_keys=True)
             self.client.api.services.notifications.send(notification=CreateNotification(
                 subject=subject, to_user_verify_key=SyftVerifyKey.from_string(key),
                 from_user_verify_key=self.client.verify_key))

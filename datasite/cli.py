@@ -105,8 +105,10 @@ def cmd_review(args) -> None:
             print(f"  checks against the real data: {it['validation']}")
             cost = it.get("cost")
             if cost:
+                rdp = cost.get("epsilon_rdp")
                 print(f"  privacy cost (computed here from the spec): eps={cost['epsilon']:.3f} "
-                      f"at delta={cost['delta']:g} (RDP {cost.get('epsilon_rdp', float('nan')):.3f})")
+                      f"at delta={cost['delta']:g}"
+                      + (f" (RDP {rdp:.3f})" if rdp is not None else " (PLD only)"))
                 tpr = cost.get("tpr_bound") or {}
                 if tpr:
                     mu = cost.get("mu")

@@ -13,9 +13,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, Iterable
 
+import attr
 import dp_accounting
 from dp_accounting import dp_event
-from dp_accounting.pld import PLDAccountant
+from dp_accounting.pld import PLDAccountant, common, privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant
 
 # Wide RDP order grid: Opacus' grid stops at 63, which is loose at small epsilon (ALGORITHMS.md 1).
@@ -54,6 +55,51 @@ def dpsgd_event(sample_rate: float, noise_multiplier: float, steps: int) -> dp_a
         int(steps))
 
 
+@attr.s(frozen=True)
+class ApproxDpEvent(dp_event.DpEvent):
+    """A mechanism known only to be (epsilon, delta)-DP (objective perturbation, the
+    exponential mechanism, ...). The PLD ledger composes it through its worst-case privacy loss
+    distribution (dp_accounting's ``from_privacy_parameters``); RDP cannot (None is reported)."""
+
+    epsilon = attr.ib()
+    delta = attr.ib()
+
+
+def approx_dp_event(epsilon: float, delta: float = 0.0) -> dp_accounting.DpEvent:
+    """An (epsilon, delta)-DP mechanism as a DpEvent the PLD accountant composes."""
+    if not (epsilon >= 0 and math.isfinite(epsilon)):
+        raise AccountingError(f"epsilon must be a finite number >= 0, got {epsilon}")
+    if not 0 <= delta < 1:
+        raise AccountingError(f"delta must be in [0, 1), got {delta}")
+    return ApproxDpEvent(float(epsilon), float(delta))
+
+
+class _Accountant(PLDAccountant):
+    """dp_accounting's PLD accountant, plus :class:`ApproxDpEvent`."""
+
+    def _maybe_compose(self, event, count, do_compose):
+        if not isinstance(event, ApproxDpEvent):
+            return super()._maybe_compose(event, count, do_compose)
+        if do_compose:
+            pld = privacy_loss_distribution.from_privacy_parameters(
+                common.DifferentialPrivacyParameters(event.epsilon, event.delta),
+                value_discretization_interval=self._value_discretization_interval)
+            self._pld = self._pld.compose(pld.self_compose(count) if count > 1 else pld)
+        return None
+
+
+def _contains_approx(event) -> bool:
+    if isinstance(event, ApproxDpEvent):
+        return True
+    if isinstance(event, dp_event.SelfComposedDpEvent):
+        return _contains_approx(event.event)
+    if isinstance(event, (dp_event.ComposedDpEvent,)):
+        return any(_contains_approx(e) for e in event.events)
+    if isinstance(event, dp_event.PoissonSampledDpEvent):
+        return _contains_approx(event.event)
+    return False
+
+
 # -- PLDs --------------------------------------------------------------------------------------
 # A privacy report needs the same event's PLD twice (epsilon at delta, then the trade-off curve),
 # at the same discretisation intervals: keep the last few composed accountants. Keyed by the
@@ -78,7 +124,7 @@ def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccounta
             if acc is not None:
                 _PLD_CACHE.move_to_end(key)
                 return acc
-    acc = PLDAccountant(value_discretization_interval=interval)
+    acc = _Accountant(value_discretization_interval=interval)
     acc.compose(event)
     if key is not None:
         with _PLD_CACHE_LOCK:
@@ -133,9 +179,12 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
 _pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
 
 
-def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float:
-    """Epsilon at ``delta`` by the RDP accountant over the wide order grid (looser, cheaper)."""
+def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float | None:
+    """Epsilon at ``delta`` by the RDP accountant over the wide order grid (looser, cheaper);
+    None for events RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
     _check_delta(delta)
+    if _contains_approx(event):
+        return None
     acc = RdpAccountant(orders=list(RDP_ORDERS))
     # At large q, dp_accounting cannot evaluate some fractional orders < 2 and logs a warning per
     # order; it then leaves them out, which keeps the bound valid. Silence that noise.
@@ -218,8 +267,10 @@ def _feasible_upper(eps_of, target: float, start: float) -> float:
 # imports whatever module the data names. We write our own format and only build classes from
 # dp_accounting.dp_event, so a stored ledger row cannot make us import anything else.
 def _event_classes() -> dict[str, type]:
-    return {name: obj for name, obj in vars(dp_event).items()
-            if isinstance(obj, type) and issubclass(obj, dp_event.DpEvent)}
+    classes = {name: obj for name, obj in vars(dp_event).items()
+               if isinstance(obj, type) and issubclass(obj, dp_event.DpEvent)}
+    classes["ApproxDpEvent"] = ApproxDpEvent
+    return classes
 
 
 def _to_jsonable(value: Any) -> Any:

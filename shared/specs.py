@@ -44,9 +44,76 @@ def n_train_records(n_records: int, test_fraction: float) -> int:
     return n_records - n_test
 
 
+class JobSpec:
+    """Base of every job kind: a dataclass of plain fields (str, int, float, bool, list, dict).
+
+    A subclass is a ``@register``ed ``@dataclass`` with a ``KIND`` and implements
+    ``validate(meta)``, ``planned_event(meta)`` (the DpEvent the owner prices before running) and
+    ``run(data, meta, progress)`` (imports its heavy modules lazily).
+    """
+
+    KIND: ClassVar[str] = ""
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kind": self.KIND}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise SpecError(f"a spec must be a dict, got {type(d).__name__}")
+        d = dict(d)
+        kind = d.pop("kind", cls.KIND)
+        if kind != cls.KIND:
+            raise SpecError(f"spec kind is {kind!r}, expected {cls.KIND!r}")
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SpecError(f"unknown spec field(s) {unknown}; allowed: {sorted(known)}")
+        missing = [f.name for f in fields(cls)
+                   if f.init and f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in d]
+        if missing:
+            raise SpecError(f"spec is missing required field(s) {missing}")
+        return cls(**d)
+
+    def _check_types(self) -> None:
+        """Every field has its declared plain type (bools are not accepted as numbers)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = _PLAIN_TYPES.get(str(f.type))
+            if want is None:
+                raise TypeError(f"{type(self).__name__}.{f.name}: unsupported field type {f.type}")
+            if (isinstance(v, bool) and f.type != "bool") or not isinstance(v, want):
+                raise SpecError(f"{f.name} must be {f.type}, got {v!r}")
+            if isinstance(v, float) and math.isnan(v):
+                raise SpecError(f"{f.name} is NaN; give a number")
+
+    # -- what each kind implements -------------------------------------------------------------
+    def validate(self, meta: DatasetMeta | None = None):
+        raise NotImplementedError
+
+    def planned_event(self, meta: DatasetMeta):
+        raise NotImplementedError
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        raise NotImplementedError
+
+
+_PLAIN_TYPES = {"str": str, "float": (int, float), "int": int, "bool": bool, "list": list,
+                "dict": dict}
+
+
 @register
 @dataclass
-class DPSGDTableSpec:
+class DPSGDTableSpec(JobSpec):
     """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
 
     ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
@@ -67,38 +134,10 @@ class DPSGDTableSpec:
     hidden: int = 32
     test_fraction: float = 0.2
     seed: int = 0
-    kind: str = field(default=KIND, init=False)  # fixed; serialised so specs self-describe
-
-    # -- serialisation -------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DPSGDTableSpec":
-        d = dict(d)
-        kind = d.pop("kind", cls.KIND)
-        if kind != cls.KIND:
-            raise SpecError(f"spec kind is {kind!r}, expected {cls.KIND!r}")
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpecError(f"unknown spec field(s) {unknown}; allowed: {sorted(known)}")
-        missing = [f.name for f in fields(cls)
-                   if f.init and f.default is MISSING and f.name not in d]
-        if missing:
-            raise SpecError(f"spec is missing required field(s) {missing}")
-        return cls(**d)
-
     # -- validation ----------------------------------------------------------------------------
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
         self._check_types()
-        for name in ("epsilon", "delta", "clip_norm", "learning_rate", "test_fraction"):
-            if math.isnan(getattr(self, name)):
-                raise SpecError(f"{name} is NaN; give a number")
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
         if not 0 < self.delta < 1:
@@ -121,13 +160,20 @@ class DPSGDTableSpec:
             self._check_meta(meta)
         return self
 
-    def _check_types(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            want = {"str": str, "float": (int, float), "int": int}[f.type]
-            # bool is an int in Python, but `epochs=True` is surely a mistake
-            if isinstance(v, bool) or not isinstance(v, want):
-                raise SpecError(f"{f.name} must be {f.type}, got {v!r}")
+    def planned_event(self, meta: DatasetMeta):
+        from .accounting import calibrate_noise, dpsgd_event
+        from .training import poisson_schedule
+
+        q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
+                                    self.batch_size, self.epochs)
+        return dpsgd_event(q, calibrate_noise(q, steps, self.epsilon, self.delta), steps)
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from .training import train_dpsgd_table
+
+        # Public label set from the metadata, so the class list does not depend on the records.
+        return train_dpsgd_table(data, self, progress=progress, classes=meta.labels or None,
+                                 feature_scales=meta.feature_scales or None)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != TABLE:

@@ -88,3 +88,22 @@ def test_privacy_report():
     assert rep["epsilon_rdp"] == pytest.approx(2.101, abs=0.02)
     assert event_from_json(rep["event"]) == REF
     json.dumps(rep)  # JSON-able as a whole
+
+
+def test_approx_dp_event_is_composed_by_pld_and_round_trips():
+    import math
+
+    from shared.accounting import approx_dp_event, epsilon, epsilon_rdp, event_from_json, event_to_json
+
+    e = approx_dp_event(1.0, 1e-6)
+    assert epsilon(e, 1e-6) == pytest.approx(1.0, abs=2e-3)
+    assert event_from_json(event_to_json(e)) == e
+    assert epsilon_rdp(e, 1e-5) is None  # RDP cannot account an (eps, delta) guarantee
+    # k-fold composition of pure eps-DP: never above k*eps, and below it by the advanced theorem
+    k, eps0, d = 25, 0.2, 1e-5
+    adv = eps0 * math.sqrt(2 * k * math.log(1 / d)) + k * eps0 * (math.exp(eps0) - 1)
+    composed = epsilon(dp_accounting.SelfComposedDpEvent(approx_dp_event(eps0), k), d)
+    assert composed < min(k * eps0, adv)
+    assert composed > 0.5 * min(k * eps0, adv)
+    with pytest.raises(ValueError, match="epsilon"):
+        approx_dp_event(-1.0)

@@ -34,7 +34,7 @@ def test_kind_is_fixed():
 
 @pytest.mark.parametrize("d,match", [
     ({"kind": "nope"}, "unknown job kind"),
-    ({**spec().to_dict(), "kind": "dpsgd_images"}, "unknown job kind"),
+    ({**spec().to_dict(), "kind": "sql_query"}, "unknown job kind"),
     ({**spec().to_dict(), "lr": 0.1}, r"unknown spec field\(s\) \['lr'\]"),
     ({"kind": "dpsgd_table", "dataset": "bc"}, "missing required field"),
 ])

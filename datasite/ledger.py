@@ -278,6 +278,12 @@ class Ledger:
                                                                         budgets.c.researcher)).mappings()]
 
     # -- audit log -------------------------------------------------------------------------------
+    def record(self, action: str, request_id: str | None, payload: dict,
+               actor: str = "owner") -> None:
+        """Append an audit entry that moves no budget (a round released, a removal certificate)."""
+        with self.engine.begin() as c:
+            self._audit(c, actor, action, request_id, payload)
+
     def _audit(self, c, actor: str, action: str, request_id: str | None, payload: dict) -> None:
         if c.dialect.name == "postgresql":  # serialise appends so the chain cannot fork
             c.exec_driver_sql("SELECT pg_advisory_xact_lock(7301)")

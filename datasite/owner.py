@@ -271,7 +271,11 @@ class OwnerSite:
             info["code"] = source
         else:
             info["validation"] = self._validate(spec)
-            if info["validation"] == "ok" and with_cost:
+            if spec.get("kind") == "fed_round":
+                info["note"] = (f"round {spec.get('round')} of schedule "
+                                f"{str(spec.get('schedule'))[:8]}: priced with its schedule, "
+                                "run by the schedule's round server")
+            elif info["validation"] == "ok" and with_cost:
                 info["cost"] = self._quote(request_id, spec, user)
         return info
 
@@ -326,6 +330,9 @@ class OwnerSite:
         if info["validation"] != "ok":
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]
+        if spec["kind"] == "fed_round":
+            raise SiteError(f"Request {request_id[:8]} is a round of a federated schedule: the "
+                            "schedule's round server runs it once the schedule is approved.")
         row = self.state.dataset(spec["dataset"])
         self._recover_interrupted(request_id)
         if self.ledger.budget(spec["dataset"]) is None:
@@ -345,6 +352,10 @@ class OwnerSite:
             raise SiteError(str(e)) from None
         self.ledger.start(request_id)
         self.publish_budgets([info["researcher"]])
+        if spec["kind"] == "fed_dpsgd_table":
+            from .rounds import start_schedule
+
+            return start_schedule(self, request_id, req, info)
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
@@ -405,6 +416,12 @@ class OwnerSite:
         self.state.set_state(request_id, "released")
         self.publish_budgets([own["researcher"]])
         return loads(own["summary_json"])
+
+    def stop(self, request_id: str) -> dict:
+        """Stop serving a federated schedule: commit the rounds that ran, refund the rest."""
+        from .rounds import stop
+
+        return stop(self, request_id)
 
     def deny(self, request_id: str, reason: str) -> None:
         if not reason or not reason.strip():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from .data import TABLE, DatasetMeta
@@ -199,3 +199,8 @@ class DPSGDTableSpec(JobSpec):
 def _suggest_delta(n: int) -> float:
     """A power of ten at most 1/(10 n): the usual choice."""
     return 10.0 ** math.floor(math.log10(1 / (10 * n)))
+
+
+# The other job kinds live in their own modules and register themselves on import.
+from . import spec_federated  # noqa: E402,F401  (after the base classes they subclass)
+from . import spec_dpal, spec_images, spec_removal, spec_stats  # noqa: E402,F401

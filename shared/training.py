@@ -160,10 +160,16 @@ def default_device() -> torch.device:
 def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       device: torch.device | str | None = None,
                       classes: Sequence | None = None,
-                      feature_scales: dict | None = None) -> dict:
+                      feature_scales: dict | None = None,
+                      noise_multiplier: float | None = None,
+                      init_state: dict | None = None,
+                      sampling_seed: int | None = None) -> dict:
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
+    ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
+    of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
+    ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``).
     Same spec + same data + same device gives the same model.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -181,16 +187,19 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     n_train = len(tr)
 
     q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)
-    sigma = calibrate_noise(q, steps, spec.epsilon, spec.delta)
+    sigma = (calibrate_noise(q, steps, spec.epsilon, spec.delta) if noise_multiplier is None
+             else float(noise_multiplier))
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, len(cols), len(classes), spec.hidden)
+    if init_state is not None:
+        model.load_state_dict(init_state)  # raises on a mismatched shape: nothing runs
     model.to(device)
     module, optimizer, loader = make_private_trainer(
         model, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), noise_multiplier=sigma,
-        clip_norm=spec.clip_norm, learning_rate=spec.learning_rate,
-        batch_size=spec.batch_size, seed=spec.seed, device=device)
+        clip_norm=spec.clip_norm, learning_rate=spec.learning_rate, batch_size=spec.batch_size,
+        seed=spec.seed if sampling_seed is None else sampling_seed, device=device)
     if not (loader.sample_rate == q and len(loader) * spec.epochs == steps):
         raise RuntimeError("Opacus' loader disagrees with the accounted schedule")  # never ship
 

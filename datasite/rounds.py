@@ -1,0 +1,223 @@
+"""Serving the rounds of an approved federated schedule, without further clicks from the owner.
+
+``OwnerSite.run`` on a ``fed_dpsgd_table`` schedule reserves all R rounds in the ledger, tells the
+researcher the schedule is approved, and starts this round server in the background:
+``python -m datasite.rounds SITE_HOME SCHEDULE_ID``. For each round it waits for the researcher's
+``fed_round`` request carrying the global model, trains from it on the private data (in the
+job subprocess, recorded as an execution) and releases the local model. After the last round it
+commits the schedule's spend. ``datasite stop NAME SCHEDULE`` ends it early: the rounds that ran
+are committed and the rest refunded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .config import SiteError
+
+SERVING = "serving"
+
+
+def rounds_done(own: dict) -> int:
+    return int((json.loads(own["summary_json"] or "{}")).get("rounds_done", 0))
+
+
+def start_schedule(site, request_id: str, req, info: dict) -> dict:
+    """Approve a schedule: (already reserved and started in the ledger by the caller) tell the
+    researcher, and start the round server. Returns the owner's summary."""
+    from shared.accounting import event_from_json, privacy_report
+
+    spec = info["spec"]
+    budget = site.ledger.budget(spec["dataset"])
+    report = privacy_report(event_from_json(site.ledger.entry(request_id)["event_json"]),
+                            budget["delta"])
+    approval = {"kind": spec["kind"], "spec": spec, "approved": True, "rounds": spec["rounds"],
+                "metrics": {}, "privacy": report}
+    req.deposit_result(approval)  # the researcher's schedule request returns this
+    summary = {"kind": spec["kind"], "rounds": spec["rounds"], "rounds_done": 0,
+               "privacy": {k: v for k, v in report.items() if k != "event"}}
+    site.state.set_state(request_id, SERVING, summary_json=json.dumps(summary))
+    pid = _spawn(site.home.root, request_id)
+    site.state.set_state(request_id, SERVING, runner_pid=pid)
+    summary["round_server_pid"] = pid
+    return summary
+
+
+def _spawn(home: Path, request_id: str) -> int:
+    import subprocess
+
+    log = open(Path(home) / f"rounds-{request_id[:8]}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "datasite.rounds", str(home), request_id],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc.pid
+
+
+def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.0) -> str:
+    """Serve rounds until the schedule completes, is stopped, or sees no round for
+    ``idle_timeout`` seconds (then it stops, committing what ran). Returns the final state."""
+    last_activity = time.monotonic()
+    while True:
+        own = site.state.request(schedule_id)
+        if own is None or own["state"] != SERVING:
+            return own["state"] if own else "gone"
+        if _serve_pending(site, schedule_id, own):
+            last_activity = time.monotonic()
+            continue
+        if time.monotonic() - last_activity > idle_timeout:
+            finish(site, schedule_id, reason=f"no round request for {idle_timeout:.0f}s")
+            return "stopped"
+        time.sleep(poll)
+
+
+def _serve_pending(site, schedule_id: str, own: dict) -> bool:
+    """Handle the round requests waiting for this schedule; True if any was handled."""
+    from shared.template import recognise
+
+    spec = json.loads(own["spec_json"])
+    handled = False
+    for rid, req in site._syft_requests().items():
+        if req.status.name != "PENDING" or site.state.request(rid) is not None:
+            continue
+        round_spec = recognise(req.code.raw_code)
+        if not round_spec or round_spec.get("kind") != "fed_round" \
+                or not schedule_id.startswith(str(round_spec.get("schedule", "")) or "\0"):
+            continue
+        handled = True
+        done = rounds_done(site.state.request(schedule_id))
+        problem = None
+        if req.requesting_user_email != own["researcher"]:
+            problem = "only the researcher whose schedule was approved can send its rounds"
+        elif round_spec.get("dataset") != spec["dataset"]:
+            problem = f"the schedule runs on {spec['dataset']}, not {round_spec.get('dataset')}"
+        elif round_spec.get("round") != done:
+            problem = f"round {round_spec.get('round')} was sent, but round {done} is next"
+        if problem:
+            _refuse(site, rid, req, own["researcher"], problem)
+            continue
+        _run_round(site, schedule_id, spec, own["researcher"], rid, req, round_spec, done)
+        if site.state.request(schedule_id)["state"] != SERVING:
+            break
+    return handled
+
+
+def _refuse(site, rid, req, researcher, reason: str) -> None:
+    req.deny(reason=reason)
+    site.state.claim_for_run(rid, dataset=None, researcher=researcher, func_name=None,
+                             spec_json=None)
+    site.state.set_state(rid, "denied", reason=reason)
+
+
+def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> None:
+    from .owner import _run_subprocess
+
+    job = dict(spec, round=r, init_state=round_spec.get("init_state", ""))
+    row = site.state.dataset(spec["dataset"])
+    site.state.claim_for_run(rid, dataset=spec["dataset"], researcher=researcher,
+                             func_name=req.code.service_func_name,
+                             spec_json=json.dumps(round_spec, sort_keys=True))
+    result_path = site.home.results / f"{rid}.pkl"
+    execution = site.state.start_execution(rid, spec["dataset"])
+    try:
+        _run_subprocess(job, row["path"], result_path, progress=False)
+    except BaseException as e:
+        site.state.finish_execution(execution, "failed")
+        reason = f"round {r} failed at the datasite; the site stopped participating"
+        _refuse(site, rid, req, researcher, reason)
+        finish(site, schedule_id, reason=f"round {r} failed: {str(e)[-500:]}")
+        return
+    site.state.finish_execution(execution, "ok")
+    with open(result_path, "rb") as f:
+        result = pickle.load(f)
+    req.deposit_result(result)
+    site.state.set_state(rid, "released", result_path=str(result_path))
+    own = site.state.request(schedule_id)
+    summary = json.loads(own["summary_json"] or "{}")
+    summary["rounds_done"] = r + 1
+    site.state.set_state(schedule_id, SERVING, summary_json=json.dumps(summary))
+    site.ledger.record("round_released", schedule_id, {"round": r, "round_request": rid})
+    if r + 1 >= spec["rounds"]:
+        finish(site, schedule_id, reason="all rounds done")
+
+
+def finish(site, schedule_id: str, reason: str) -> dict:
+    """End a schedule: commit the rounds that ran (refund the rest) and deny its waiting rounds."""
+    from shared.accounting import event_to_json
+    from shared.data import DatasetMeta
+    from shared.specs import spec_from_dict
+
+    own = site.state.request(schedule_id)
+    if own is None or own["state"] != SERVING:
+        raise SiteError(f"Schedule {schedule_id[:8]} is not being served "
+                        f"(state: {own['state'] if own else 'unknown'}).")
+    spec = spec_from_dict(json.loads(own["spec_json"]))
+    done = rounds_done(own)
+    if done == 0:
+        site.ledger.refund(schedule_id, reason=f"schedule ended before any round: {reason}")
+        final = "stopped"
+    else:
+        meta = DatasetMeta.from_json(site.state.dataset(spec.dataset)["meta_json"])
+        site.ledger.commit(schedule_id, event_to_json(spec.rounds_event(meta, done)))
+        site.ledger.released(schedule_id)
+        final = "released" if done >= spec.rounds else "stopped"
+    summary = json.loads(own["summary_json"] or "{}")
+    summary.update(rounds_done=done, ended=reason)
+    site.state.set_state(schedule_id, final, reason=reason, summary_json=json.dumps(summary),
+                         runner_pid=None)
+    from shared.template import recognise
+
+    for rid, req in site._syft_requests().items():
+        if req.status.name == "PENDING" and site.state.request(rid) is None:
+            s = recognise(req.code.raw_code) or {}
+            if s.get("kind") == "fed_round" and schedule_id.startswith(str(s.get("schedule")) or "\0"):
+                _refuse(site, rid, req, own["researcher"],
+                        f"the site stopped participating in schedule {schedule_id[:8]} ({reason})")
+    site.publish_budgets([own["researcher"]])
+    return summary
+
+
+def stop(site, schedule_id: str) -> dict:
+    """The owner ends participation: stop the round server, commit what ran, refund the rest."""
+    from .owner import _alive
+
+    schedule_id, _ = site._syft_request(schedule_id)
+    own = site.state.request(schedule_id)
+    if own is None or own["state"] != SERVING:
+        raise SiteError(f"Request {schedule_id[:8]} is not a schedule being served "
+                        f"(state: {own['state'] if own else 'pending'}).")
+    pid = own["runner_pid"]
+    if pid and _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)  # the server and any round job it started
+        except ProcessLookupError:
+            pass
+        for _ in range(100):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:  # our own child: reap it
+                    break
+            except ChildProcessError:
+                pass
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+    return finish(site, schedule_id, reason="stopped by the data owner")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import SiteHome
+    from .owner import OwnerSite
+
+    home, schedule_id = (argv or sys.argv[1:])[:2]
+    site = OwnerSite(SiteHome(Path(home)))
+    state = serve(site, schedule_id)
+    print(json.dumps({"schedule": schedule_id, "final_state": state}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The DP active-learning loop (ALGORITHMS.md 3), for tables and for image features.
+
+Round r = 0..R: train the labelled groups with DP-SGD (warm start), group g at the plan's rate
+``plan.rates[r][g]`` for ``plan.steps[r]`` steps; then, if r < R, score every unlabelled record
+with the current model, take k_{r+1} by private top-k, and ask ``label_oracle`` for their labels.
+``label_oracle(indices) -> labels`` is the only way pool labels are read, and only for records
+labelled at that point. The start set is a seeded uniform draw (data-independent).
+
+The guarantee (per record, at the plan's delta) covers the model and the selections; the
+metrics below are computed on the private held-out split without noise (the owner reviews
+them, as for every job). Results hold counts, never record ids.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .accounting import event_to_json, privacy_report
+from .acquisition import natural_bound, select
+from .dpal_plan import Plan, group_event
+
+Progress = Callable[[int, int], None]
+
+
+def _device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, X: torch.Tensor, y: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, per-class accuracy, AUC (binary, or macro one-vs-rest) on (X, y)."""
+    from sklearn.metrics import roc_auc_score
+
+    from .acquisition import predict_proba
+
+    if len(y) == 0:
+        return {"accuracy": None, "per_class_accuracy": {}, "auc": None}
+    P = predict_proba(model, X)
+    pred = P.argmax(1)
+    out = {"accuracy": float((pred == y).mean()), "per_class_accuracy": {}, "auc": None}
+    for c in range(n_classes):
+        m = y == c
+        out["per_class_accuracy"][str(c)] = float((pred[m] == c).mean()) if m.any() else None
+    present = np.unique(y)
+    try:
+        if n_classes == 2 and len(present) == 2:
+            out["auc"] = float(roc_auc_score(y, P[:, 1]))
+        elif len(present) == n_classes:
+            Pn = P / P.sum(1, keepdims=True)
+            out["auc"] = float(roc_auc_score(y, Pn, multi_class="ovr", average="macro"))
+    except ValueError:
+        pass
+    return out
+
+
+def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray],
+             X_test: np.ndarray, y_test: np.ndarray, plan: Plan,
+             build_model: Callable[[], torch.nn.Module], *, n_classes: int,
+             acquisition: str = "entropy", clip_norm: float = 1.0, learning_rate: float = 0.5,
+             score_bound: float | None = None, seed: int = 0, private: bool = True,
+             progress: Progress | None = None, device=None) -> dict:
+    """Run the plan's DP-AL loop on features ``X_pool`` (float32, one row per pool record).
+
+    ``private=False``: the non-private AL baseline (no noise in training nor in selection,
+    gradients still clipped); the result then has no privacy report.
+    Returns {"model", "rounds", "privacy", "executed_events", "labelled"} where ``labelled``
+    (the count per group) and ``model`` are for the caller; ``rounds`` is JSON-able.
+    """
+    from .dpsgd import DPTrainer
+
+    device = _device(device)
+    R = plan.rounds
+    N = len(X_pool)
+    if N != plan.n_pool:
+        raise ValueError(f"pool has {N} records, the plan was made for {plan.n_pool}")
+    bound = float(score_bound) if score_bound else natural_bound(acquisition, n_classes)
+    esr = plan.eps_sel_round if private else None
+    if private and acquisition != "random" and not (esr and esr > 0):
+        raise ValueError("a data-dependent acquisition needs eps_selection > 0")
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
+    Xp = torch.as_tensor(np.asarray(X_pool, dtype=np.float32))
+    Xt = torch.as_tensor(np.asarray(X_test, dtype=np.float32))
+    yt = np.asarray(y_test, dtype=np.int64)
+
+    group = np.full(N, -1, dtype=np.int64)  # round in which each record was labelled
+    labels = np.full(N, -1, dtype=np.int64)
+    start = rng.choice(N, size=plan.start_size, replace=False)
+    labels[start] = _ask(label_oracle, start, n_classes)
+    group[start] = 0
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_model()
+    sigma = plan.noise_multiplier if private else 0.0
+    trainer = DPTrainer(model, clip_norm=clip_norm, noise_multiplier=sigma,
+                        learning_rate=learning_rate, seed=int(seed), device=device)
+    total_steps, done_steps = int(sum(plan.steps)), 0
+    executed_steps: list[int] = []
+    rounds = []
+    try:
+        for r in range(R + 1):
+            idx = np.flatnonzero(group >= 0)
+            rates = np.array([plan.rates[r][g] for g in group[idx]], dtype=np.float64)
+
+            def tick(d, _t, base=done_steps):
+                if progress is not None:
+                    progress(base + d, total_steps)
+
+            steps = trainer.run(Xp[idx], torch.as_tensor(labels[idx]), rates, plan.steps[r],
+                                progress=tick)
+            executed_steps.append(int(steps))
+            done_steps += steps
+            row = {"round": r, "labelled": int(len(idx)), "steps": int(steps),
+                   "expected_batch_size": float(rates.sum()),
+                   "mean_batch_size": float(np.mean(trainer.last_batch_sizes))
+                   if trainer.last_batch_sizes else 0.0}
+            row.update(evaluate(trainer.module, Xt, yt, n_classes))
+            if private:
+                row["epsilon_per_group"] = [float(e) for e in plan.eps_after_round[r]]
+            if r < R:
+                k = plan.query_sizes[r]
+                unl = np.flatnonzero(group < 0)
+                pick = select(acquisition, trainer.module, Xp[unl], k, esr, bound,
+                              seed=int(np.random.SeedSequence([int(seed), 2, r])
+                                       .generate_state(1)[0]))
+                new = unl[pick]
+                labels[new] = _ask(label_oracle, new, n_classes)
+                group[new] = r + 1
+                row["selected"] = int(len(new))
+            rounds.append(row)
+    finally:
+        trainer.close()
+
+    out = {"model": trainer.module, "rounds": rounds,
+           "labelled": [int((group == g).sum()) for g in range(R + 1)]}
+    if private:
+        events = [group_event(g, plan.eps_sel_round, plan.noise_multiplier, plan.rates,
+                              executed_steps) for g in range(R + 1)]
+        out["executed_events"] = [event_to_json(e) for e in events]
+        if out["executed_events"] != plan.group_events:
+            raise RuntimeError("executed events differ from the plan's")  # never release
+        worst = plan.worst_group() if plan.group_epsilon else R
+        report = privacy_report(events[worst], plan.delta)
+        report.update(worst_group=int(worst), noise_multiplier=plan.noise_multiplier,
+                      clip_norm=float(clip_norm), score_bound=bound,
+                      eps_selection_round=plan.eps_sel_round,
+                      group_epsilon=[float(e) for e in plan.group_epsilon],
+                      group_events=out["executed_events"])
+        out["privacy"] = report
+    return out
+
+
+def _ask(oracle, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    y = np.asarray(oracle(np.asarray(idx).copy()), dtype=np.int64)
+    if y.shape != (len(idx),) or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
+        raise ValueError("label_oracle must return one label in [0, n_classes) per index")
+    return y
+
+
+def state_bytes(model: torch.nn.Module, prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    torch.save({prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+# -- plots -------------------------------------------------------------------------------------
+def plot_accuracy(curves: dict[str, Sequence[dict]], path: str, metric: str = "accuracy"):
+    """Accuracy vs labelled-set size; ``curves``: name -> rounds list (from run_dpal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, rows in curves.items():
+        ax.plot([r["labelled"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+    ax.set_xlabel("labelled records")
+    ax.set_ylabel(metric)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_group_epsilon(plan: Plan, path: str):
+    """Each group's epsilon after each round (the planned curve dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    E = np.array(plan.eps_after_round)
+    for g in range(E.shape[1]):
+        ax.plot(range(E.shape[0]), E[:, g], marker="o", label=f"group {g}")
+    ax.plot(range(len(plan.curve)), plan.curve, "k--", label="planned curve")
+    ax.axhline(plan.epsilon, color="grey", lw=0.8)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"epsilon at delta={plan.delta:g}")
+    ax.set_title(f"{plan.mode} ({plan.accountant})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

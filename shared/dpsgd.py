@@ -1,0 +1,194 @@
+"""DP-SGD engine on Opacus with true Poisson sampling at a per-record rate.
+
+Every step, record i enters the batch independently with probability ``sample_rates[i]``
+(our own seeded Bernoulli sampler); Opacus computes per-sample gradients, clips each to C,
+adds N(0, (sigma C)^2) to their sum and divides by the EXPECTED batch size sum_i q_i, a
+constant: dividing by the realised size would make the scale depend on who was sampled.
+
+With all rates equal to q, T steps are exactly ``shared.accounting.dpsgd_event(q, sigma, T)``.
+With per-group rates, group g's records see ``dpsgd_event(q_g, sigma, T)`` each (the caller
+accounts per group, as DP active learning does).
+
+``grad_sample_mode``:
+* ``"hooks"``: Opacus' GradSampleModule + DPOptimizer (per-sample gradients materialised).
+* ``"ghost"``: Opacus' ghost clipping (GradSampleModuleFastGradientClipping +
+  DPOptimizerFastGradientClipping, double backward via DPTensorFastGradientClipping): per-sample
+  gradient *norms* only, so memory does not grow with batch x parameters. Per-record rates fit it
+  unchanged: the batch is whatever our sampler drew, and the division by the expected batch size
+  is the optimizer's ``scale_grad``. (We build the loss tensor directly instead of
+  ``PrivacyEngine.make_private(..., grad_sample_mode="ghost")``'s criterion wrapper: that wrapper
+  insists on one loss_reduction everywhere, while we need "sum" for the per-sample losses and
+  "mean over the expected batch size" in the optimizer, and it takes a DataLoader, not our sampler.)
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch import nn
+
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+
+Progress = Callable[[int, int], None]
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def poisson_batch(rng: np.random.Generator, sample_rates: np.ndarray) -> np.ndarray:
+    """Indices of one Poisson batch: i is in it independently with probability rates[i]."""
+    return np.flatnonzero(rng.random(len(sample_rates)) < sample_rates)
+
+
+def _seeds(seed: int) -> tuple[np.random.SeedSequence, int]:
+    """Independent streams for sampling and noise, both from ``seed``."""
+    sampling, noise = np.random.SeedSequence(int(seed)).spawn(2)
+    return sampling, int(noise.generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+class DPTrainer:
+    """DP-SGD on ``model`` (trained in place; warm start across calls to :meth:`run`).
+
+    Sampling and noise are seeded by ``seed``: the same seed, inputs and device give the same
+    model. ``max_physical_batch_size`` splits a large logical batch into chunks whose clipped
+    gradients are summed before the single noise draw (Opacus' skip-step mechanism, as in its
+    BatchMemoryManager); it changes memory, not the mechanism.
+    ``loss_fn(logits, y)`` returns one loss per record (default cross entropy).
+    """
+
+    def __init__(self, model: nn.Module, *, clip_norm: float, noise_multiplier: float,
+                 learning_rate: float, seed: int, device=None, grad_sample_mode: str = "hooks",
+                 momentum: float = 0.0, max_physical_batch_size: int | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, "
+                             f"got {grad_sample_mode!r}")
+        if not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+        if not noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        if max_physical_batch_size is not None and max_physical_batch_size < 1:
+            raise ValueError("max_physical_batch_size must be >= 1 or None")
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = model.to(self.device)
+        self.clip_norm = float(clip_norm)
+        self.grad_sample_mode = grad_sample_mode
+        self.max_physical_batch_size = max_physical_batch_size
+        self.loss_fn = loss_fn or per_sample_cross_entropy
+        sampling_seed, noise_seed = _seeds(seed)
+        self._rng = np.random.default_rng(sampling_seed)
+        self._noise = torch.Generator(device=self.device).manual_seed(noise_seed)
+        self._params = [p for p in self.module.parameters() if p.requires_grad]
+        sgd = torch.optim.SGD(self._params, lr=learning_rate, momentum=momentum)
+        # Per-sample losses are summed ("sum" in the module); the optimizer divides the noisy
+        # sum by expected_batch_size ("mean"), which run() sets to sum(sample_rates).
+        if grad_sample_mode == "ghost":
+            self._gsm = GradSampleModuleFastGradientClipping(
+                self.module, loss_reduction="sum", max_grad_norm=self.clip_norm,
+                use_ghost_clipping=True)
+            self._opt = DPOptimizerFastGradientClipping(
+                sgd, noise_multiplier=float(noise_multiplier), max_grad_norm=self.clip_norm,
+                expected_batch_size=1.0, loss_reduction="mean", generator=self._noise)
+        else:
+            self._gsm = GradSampleModule(self.module, loss_reduction="sum")
+            self._opt = DPOptimizer(
+                sgd, noise_multiplier=float(noise_multiplier), max_grad_norm=self.clip_norm,
+                expected_batch_size=1.0, loss_reduction="mean", generator=self._noise)
+        self.last_batch_sizes: list[int] = []  # realised batch sizes of the last run
+
+    @property
+    def noise_multiplier(self) -> float:
+        return float(self._opt.noise_multiplier)
+
+    @noise_multiplier.setter
+    def noise_multiplier(self, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {value}")
+        self._opt.noise_multiplier = float(value)
+
+    @property
+    def optimizer(self) -> DPOptimizer:
+        return self._opt
+
+    def run(self, X: torch.Tensor, y: torch.Tensor, sample_rates: np.ndarray, steps: int,
+            progress: Progress | None = None) -> int:
+        """``steps`` DP-SGD steps; record i is in each batch independently with probability
+        ``sample_rates[i]``. Clipping to clip_norm, Gaussian noise of std
+        noise_multiplier * clip_norm on the summed clipped gradients, division by the expected
+        batch size sum(sample_rates); empty batches still take the noise-only step.
+        Returns the number of steps done.
+        """
+        rates = np.asarray(sample_rates, dtype=np.float64)
+        if rates.shape != (len(X),) or len(y) != len(X):
+            raise ValueError(f"need one sample rate and one label per record: X {len(X)}, "
+                             f"y {len(y)}, rates {rates.shape}")
+        if not np.all((rates >= 0) & (rates <= 1)):
+            raise ValueError("sample rates must lie in [0, 1]")
+        expected = float(rates.sum())
+        if steps > 0 and expected <= 0:
+            raise ValueError("all sample rates are 0: the expected batch size must be > 0")
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {steps}")
+        self._opt.expected_batch_size = expected
+        was_training = self.module.training
+        self.module.train()
+        self.last_batch_sizes = []
+        try:
+            for done in range(1, int(steps) + 1):
+                idx = poisson_batch(self._rng, rates)
+                self.last_batch_sizes.append(len(idx))
+                self._step(X, y, idx)
+                if progress is not None:
+                    progress(done, int(steps))
+        finally:
+            self.module.train(was_training)
+        return int(steps)
+
+    # -- one logical step ----------------------------------------------------------------------
+    def _step(self, X: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> None:
+        opt = self._opt
+        opt.zero_grad(set_to_none=True)
+        if len(idx) == 0:
+            # Noise-only step: skipping it would make the release depend on the sampling
+            # outcome outside the accounted mechanism. Zero clipped gradients go through the
+            # same Opacus optimizer (noise + scaling), no forward pass needed.
+            for p in self._params:
+                if self.grad_sample_mode == "ghost":
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return
+        chunk = self.max_physical_batch_size or len(idx)
+        parts = [idx[i:i + chunk] for i in range(0, len(idx), chunk)]
+        index = torch.from_numpy(idx)
+        for j, part in enumerate(parts):
+            sel = index[j * chunk:j * chunk + len(part)].to(X.device)
+            xb = X.index_select(0, sel).to(self.device, non_blocking=True)
+            yb = y.index_select(0, sel.to(y.device)).to(self.device, non_blocking=True)
+            losses = self.loss_fn(self._gsm(xb), yb)
+            with warnings.catch_warnings():
+                # Opacus' full backward hook fires on module outputs when inputs need no grad:
+                # exactly the case Opacus handles, so torch's warning is noise.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                if self.grad_sample_mode == "ghost":
+                    DPTensorFastGradientClipping(self._gsm, opt, losses, "sum").backward()
+                else:
+                    losses.sum().backward()
+            # all but the last chunk only accumulate clipped gradients (no noise, no update)
+            opt.signal_skip_step(do_skip=j < len(parts) - 1)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Remove Opacus' hooks from the module (it stays trained)."""
+        self._gsm._close()  # pylint: disable=protected-access

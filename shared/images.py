@@ -1,0 +1,169 @@
+"""DP-SGD training of an image classifier (job kind ``dpsgd_images``); guarantee from PLD.
+
+What the guarantee covers: the model weights, for the training records, at (epsilon, delta).
+Not covered (the owner reviews these before release): the metrics, computed without noise on
+private records (train and held-out test).
+
+Preprocessing is public: x / 255, channel-first. For ``model="head"`` the frozen backbone's
+features are computed once for all records (a fixed function of each image alone, so they cost
+no privacy) and only the head is trained with DP-SGD: the fast path.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .accounting import dpsgd_event, privacy_report
+from .backbones import Backbone, extract_features, images_to_tensor
+from .dpsgd import DPTrainer
+from .models import HeadOnBackbone, build_model, model_config
+from .training import split_indices
+
+PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
+
+Progress = Callable[[int, int], None]
+
+
+def _check_payload(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, dict) or "images" not in data or "labels" not in data:
+        raise ValueError('an images payload is a dict {"images": uint8 array, "labels": ints}')
+    images, labels = np.asarray(data["images"]), np.asarray(data["labels"]).reshape(-1)
+    if images.ndim not in (3, 4) or len(images) != len(labels):
+        raise ValueError(f"need images (N, H, W) or (N, H, W, C) and N labels, got "
+                         f"{images.shape} and {labels.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (0..255), got {images.dtype}")
+    return images, labels
+
+
+def encode_image_labels(labels: np.ndarray, classes) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.array([index[v] for v in labels.tolist()], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"label value {e.args[0]!r} is not in the label set {list(classes)}") \
+            from None
+
+
+def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
+                       device=None) -> dict:
+    """Train ``spec`` (a validated DPSGDImageSpec) on an images payload; return the result dict
+    (model_state, model_config, metrics, privacy). Same spec + data + device, same model."""
+    device = torch.device(device) if device is not None else (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    images, raw_labels = _check_payload(data)
+    classes = list(meta.labels) if meta.labels else sorted(set(raw_labels.tolist()))
+    y = encode_image_labels(raw_labels, classes)
+    h, w = images.shape[1:3]
+    c = images.shape[3] if images.ndim == 4 else 1
+    tr, te = split_indices(y, spec.test_fraction, spec.seed)
+    n_train = len(tr)
+
+    if meta.n_records != len(images):
+        raise ValueError(f"metadata says {meta.n_records} records, the payload has "
+                         f"{len(images)}: the accounted schedule would not be the one run")
+    q, steps, sigma = spec.schedule(meta)
+
+    if spec.model == "head":
+        feats = extract_features(images, spec.backbone, device=device)
+        X = torch.from_numpy(feats)
+        n_in = feats.shape[1]
+        arch = dict(hidden=spec.hidden)
+    else:
+        X = images_to_tensor(images)
+        n_in = c * h * w
+        arch = dict(hidden=0, width=spec.width or None)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(spec.seed)
+        if spec.model == "head":
+            net = (build_model("mlp", n_in, len(classes), spec.hidden) if spec.hidden > 0
+                   else build_model("logreg", n_in, len(classes)))
+        else:
+            net = build_model(spec.model, n_in, len(classes), in_channels=c, image_size=(h, w),
+                              width=arch["width"])
+    trainer = DPTrainer(net, clip_norm=spec.clip_norm, noise_multiplier=sigma,
+                        learning_rate=spec.learning_rate, momentum=spec.momentum,
+                        seed=spec.seed, device=device, grad_sample_mode=spec.grad_sample_mode,
+                        max_physical_batch_size=spec.physical_batch_size or None)
+    yt = torch.from_numpy(y)
+    tr_t = torch.from_numpy(tr)
+    done = trainer.run(X.index_select(0, tr_t), yt.index_select(0, tr_t),
+                       np.full(n_train, q), steps, progress=progress)
+    trainer.close()
+
+    # The guarantee is for the schedule actually executed.
+    event = dpsgd_event(q, sigma, done)
+    privacy = privacy_report(event, spec.delta)
+    privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
+                   expected_batch_size=q * n_train)
+
+    net.eval()
+    if spec.model == "head":
+        model = HeadOnBackbone(Backbone(spec.backbone, (h, w, c)), net.cpu())
+        config = model_config("head", n_in, len(classes), spec.hidden, in_channels=c,
+                              image_size=(h, w), backbone=spec.backbone)
+    else:
+        model = net.cpu()
+        config = model_config(spec.model, n_in, len(classes), 0, in_channels=c,
+                              image_size=(h, w), width=arch["width"])
+    config.update(classes=classes, preprocessing=PREPROCESSING, image_shape=list(images.shape[1:]))
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    probs = _probs(net.to(device), X, device)
+    return {
+        "model_state": buf.getvalue(),
+        "model_config": config,
+        # NOTE: computed on private records with no noise; the owner reviews it before release.
+        "metrics": image_metrics(probs, y, tr, te, classes),
+        "privacy": privacy,
+    }
+
+
+@torch.no_grad()
+def _probs(net: torch.nn.Module, X: torch.Tensor, device, batch_size: int = 512) -> np.ndarray:
+    net.eval()
+    out = [torch.softmax(net(X[i:i + batch_size].to(device)), 1).cpu()
+           for i in range(0, len(X), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+@torch.no_grad()
+def predict_images_proba(model: torch.nn.Module, config: dict, images: np.ndarray,
+                         batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (columns in ``config["classes"]`` order) of uint8 images, with a model
+    from ``shared.results.load_model`` (a head model includes its backbone)."""
+    if config.get("preprocessing") != PREPROCESSING:
+        raise ValueError(f"not an image model config: preprocessing {config.get('preprocessing')!r}")
+    images = np.asarray(images)
+    if list(images.shape[1:]) != list(config["image_shape"]):
+        raise ValueError(f"model expects images of shape {config['image_shape']}, "
+                         f"got {list(images.shape[1:])}")
+    device = next(model.parameters()).device
+    return _probs(model, images_to_tensor(images), device, batch_size)
+
+
+def image_metrics(p: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                  classes) -> dict:
+    """Train/test accuracy, per-class test accuracy, test AUC (binary, or macro one-vs-rest)."""
+    def acc(idx):
+        return float((p[idx].argmax(1) == y[idx]).mean()) if len(idx) else None
+
+    out = {"n_train": int(len(tr)), "n_test": int(len(te)), "train_accuracy": acc(tr),
+           "test_accuracy": acc(te), "test_auc": None, "per_class_accuracy": {}}
+    pred = p[te].argmax(1) if len(te) else np.zeros(0, dtype=int)
+    for i, c in enumerate(classes):
+        mask = y[te] == i
+        out["per_class_accuracy"][str(c)] = float((pred[mask] == i).mean()) if mask.any() else None
+    present = set(y[te].tolist())
+    if len(te) and len(present) == len(classes):
+        from sklearn.metrics import roc_auc_score
+
+        if len(classes) == 2:
+            out["test_auc"] = float(roc_auc_score(y[te], p[te, 1]))
+        else:
+            out["test_auc"] = float(roc_auc_score(y[te], p[te], multi_class="ovr",
+                                                  average="macro"))
+    return out

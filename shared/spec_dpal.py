@@ -1,0 +1,222 @@
+"""Job kind ``dpal``: differentially private active learning with step amplification.
+
+The ledger charges ONE event per job: the event of the group (start set, or records labelled
+in round g) with the largest final PLD epsilon. Why: the budget is per dataset and every record
+of the dataset is in exactly one group (or never labelled, paying only eps_selection, which is
+below every group's cost); so that group's event is the per-record worst case of this job and
+dominates what any single record loses. (With step amplification all groups end within a
+fraction of a percent of each other.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .data import IMAGES, TABLE, DatasetMeta
+from .specs import JobSpec, SpecError, n_train_records, register
+
+DPAL_MODELS = ("logreg", "mlp", "head")
+HIDDEN = 32
+MAX_ROUNDS = 20
+_PLAN_CACHE: dict = {}
+
+
+@register
+@dataclass
+class DPALSpec(JobSpec):
+    """DP active learning on a table (``label`` = the label column) or on images (``label`` =
+    "label"; features from the frozen ``backbone``). ``query_sizes``: records labelled in each
+    of the R rounds; ``eps_selection``: total selection budget (eps_selection / R per round);
+    ``batch_size``: expected batch size; ``score_bound``: S (0 = the score's natural bound)."""
+
+    KIND: ClassVar[str] = "dpal"
+
+    dataset: str
+    epsilon: float
+    delta: float
+    label: str = "label"
+    eps_selection: float = 1.0
+    start_size: int = 50
+    query_sizes: list = field(default_factory=lambda: [25, 25])
+    acquisition: str = "entropy"
+    mode: str = "step_amplified"
+    accountant: str = "pld"
+    model: str = "logreg"
+    backbone: str = "scatter"
+    batch_size: int = 32
+    epochs_per_round: float = 10.0
+    clip_norm: float = 1.0
+    learning_rate: float = 0.5
+    score_bound: float = 0.0
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self, meta: DatasetMeta | None = None) -> "DPALSpec":
+        from .acquisition import ACQUISITIONS
+        from .dpal_plan import ACCOUNTANTS, MODES
+
+        self._check_types()
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        if not (0 <= self.eps_selection < self.epsilon):
+            raise SpecError(f"eps_selection must be in [0, epsilon), got {self.eps_selection}; "
+                            "a quarter of epsilon is typical")
+        if self.acquisition not in ACQUISITIONS:
+            raise SpecError(f"unknown acquisition {self.acquisition!r}; choose one of "
+                            f"{list(ACQUISITIONS)}")
+        if self.acquisition != "random" and self.eps_selection <= 0:
+            raise SpecError(f"acquisition {self.acquisition!r} reads the records: give "
+                            "eps_selection > 0, or use acquisition='random'")
+        if self.mode not in MODES:
+            raise SpecError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise SpecError(f"accountant must be one of {list(ACCOUNTANTS)}, "
+                            f"got {self.accountant!r}")
+        if self.model not in DPAL_MODELS:
+            raise SpecError(f"unknown model {self.model!r}; choose one of {list(DPAL_MODELS)}")
+        if not (1 <= len(self.query_sizes) <= MAX_ROUNDS) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                for k in self.query_sizes):
+            raise SpecError(f"query_sizes must be 1..{MAX_ROUNDS} integers >= 1, "
+                            f"got {self.query_sizes}")
+        for name in ("start_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs_per_round", "clip_norm", "learning_rate"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise SpecError(f"{name} must be a finite number > 0, got {v}")
+        if not (self.score_bound >= 0 and math.isfinite(self.score_bound)):
+            raise SpecError(f"score_bound must be >= 0 (0: natural bound), got {self.score_bound}")
+        if not 0 < self.test_fraction < 1:
+            raise SpecError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        from .backbones import BACKBONES
+
+        if self.dataset != meta.name:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        if meta.kind == TABLE:
+            if self.label != meta.label:
+                raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
+                                f"not {self.label!r}")
+            if self.model == "head":
+                raise SpecError("model 'head' is for images; use 'logreg' or 'mlp' on a table")
+        elif meta.kind == IMAGES:
+            if self.backbone not in BACKBONES:
+                raise SpecError(f"unknown backbone {self.backbone!r}; choose one of "
+                                f"{list(BACKBONES)}")
+        else:
+            raise SpecError(f"dataset kind {meta.kind!r} is not supported by {self.KIND}")
+        if len(meta.labels) < 2:
+            raise SpecError("the dataset needs at least two label values")
+        n = n_train_records(meta.n_records, self.test_fraction)
+        need = self.start_size + sum(self.query_sizes)
+        if need > n:
+            raise SpecError(f"start_size + sum(query_sizes) = {need} exceeds the {n} pool "
+                            f"records (after holding out test_fraction={self.test_fraction})")
+        if self.delta >= 1 / n:
+            raise SpecError(f"delta={self.delta} must be below 1/n = {1 / n:.3g} for {n} "
+                            "pool records")
+        if self.batch_size > self.start_size:
+            raise SpecError(f"batch_size={self.batch_size} exceeds start_size="
+                            f"{self.start_size}; choose at most the start set's size")
+
+    def planned_event(self, meta: DatasetMeta):
+        """The worst group's event (see the module docstring)."""
+        plan = plan_for(self, meta)
+        return plan.group_event(plan.worst_group())
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from .dpal import run_dpal, state_bytes
+        from .models import build_model, model_config
+
+        plan = plan_for(self, meta)
+        X, y, extra = _features(self, data, meta)
+        from .training import split_indices
+
+        tr, te = split_indices(y, self.test_fraction, self.seed)
+        y_pool = y[tr]
+        n_classes = len(meta.labels)
+        hidden = HIDDEN if self.model == "mlp" else 0
+        head_name = "mlp" if self.model == "mlp" else "logreg"
+
+        def oracle(idx):
+            return y_pool[idx]
+
+        out = run_dpal(X[tr], oracle, X[te], y[te], plan,
+                       lambda: build_model(head_name, X.shape[1], n_classes, HIDDEN),
+                       n_classes=n_classes, acquisition=self.acquisition,
+                       clip_norm=self.clip_norm, learning_rate=self.learning_rate,
+                       score_bound=self.score_bound or None, seed=self.seed, progress=progress)
+        model = out["model"].eval()
+        if meta.kind == IMAGES:
+            config = model_config("head", X.shape[1], n_classes, hidden,
+                                  in_channels=extra["channels"], image_size=extra["hw"],
+                                  backbone=self.backbone)
+            state = state_bytes(model, prefix="head.")
+        else:
+            config = model_config(head_name, X.shape[1], n_classes, HIDDEN)
+            config.update(extra)
+            state = state_bytes(model)
+        config["classes"] = list(meta.labels)
+        last = out["rounds"][-1]
+        metrics = {"test_accuracy": last["accuracy"], "test_auc": last["auc"],
+                   "per_class_accuracy": last["per_class_accuracy"],
+                   "n_pool": int(len(tr)), "n_test": int(len(te)),
+                   "labelled": int(last["labelled"])}
+        return {"metrics": metrics, "privacy": out["privacy"], "rounds": out["rounds"],
+                "plan": plan.to_dict(), "model_state": state, "model_config": config}
+
+
+def plan_for(spec: DPALSpec, meta: DatasetMeta):
+    """The schedule the datasite will run for ``spec`` on ``meta`` (pure accounting, no data);
+    researchers call it before submitting to see steps, rates and per-group epsilons."""
+    from .dpal_plan import make_plan
+
+    n_pool = n_train_records(meta.n_records, spec.test_fraction)
+    key = (spec.to_json(), n_pool)
+    if key not in _PLAN_CACHE:
+        if len(_PLAN_CACHE) > 16:
+            _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = make_plan(
+            n_pool=n_pool, start_size=spec.start_size, query_sizes=list(spec.query_sizes),
+            epsilon=spec.epsilon, delta=spec.delta, eps_selection=spec.eps_selection,
+            batch_size=spec.batch_size, epochs_per_round=spec.epochs_per_round,
+            mode=spec.mode, accountant=spec.accountant)
+    from .dpal_plan import Plan
+
+    return Plan.from_dict(_PLAN_CACHE[key].to_dict())  # a copy: callers may not alter the cache
+
+
+def _features(spec: DPALSpec, data, meta: DatasetMeta):
+    """(X float32, y int64 label indices, model-config extras); costs no privacy: a fixed map
+    per record (public scales / row normalisation, or a frozen data-independent backbone)."""
+    import numpy as np
+
+    index = {c: i for i, c in enumerate(meta.labels)}
+    if meta.kind == IMAGES:
+        from .backbones import extract_features
+
+        images = np.asarray(data["images"])
+        y = np.array([index[v] for v in np.asarray(data["labels"]).tolist()], dtype=np.int64)
+        X = extract_features(images, spec.backbone)
+        chans = 1 if images.ndim == 3 else images.shape[3]
+        return X, y, {"channels": chans, "hw": list(images.shape[1:3])}
+    from .training import encode_labels, feature_columns, preprocess
+
+    cols = feature_columns(data, spec.label)
+    prep = {"preprocessing": "row_l2_normalise"}
+    scales = meta.feature_scales or {}
+    if scales and all(c in scales for c in cols):
+        prep = {"preprocessing": "public_scale",
+                "feature_scales": [float(scales[c]) for c in cols]}
+    X = preprocess(data[cols].to_numpy(), prep)
+    y = encode_labels(data[spec.label], meta.labels)
+    return X, y, {**prep, "feature_columns": cols}

@@ -1,0 +1,107 @@
+"""Multi-round federated DP-SGD: a schedule approved once, then rounds without further clicks.
+
+The researcher submits a *schedule* (``fed_dpsgd_table``) to every site: R rounds of local
+DP-SGD on a table. Each site prices all R rounds up front (one noise multiplier for the whole
+schedule, so R rounds of ``epochs`` each are one long Poisson-subsampled Gaussian run) and
+reserves them in its ledger when the owner approves. Each round the researcher sends the current
+global model in a *round* request (``fed_round``); the site's round server trains from it and
+releases the local model. A site that stops commits the rounds it ran and refunds the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .data import DatasetMeta
+from .specs import DPSGDTableSpec, JobSpec, SpecError, n_train_records, register
+
+MAX_ROUNDS = 100
+
+
+@register
+@dataclass
+class FedScheduleSpec(DPSGDTableSpec):
+    """R rounds of DP-SGD (``epochs`` per round) on a table at (epsilon, delta) for all rounds.
+
+    ``round`` and ``init_state`` are set by the datasite when it runs one round; a researcher's
+    schedule has round 0 and no initial state.
+    """
+
+    KIND: ClassVar[str] = "fed_dpsgd_table"
+
+    rounds: int = 3
+    round: int = 0
+    init_state: str = ""
+
+    def validate(self, meta: DatasetMeta | None = None) -> "FedScheduleSpec":
+        super().validate(meta)
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise SpecError(f"rounds must be between 1 and {MAX_ROUNDS}, got {self.rounds}")
+        if not 0 <= self.round < self.rounds:
+            raise SpecError(f"round must be in [0, {self.rounds}), got {self.round}")
+        return self
+
+    def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
+        """(sample rate, steps per round, noise multiplier for all rounds)."""
+        from .accounting import calibrate_noise
+        from .training import poisson_schedule
+
+        q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
+                                    self.batch_size, self.epochs)
+        return q, steps, calibrate_noise(q, steps * self.rounds, self.epsilon, self.delta)
+
+    def planned_event(self, meta: DatasetMeta):
+        """All R rounds: the ledger reserves them at approval."""
+        return self.rounds_event(meta, self.rounds)
+
+    def rounds_event(self, meta: DatasetMeta, rounds: int):
+        """The event of the first ``rounds`` rounds (what a site commits when it stops early)."""
+        from .accounting import dpsgd_event
+
+        q, steps, sigma = self._schedule(meta)
+        return dpsgd_event(q, sigma, steps * rounds)
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        """Run round ``self.round`` from ``init_state``; the privacy report is this round's."""
+        from .federated import state_from_text
+        from .training import train_dpsgd_table
+
+        q, steps, sigma = self._schedule(meta)
+        init = state_from_text(self.init_state) if self.init_state else None
+        result = train_dpsgd_table(
+            data, self, progress=progress, classes=meta.labels or None,
+            feature_scales=meta.feature_scales or None, noise_multiplier=sigma,
+            init_state=init, sampling_seed=self.seed + 7919 * self.round)
+        result["round"] = self.round
+        result["rounds"] = self.rounds
+        return result
+
+
+@register
+@dataclass
+class FedRoundSpec(JobSpec):
+    """Round ``round`` of an approved schedule, starting from ``init_state`` (base64 weights)."""
+
+    KIND: ClassVar[str] = "fed_round"
+
+    dataset: str
+    schedule: str  # the schedule request's id
+    round: int
+    init_state: str = ""
+
+    def validate(self, meta: DatasetMeta | None = None) -> "FedRoundSpec":
+        self._check_types()
+        if not self.schedule:
+            raise SpecError("schedule must name the approved schedule request")
+        if self.round < 0:
+            raise SpecError(f"round must be >= 0, got {self.round}")
+        if meta is not None and meta.name != self.dataset:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        return self
+
+    def planned_event(self, meta: DatasetMeta):
+        raise SpecError("a round is priced as part of its schedule, not on its own")
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        raise SpecError("a round runs as part of its approved schedule (the datasite's round "
+                        "server builds the round's job)")

@@ -1,0 +1,131 @@
+"""Job kind ``dpsgd_images``: DP-SGD training of an image classifier (CNN, ResNet-9, or a head on
+a frozen, data-independent backbone). Light module: heavy imports happen inside methods."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .data import IMAGES, DatasetMeta
+from .specs import JobSpec, SpecError, _suggest_delta, n_train_records, register
+
+# Mirrors of shared.models.IMAGE_MODEL_NAMES, shared.backbones.BACKBONES and
+# shared.dpsgd.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
+IMAGE_MODELS = ("cnn", "resnet9", "head")
+BACKBONE_NAMES = ("scatter", "random_conv", "pixels")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+
+
+@register
+@dataclass
+class DPSGDImageSpec(JobSpec):
+    """DP-SGD training of an image classifier at (epsilon, delta) for the training records.
+
+    ``model``: ``cnn`` | ``resnet9`` (trained end to end; ``width`` 0 = the model's default) or
+    ``head`` (a linear head, or an MLP if ``hidden`` > 0, on features of the frozen ``backbone``
+    computed once: the fast path). ``batch_size`` is the expected batch size of Poisson sampling;
+    ``physical_batch_size`` (0 = whole batch) only bounds memory. ``delta`` must be below
+    1 / (number of training records).
+    """
+
+    KIND: ClassVar[str] = "dpsgd_images"
+
+    dataset: str
+    epsilon: float
+    delta: float
+    model: str = "head"
+    backbone: str = "scatter"
+    hidden: int = 0
+    width: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    clip_norm: float = 1.0
+    learning_rate: float = 2.0
+    momentum: float = 0.9
+    test_fraction: float = 0.2
+    seed: int = 0
+    grad_sample_mode: str = "hooks"
+    physical_batch_size: int = 0
+
+    def validate(self, meta: DatasetMeta | None = None) -> "DPSGDImageSpec":
+        """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_types()
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        if self.model not in IMAGE_MODELS:
+            raise SpecError(f"unknown model {self.model!r}; choose one of {list(IMAGE_MODELS)}")
+        if self.model == "head" and self.backbone not in BACKBONE_NAMES:
+            raise SpecError(f"unknown backbone {self.backbone!r}; choose one of "
+                            f"{list(BACKBONE_NAMES)}")
+        if self.hidden < 0:
+            raise SpecError(f"hidden must be >= 0 (0: linear head), got {self.hidden}")
+        if self.width < 0:
+            raise SpecError(f"width must be >= 0 (0: the model's default), got {self.width}")
+        if self.epochs < 1:
+            raise SpecError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.physical_batch_size < 0:
+            raise SpecError("physical_batch_size must be >= 0 (0: the whole batch at once), "
+                            f"got {self.physical_batch_size}")
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise SpecError(f"clip_norm must be a finite number > 0, got {self.clip_norm}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise SpecError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise SpecError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.test_fraction < 1:
+            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise SpecError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
+                            f"got {self.grad_sample_mode!r}")
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        if meta.kind != IMAGES:
+            raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs "
+                            "images; use dpsgd_table for a table")
+        if self.dataset != meta.name:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        shape = meta.image_shape or []
+        if len(shape) not in (2, 3):
+            raise SpecError(f"dataset {meta.name!r} declares no image shape (H, W) or (H, W, C)")
+        if self.model != "head" and min(shape[:2]) < 8:
+            raise SpecError(f"model {self.model!r} needs images of at least 8x8, the dataset's "
+                            f"are {shape[0]}x{shape[1]}; use model 'head'")
+        if len(meta.labels) < 2:
+            raise SpecError(f"dataset {meta.name!r} has fewer than two labels: nothing to classify")
+        n = n_train_records(meta.n_records, self.test_fraction)
+        if n < 2:
+            raise SpecError(f"only {n} training record(s) after holding out "
+                            f"test_fraction={self.test_fraction}; lower test_fraction")
+        if self.delta >= 1 / n:
+            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
+                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
+        if self.batch_size > n:
+            raise SpecError(f"batch_size={self.batch_size} exceeds the {n} training records; "
+                            f"choose at most {n}")
+
+    def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
+        """(sample rate, steps, noise multiplier): what the job will run."""
+        from .accounting import calibrate_noise
+        from .training import poisson_schedule
+
+        q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
+                                    self.batch_size, self.epochs)
+        return q, steps, calibrate_noise(q, steps, self.epsilon, self.delta)
+
+    def planned_event(self, meta: DatasetMeta):
+        from .accounting import dpsgd_event
+
+        q, steps, sigma = self.schedule(meta)
+        return dpsgd_event(q, sigma, steps)
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from .images import train_dpsgd_images
+
+        return train_dpsgd_images(data, self, meta, progress=progress)

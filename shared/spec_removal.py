@@ -1,0 +1,112 @@
+"""Job kind ``removal_logreg``: a removal-enabled logistic regression (Guo et al. 2020) trained by
+objective perturbation. Light module: heavy imports happen inside methods.
+
+The result holds, besides ``metrics`` and ``privacy``:
+  * ``removable_model``: :meth:`shared.removal.RemovableModel.to_dict` of the freshly trained
+    model -- weights, hyper-parameters, feature pipeline and a residual state that is still
+    only public constants; no records, never b. The datasite keeps it to serve later removal
+    requests (with the data it already holds). After removals its residual fields are
+    data-dependent: release updated models with ``public_dict()`` only.
+  * ``_owner_training_rows``: positions (in the dataset payload) of the training records, which
+    the datasite needs to remove records later. Owner-only: the datasite must strip every key
+    starting with ``_owner_`` before a result is released.
+  * ``model_state`` / ``model_config``: the same model as a torch ``Linear`` (tables only), so
+    researchers decode it like other table models.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .data import IMAGES, TABLE, DatasetMeta
+from .specs import JobSpec, SpecError, _suggest_delta, n_train_records, register
+from .spec_images import BACKBONE_NAMES
+
+FEATURES = ("table",) + BACKBONE_NAMES
+
+
+@register
+@dataclass
+class RemovalSpec(JobSpec):
+    """Removal-enabled logistic regression (one-vs-rest for > 2 classes).
+
+    ``lam``: L2 regularisation per record (objective lam * n / 2 |w|^2); ``perturbation``: std s
+    of the objective perturbation b. Training is (eps_train, ``delta``)-DP with eps_train from
+    (lam * n, s) (:func:`shared.removal.training_epsilon`); later removals are
+    (``removal_epsilon``, ``removal_delta``)-certified while the residual stays within
+    s * removal_epsilon / sqrt(2 ln(1.5 / removal_delta)). ``features``: "table" (public column
+    scales) or the name of a frozen image backbone.
+    """
+
+    KIND: ClassVar[str] = "removal_logreg"
+
+    dataset: str
+    delta: float
+    label: str = ""
+    lam: float = 1e-4
+    perturbation: float = 1.0
+    removal_epsilon: float = 1.0
+    removal_delta: float = 1e-4
+    features: str = "table"
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self, meta: DatasetMeta | None = None) -> "RemovalSpec":
+        self._check_types()
+        for name in ("lam", "perturbation", "removal_epsilon"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise SpecError(f"{name} must be a finite number > 0, got {v}")
+        if not 0 < self.delta < 1:
+            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        if not 0 < self.removal_delta < 1:
+            raise SpecError(f"removal_delta must be in (0, 1), got {self.removal_delta}")
+        if self.features not in FEATURES:
+            raise SpecError(f"unknown features {self.features!r}; choose one of {list(FEATURES)}")
+        if not 0 <= self.test_fraction < 1:
+            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        if self.dataset != meta.name:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        if meta.kind == TABLE:
+            if self.features != "table":
+                raise SpecError(f"dataset {meta.name!r} is a table: use features='table'")
+            if self.label not in ("", meta.label):
+                raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
+                                f"not {self.label!r}")
+        elif meta.kind == IMAGES:
+            if self.features == "table":
+                raise SpecError(f"dataset {meta.name!r} holds images: set features to a "
+                                f"backbone, one of {list(BACKBONE_NAMES)}")
+        else:
+            raise SpecError(f"dataset kind {meta.kind!r} is not supported by {self.KIND}")
+        if len(meta.labels) < 2:
+            raise SpecError(f"need at least two label values, dataset has {meta.labels}")
+        n = n_train_records(meta.n_records, self.test_fraction)
+        if n < 2:
+            raise SpecError(f"only {n} training record(s) after holding out "
+                            f"test_fraction={self.test_fraction}; lower test_fraction")
+        if self.delta >= 1 / n:
+            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
+                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
+
+    def n_models(self, meta: DatasetMeta) -> int:
+        return 1 if len(meta.labels) == 2 else len(meta.labels)
+
+    def planned_event(self, meta: DatasetMeta):
+        from .accounting import approx_dp_event
+        from .removal import training_epsilon
+
+        n = n_train_records(meta.n_records, self.test_fraction)
+        return approx_dp_event(training_epsilon(self.lam, self.perturbation, n, self.delta,
+                                                self.n_models(meta)), self.delta)
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from .removal import run_removal_job
+
+        return run_removal_job(self, data, meta, progress)

@@ -1,0 +1,167 @@
+"""A federation of real datasites (HTTP servers on 127.0.0.1) with different label distributions."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import RESEARCHER, make_site
+
+pytestmark = pytest.mark.slow
+
+JOB = dict(label="diagnosis", epsilon=4.0, delta=1e-4, model="logreg", batch_size=32,
+           learning_rate=1.0, test_fraction=0.2, seed=0)
+
+
+def _split(df: pd.DataFrame, seed: int = 0):
+    """A held-out union test set, and two sites: A mostly label 0, B mostly label 1."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(df))
+    test, rest = df.iloc[idx[:170]], df.iloc[idx[170:]]
+    a_parts, b_parts = [], []
+    for label, frac_a in ((0, 0.9), (1, 0.1)):
+        part = rest[rest["diagnosis"] == label]
+        k = int(round(len(part) * frac_a))
+        a_parts.append(part.iloc[:k])
+        b_parts.append(part.iloc[k:])
+    return test, pd.concat(a_parts), pd.concat(b_parts)
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory, demo_files):
+    df = pd.read_csv(demo_files / "breast_cancer.csv")
+    test, a, b = _split(df)
+    root = tmp_path_factory.mktemp("fed")
+    sites = []
+    try:
+        for name, part in (("hosp-a", a), ("hosp-b", b)):
+            path = root / f"{name}.csv"
+            part.to_csv(path, index=False)
+            site = make_site(root, name)
+            sites.append(site)
+            site.upload("bc", table=str(path), label="diagnosis", budget_epsilon=20.0, delta=1e-4)
+            site.add_user(*RESEARCHER, name="Alice")
+        yield sites, test
+    finally:
+        for s in sites:
+            s.down()
+
+
+def _owner_loop(site, stop: threading.Event, actions: dict):
+    """The data owner: approve (run + release) whatever arrives, or deny/stop as told."""
+    import time
+
+    while not stop.is_set():
+        for info in site.review():
+            if info["state"] != "pending" or info["kind"] == "fed_round":
+                continue
+            rid = info["request_id"]
+            if actions.get(site.name) == "deny":
+                site.deny(rid, "not this quarter")
+                continue
+            summary = site.run(rid, progress=False)
+            if info["kind"] != "fed_dpsgd_table":
+                site.release(rid)
+            elif actions.get(site.name) == "stop_after_1":
+                actions[site.name] = ("stop", rid)
+        act = actions.get(site.name)
+        if isinstance(act, tuple) and act[0] == "stop":
+            own = site.state.request(act[1])
+            if own and own["state"] == "serving" and '"rounds_done": 1' in (own["summary_json"] or ""):
+                site.stop(act[1])
+                actions[site.name] = "stopped"
+        time.sleep(0.5)
+
+
+def _accuracy(model, config, df):
+    from shared.results import predict
+
+    return float(np.mean(np.array(predict(model, config, df)) == df["diagnosis"].to_numpy()))
+
+
+def test_federated_rounds_beat_each_single_site(two_sites):
+    import researcher
+    from researcher.federation import federation
+
+    sites, test = two_sites
+    stop = threading.Event()
+    owners = [threading.Thread(target=_owner_loop, args=(s, stop, {}), daemon=True) for s in sites]
+    for t in owners:
+        t.start()
+    try:
+        clients = [researcher.connect(s.url, *RESEARCHER) for s in sites]
+        fed = federation(clients)
+        job = researcher.jobs.DPSGD("bc", epochs=10, **JOB)
+        trained = fed.train(job, rounds=3, timeout=300, poll=0.5, progress=False)
+        singles = {c.name: c.submit(researcher.jobs.DPSGD("bc", epochs=30, **JOB)).wait(
+            timeout=300, poll=0.5, progress=False) for c in clients}
+    finally:
+        stop.set()
+        for t in owners:
+            t.join(timeout=30)
+
+    assert trained.contributed == ["hosp-a", "hosp-b"] and not trained.left_out
+    assert len(trained.history) == 3
+    fed_acc = _accuracy(trained.model(), trained.model_config, test)
+    single_acc = {n: _accuracy(r.model, r.raw["model_config"], test) for n, r in singles.items()}
+    assert all(fed_acc > a for a in single_acc.values()), (fed_acc, single_acc)
+
+    # each site reserved all rounds at approval and, after the last round, committed exactly them
+    for s in sites:
+        schedule = s.ledger.entry(trained.approvals.request_ids[s.name])
+        assert schedule["state"] == "released"
+        assert schedule["realised_json"] == schedule["event_json"]
+        assert s.executions() == 3 + 1  # three rounds and one single-site job ran on real data
+    for name, p in trained.privacy.items():
+        assert p["epsilon"] <= 4.0 + 1e-6 and p["delta"] == 1e-4
+
+
+def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
+    """A denial leaves the other site's result; a site that stops after one round commits one
+    round and refunds the rest, and the federation goes on without it."""
+    import researcher
+    from researcher.federation import federation
+
+    sites, _ = two_sites
+    stop = threading.Event()
+    actions = {"hosp-a": "deny"}
+    owners = [threading.Thread(target=_owner_loop, args=(s, stop, actions), daemon=True)
+              for s in sites]
+    for t in owners:
+        t.start()
+    try:
+        clients = [researcher.connect(s.url, *RESEARCHER) for s in sites]
+        down = ("http://127.0.0.1:9", *RESEARCHER)  # nothing listens there
+        fed = federation(clients + [down])
+        assert "http://127.0.0.1:9" in fed.unreachable
+        one = fed.submit(researcher.jobs.DPSGD("bc", epochs=3, **JOB)).wait(
+            timeout=300, poll=0.5, progress=False)
+        assert one.contributed == ["hosp-b"]
+        assert "denied" in one.left_out["hosp-a"] and "not this quarter" in one.left_out["hosp-a"]
+        assert "No datasite answers" in one.left_out["http://127.0.0.1:9"]
+
+        actions.clear()
+        actions["hosp-a"] = "stop_after_1"
+        before = sites[0].ledger.history("bc")
+        trained = fed.train(researcher.jobs.DPSGD("bc", epochs=2, **JOB), rounds=3,
+                            timeout=300, poll=0.5, progress=False)
+    finally:
+        stop.set()
+        for t in owners:
+            t.join(timeout=30)
+    assert len(trained.history) == 3
+    assert trained.history[0]["sites"] == ["hosp-a", "hosp-b"]
+    assert trained.history[-1]["sites"] == ["hosp-b"]
+    assert "dropped out in round 1" in trained.left_out["hosp-a"]
+    assert "stopped participating" in trained.left_out["hosp-a"]
+
+    from shared.accounting import event_from_json
+
+    new = [e for e in sites[0].ledger.history("bc") if e["request_id"] not in
+           {b["request_id"] for b in before}]
+    (entry,) = [e for e in new if e["state"] == "released"]
+    planned, realised = event_from_json(entry["event_json"]), event_from_json(entry["realised_json"])
+    assert realised.count * 3 == planned.count  # one round of three committed
+    assert entry["epsilon"] < sites[0].ledger.epsilon_of([entry["event_json"]], 1e-4)

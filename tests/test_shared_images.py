@@ -1,0 +1,157 @@
+"""Image job kind: models, frozen backbones, DP-SGD image training (small synthetic CXR data)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from datasite.demo_data import make_synthetic_cxr
+from shared.accounting import event_to_json
+from shared.data import DatasetMeta
+from shared.specs import SpecError
+from shared.spec_images import BACKBONE_NAMES, GRAD_SAMPLE_MODES, IMAGE_MODELS, DPSGDImageSpec
+
+torch.set_num_threads(1)
+
+
+def _meta(n, size, kind="images"):
+    return DatasetMeta(name="cxr", kind=kind, n_records=n, label="label", labels=[0, 1],
+                       image_shape=[size, size])
+
+
+@pytest.fixture(scope="module")
+def cxr28():
+    return make_synthetic_cxr(400, size=28, seed=0)
+
+
+def test_spec_mirrors_the_heavy_modules():
+    from shared.backbones import BACKBONES
+    from shared.dpsgd import GRAD_SAMPLE_MODES as modes
+    from shared.models import IMAGE_MODEL_NAMES
+
+    assert BACKBONE_NAMES == BACKBONES and GRAD_SAMPLE_MODES == modes
+    assert IMAGE_MODELS == IMAGE_MODEL_NAMES
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet9"])
+def test_image_models_are_opacus_valid_and_rebuild_from_config(name):
+    from opacus.validators import ModuleValidator
+
+    from shared.models import build_from_config, build_model, model_config
+
+    model = build_model(name, 0, 3, in_channels=1, image_size=(28, 28), width=8)
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    cfg = model_config(name, 0, 3, in_channels=1, image_size=(28, 28), width=8)
+    clone = build_from_config(cfg)
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 28, 28)
+    assert clone(x).shape == (2, 3) and torch.allclose(clone(x), model(x))
+    big = build_model(name, 0, 2, in_channels=3, image_size=(64, 64))
+    assert big(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_features_are_per_record_normalised_and_deterministic(name, cxr28):
+    from shared.backbones import extract_features, feature_dim
+
+    imgs = cxr28["images"][:40]
+    f = extract_features(imgs, name, device="cpu", batch_size=16)
+    assert f.dtype == np.float32 and f.shape == (40, feature_dim(name, (28, 28)))
+    norms = np.linalg.norm(f.astype(np.float64), axis=1)
+    assert (norms <= 1.0).all() and (norms > 0.99).all()
+    # a row depends on its own image only: the same image alone or in another batch, same row
+    alone = extract_features(imgs[[7]], name, device="cpu")
+    assert np.allclose(alone[0], f[7], atol=1e-5)
+    assert np.array_equal(f, extract_features(imgs, name, device="cpu", batch_size=16))
+    # and it is not constant: different images, different features
+    assert np.abs(f[0] - f[1]).max() > 1e-3
+
+
+def test_head_beats_chance_and_executes_the_planned_event(cxr28):
+    from shared.images import predict_images_proba
+    from shared.results import load_model
+
+    meta = _meta(400, 28)
+    spec = DPSGDImageSpec(dataset="cxr", epsilon=4.0, delta=1e-4, model="head",
+                          backbone="pixels", epochs=10, batch_size=64).validate(meta)
+    seen = []
+    r = spec.run(cxr28, meta, progress=lambda d, t: seen.append((d, t)))
+    p = r["privacy"]
+    assert p["event"] == event_to_json(spec.planned_event(meta))
+    assert p["epsilon"] <= 4.0 and p["steps"] == seen[-1][0] == seen[-1][1]
+    assert p["noise_multiplier"] > 0.5 and p["sample_rate"] == pytest.approx(1 / 5)
+    m = r["metrics"]
+    assert m["n_train"] == 320 and m["n_test"] == 80
+    assert m["test_accuracy"] > 0.7 and m["test_auc"] > 0.75  # chance: 0.5
+    assert set(m["per_class_accuracy"]) == {"0", "1"}
+    # the released model (backbone + head) rebuilds from its config and predicts the same
+    model = load_model(r)
+    probs = predict_images_proba(model, r["model_config"], cxr28["images"])
+    from shared.training import split_indices
+
+    _, te = split_indices(cxr28["labels"], 0.2, 0)
+    acc = (probs[te].argmax(1) == cxr28["labels"][te]).mean()
+    assert acc == pytest.approx(m["test_accuracy"])
+
+
+def test_same_spec_same_model(cxr28):
+    meta = _meta(400, 28)
+    spec = DPSGDImageSpec(dataset="cxr", epsilon=2.0, delta=1e-4, model="head",
+                          backbone="random_conv", epochs=2, hidden=8).validate(meta)
+    a, b = spec.run(cxr28, meta), spec.run(cxr28, meta)
+    other = DPSGDImageSpec.from_dict({**spec.to_dict(), "seed": 1}).run(cxr28, meta)
+    sa, sb, so = (torch.load(io.BytesIO(r["model_state"])) for r in (a, b, other))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], so[k]) for k in sa)
+
+
+@pytest.mark.parametrize("model,mode", [("cnn", "ghost"), ("resnet9", "hooks")])
+def test_conv_models_train_a_few_steps(model, mode):
+    data = make_synthetic_cxr(60, size=16, seed=1)
+    meta = _meta(60, 16)
+    spec = DPSGDImageSpec(dataset="cxr", epsilon=8.0, delta=1e-3, model=model, width=4,
+                          epochs=1, batch_size=16, learning_rate=0.5, grad_sample_mode=mode,
+                          physical_batch_size=8).validate(meta)
+    r = spec.run(data, meta)
+    assert r["privacy"]["event"] == event_to_json(spec.planned_event(meta))
+    assert r["privacy"]["steps"] >= 2
+    assert r["model_config"]["name"] == model and r["model_config"]["width"] == 4
+    assert 0 <= r["metrics"]["test_accuracy"] <= 1
+    from shared.models import build_from_config
+
+    init = build_from_config(r["model_config"]).state_dict()
+    from shared.results import load_model
+
+    trained = load_model(r).state_dict()
+    assert any(not torch.equal(init[k], trained[k]) for k in init)  # it moved
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(model="vit"), "unknown model"),
+    (dict(backbone="resnet50"), "unknown backbone"),
+    (dict(delta=0.01), "too large"),
+    (dict(batch_size=1000), "exceeds"),
+    (dict(grad_sample_mode="functorch"), "grad_sample_mode"),
+    (dict(epsilon=0.0), "epsilon"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(dataset="other"), "names dataset"),
+    (dict(epochs=1.5), "epochs must be int"),
+])
+def test_validation_messages(change, message):
+    spec = DPSGDImageSpec(**{**dict(dataset="cxr", epsilon=1.0, delta=1e-5), **change})
+    with pytest.raises(SpecError, match=message):
+        spec.validate(_meta(400, 28))
+
+
+def test_validation_against_wrong_kind_and_tiny_images():
+    with pytest.raises(SpecError, match="needs images"):
+        DPSGDImageSpec(dataset="cxr", epsilon=1.0, delta=1e-5).validate(_meta(400, 28, "table"))
+    with pytest.raises(SpecError, match="at least 8x8"):
+        DPSGDImageSpec(dataset="cxr", epsilon=1.0, delta=1e-5, model="cnn").validate(
+            _meta(400, 6))
+    spec = DPSGDImageSpec.from_dict({"kind": "dpsgd_images", "dataset": "cxr", "epsilon": 1.0,
+                                     "delta": 1e-5})
+    assert spec.validate(_meta(400, 28)).to_dict()["kind"] == "dpsgd_images"

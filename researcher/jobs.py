@@ -16,7 +16,9 @@ class _Job:
         remote = site.datasets[self.spec.dataset]
         mock = remote.mock
         meta = DatasetMeta(**{**remote.meta.__dict__, "n_records": _count(mock)})
-        return JobResult(run_job(self.spec.to_dict(), mock, meta, progress=progress))
+        # mock data is public: pin the randomness so a notebook reruns identically
+        return JobResult(run_job(self.spec.to_dict(), mock, meta, progress=progress,
+                                 pin_randomness=getattr(self.spec, "seed", 0)))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec.to_dict()}>"

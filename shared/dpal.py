@@ -21,6 +21,7 @@ import torch
 from .accounting import event_to_json, privacy_report
 from .acquisition import natural_bound, select
 from .dpal_plan import Plan, group_event
+from .randomness import secret_seed
 
 Progress = Callable[[int, int], None]
 
@@ -127,8 +128,7 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                 k = plan.query_sizes[r]
                 unl = np.flatnonzero(group < 0)
                 pick = select(acquisition, trainer.module, Xp[unl], k, esr, bound,
-                              seed=int(np.random.SeedSequence([int(seed), 2, r])
-                                       .generate_state(1)[0]))
+                              seed=secret_seed(int(seed), 2, r))
                 new = unl[pick]
                 labels[new] = _ask(label_oracle, new, n_classes)
                 group[new] = r + 1

@@ -33,6 +33,8 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
+from .randomness import secret_seed
+
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
 Progress = Callable[[int, int], None]
@@ -48,16 +50,16 @@ def poisson_batch(rng: np.random.Generator, sample_rates: np.ndarray) -> np.ndar
 
 
 def _seeds(seed: int) -> tuple[np.random.SeedSequence, int]:
-    """Independent streams for sampling and noise, both from ``seed``."""
-    sampling, noise = np.random.SeedSequence(int(seed)).spawn(2)
+    """Independent secret streams for sampling and noise (see :mod:`shared.randomness`)."""
+    sampling, noise = np.random.SeedSequence(secret_seed(int(seed))).spawn(2)
     return sampling, int(noise.generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 class DPTrainer:
     """DP-SGD on ``model`` (trained in place; warm start across calls to :meth:`run`).
 
-    Sampling and noise are seeded by ``seed``: the same seed, inputs and device give the same
-    model. ``max_physical_batch_size`` splits a large logical batch into chunks whose clipped
+    Sampling and noise are secret (fresh OS seeds); under ``pinned_randomness`` the same
+    seed, inputs and device give the same model. ``max_physical_batch_size`` splits a large logical batch into chunks whose clipped
     gradients are summed before the single noise draw (Opacus' skip-step mechanism, as in its
     BatchMemoryManager); it changes memory, not the mechanism.
     ``loss_fn(logits, y)`` returns one loss per record (default cross entropy).

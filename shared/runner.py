@@ -4,17 +4,25 @@ from __future__ import annotations
 from typing import Callable
 
 from .data import DatasetMeta
+from .randomness import pinned_randomness
 from .specs import spec_from_dict
 
 
 def run_job(spec_dict: dict, data, meta: DatasetMeta,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+            progress: Callable[[int, int], None] | None = None,
+            pin_randomness: int | None = None) -> dict:
     """Validate ``spec_dict`` against ``meta``, run it on ``data``, return the result dict.
 
     The result holds the job's output plus ``spec`` (the validated spec) and ``kind``.
     Raises ``SpecError`` before touching the data if the spec cannot run.
+    Sampling and noise are fresh secrets unless ``pin_randomness`` is given (mock runs only:
+    a datasite never pins, see :mod:`shared.randomness`).
     """
     spec = spec_from_dict(spec_dict).validate(meta)
-    result = spec.run(data, meta, progress)
+    if pin_randomness is None:
+        result = spec.run(data, meta, progress)
+    else:
+        with pinned_randomness(pin_randomness):
+            result = spec.run(data, meta, progress)
     result.update(spec=spec.to_dict(), kind=spec.KIND)
     return result

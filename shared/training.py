@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .accounting import calibrate_noise, dpsgd_event, privacy_report
 from .models import build_model, model_config
+from .randomness import secret_seed
 
 PREPROCESSING = "row_l2_normalise"
 
@@ -118,11 +119,12 @@ def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tenso
                          batch_size: int, seed: int, device: torch.device | str = "cpu"):
     """(module, optimizer, loader) from Opacus: per-sample clipping to ``clip_norm``, Gaussian
     noise of std ``noise_multiplier * clip_norm`` on the summed clipped gradients, Poisson
-    sampling; sampling and noise seeded by ``seed``.
+    sampling; sampling and noise secret (:mod:`shared.randomness`), streams named by ``seed``.
     """
     device = torch.device(device)
+    # Secret sampling and noise (shared.randomness): the researcher chose ``seed``.
     loader = DataLoader(TensorDataset(X, y), batch_size=batch_size,
-                        generator=torch.Generator().manual_seed(seed))  # Poisson sampler RNG
+                        generator=torch.Generator().manual_seed(secret_seed(seed, 0)))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -132,7 +134,7 @@ def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tenso
             module=model, optimizer=optimizer, data_loader=loader,
             noise_multiplier=noise_multiplier, max_grad_norm=clip_norm,
             poisson_sampling=True,
-            noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
+            noise_generator=torch.Generator(device=device).manual_seed(secret_seed(seed, 1)),
         )
     return module, optimizer, loader
 
@@ -170,7 +172,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
     of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
     ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``).
-    Same spec + same data + same device gives the same model.
+    Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
     device = torch.device(device) if device is not None else default_device()
     cols = feature_columns(df, spec.label)

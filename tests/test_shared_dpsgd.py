@@ -92,16 +92,22 @@ def test_same_seed_same_model_other_seed_differs(mode):
     y = (X[:, 0] > 0).long()
     rates = np.full(80, 0.2)
 
-    def train(seed):
+    from shared.randomness import pinned_randomness
+
+    def train(seed, pin=0):
         torch.manual_seed(0)  # same init: only the trainer's seed varies
         model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
-        DPTrainer(model, clip_norm=1.0, noise_multiplier=1.0, learning_rate=0.2, seed=seed,
-                  grad_sample_mode=mode, device="cpu").run(X, y, rates, 5)
+        trainer = DPTrainer(model, clip_norm=1.0, noise_multiplier=1.0, learning_rate=0.2,
+                            seed=seed, grad_sample_mode=mode, device="cpu")
+        trainer.run(X, y, rates, 5)
         return _flat(model)
 
-    a, b, c = train(4), train(4), train(5)
+    with pinned_randomness(0):
+        a, b, c = train(4), train(4), train(5)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+    # unpinned (as on a datasite) the researcher's seed fixes neither sampling nor noise
+    assert not torch.allclose(train(4), train(4))
 
 
 @pytest.mark.parametrize("mode", MODES)

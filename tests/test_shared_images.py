@@ -85,7 +85,8 @@ def test_head_beats_chance_and_executes_the_planned_event(cxr28):
     assert p["noise_multiplier"] > 0.5 and p["sample_rate"] == pytest.approx(1 / 5)
     m = r["metrics"]
     assert m["n_train"] == 320 and m["n_test"] == 80
-    assert m["test_accuracy"] > 0.7 and m["test_auc"] > 0.75  # chance: 0.5
+    # fresh secret noise each run: AUC is stable (0.80-0.87 over runs), accuracy less so
+    assert m["test_accuracy"] > 0.6 and m["test_auc"] > 0.75  # chance: 0.5
     assert set(m["per_class_accuracy"]) == {"0", "1"}
     # the released model (backbone + head) rebuilds from its config and predicts the same
     model = load_model(r)
@@ -101,8 +102,11 @@ def test_same_spec_same_model(cxr28):
     meta = _meta(400, 28)
     spec = DPSGDImageSpec(dataset="cxr", epsilon=2.0, delta=1e-4, model="head",
                           backbone="random_conv", epochs=2, hidden=8).validate(meta)
-    a, b = spec.run(cxr28, meta), spec.run(cxr28, meta)
-    other = DPSGDImageSpec.from_dict({**spec.to_dict(), "seed": 1}).run(cxr28, meta)
+    from shared.randomness import pinned_randomness
+
+    with pinned_randomness(7):
+        a, b = spec.run(cxr28, meta), spec.run(cxr28, meta)
+        other = DPSGDImageSpec.from_dict({**spec.to_dict(), "seed": 1}).run(cxr28, meta)
     sa, sb, so = (torch.load(io.BytesIO(r["model_state"])) for r in (a, b, other))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], so[k]) for k in sa)

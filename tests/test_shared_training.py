@@ -181,17 +181,30 @@ def test_result_shape_and_reload(bc_run):
 
 
 def test_same_seed_same_model_other_seed_other_model():
+    from shared.randomness import pinned_randomness
+
     df = bc_frame().sample(200, random_state=0)
     spec = bc_spec(epochs=2, delta=1e-4)
 
-    def state(s):
-        r = training.train_dpsgd_table(df, s, device="cpu")
+    def state(s, pin=0):
+        with pinned_randomness(pin):
+            r = training.train_dpsgd_table(df, s, device="cpu")
         return torch.load(io.BytesIO(r["model_state"]), weights_only=True), r["metrics"]
 
     (a, ma), (b, mb) = state(spec), state(spec)
     assert all(torch.equal(a[k], b[k]) for k in a) and ma == mb
     c, _ = state(bc_spec(epochs=2, delta=1e-4, seed=1))
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_researcher_seed_does_not_fix_sampling_or_noise():
+    """An attacker who knows the spec (and its seed) must not be able to replay the noise: on the
+    datasite, two runs of the same spec draw different batches and different noise."""
+    df = bc_frame().sample(200, random_state=0)
+    spec = bc_spec(epochs=2, delta=1e-4)
+    a, b = (torch.load(io.BytesIO(training.train_dpsgd_table(df, spec, device="cpu")["model_state"]),
+                       weights_only=True) for _ in range(2))
+    assert not any(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_privacy_covers_the_noise_actually_used(monkeypatch):

@@ -143,6 +143,35 @@ def cmd_release(args) -> None:
     print(f"Released request {args.request} to its researcher.")
 
 
+def cmd_stop(args) -> None:
+    summary = _site(args).stop(args.request)
+    print(f"Stopped schedule {args.request} after {summary['rounds_done']} round(s); "
+          "the rounds not run were refunded.")
+
+
+def cmd_forget(args) -> None:
+    report = _site(args).forget(args.dataset, args.record, data_only=args.data_only)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"Record {report['record']} removed from {report['dataset']} for good.")
+    for m in report["models"]:
+        c = m["certificate"]
+        if m["status"] == "withdrawn":
+            print(f"  model {m['request'][:8]} ({m['researcher']}): WITHDRAWN -- {m['reason']}")
+        elif c["retrained"]:
+            print(f"  model {m['request'][:8]} ({m['researcher']}): retrained on the remaining "
+                  f"records with fresh noise (residual budget was used up); v{m['version']} sent")
+        else:
+            print(f"  model {m['request'][:8]} ({m['researcher']}): certified update v{m['version']}"
+                  f" sent; residual {c['residual_used']:.3g} of {c['budget']:.3g} used "
+                  f"(eps={c['eps']:g}, delta={c['delta']:g})")
+    if not report["models"]:
+        print("  no removal-enabled model was trained on this record")
+    for d in report["dp_models"]:
+        print(f"  DP model {d['request'][:8]} ({d['researcher']}), not updated: {d['guarantee']}")
+
+
 def cmd_deny(args) -> None:
     _site(args).deny(args.request, args.reason)
     print(f"Denied request {args.request}: {args.reason}")
@@ -219,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s = cmd("release", cmd_release, "send a job's result back")
     s.add_argument("request")
+    s = cmd("stop", cmd_stop, "stop serving a federated schedule (refunds rounds not run)")
+    s.add_argument("request")
+    s = cmd("forget", cmd_forget, "remove a record for good; update removal-enabled models")
+    s.add_argument("dataset")
+    s.add_argument("--record", type=int, required=True,
+                   help="record id: its row number in the uploaded file, from 0")
+    s.add_argument("--data-only", action="store_true",
+                   help="remove it from the data even if no removal-enabled model exists")
+    s.add_argument("--json", action="store_true")
     s = cmd("deny", cmd_deny, "refuse a request")
     s.add_argument("request")
     s.add_argument("--reason", required=True)

@@ -275,7 +275,8 @@ class OwnerSite:
                 info["note"] = (f"round {spec.get('round')} of schedule "
                                 f"{str(spec.get('schedule'))[:8]}: priced with its schedule, "
                                 "run by the schedule's round server")
-            elif info["validation"] == "ok" and with_cost:
+            elif info["validation"] == "ok" and with_cost and info["state"] == "pending":
+                # a decided request's cost is in the ledger; pricing it again is wasted seconds
                 info["cost"] = self._quote(request_id, spec, user)
         return info
 
@@ -411,11 +412,21 @@ class OwnerSite:
                 self.ledger.commit(request_id, result["privacy"]["event"])
             except LedgerError as e:
                 raise SiteError(str(e)) from None
-        req.deposit_result(result)
+        from .forget import REMOVAL_KIND, public_result, register_release
+
+        if result.get("kind") == REMOVAL_KIND:
+            register_release(self, request_id, result["spec"], result, own["researcher"])
+        req.deposit_result(public_result(result))
         self.ledger.released(request_id)
         self.state.set_state(request_id, "released")
         self.publish_budgets([own["researcher"]])
         return loads(own["summary_json"])
+
+    def forget(self, dataset: str, record_id: int, data_only: bool = False) -> dict:
+        """Remove a record for good and update the removal-enabled models trained on it."""
+        from .forget import forget
+
+        return forget(self, dataset, record_id, data_only=data_only)
 
     def stop(self, request_id: str) -> dict:
         """Stop serving a federated schedule: commit the rounds that ran, refund the rest."""

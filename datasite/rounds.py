@@ -172,7 +172,10 @@ def finish(site, schedule_id: str, reason: str) -> dict:
     from shared.template import recognise
 
     for rid, req in site._syft_requests().items():
-        if req.status.name == "PENDING" and site.state.request(rid) is None:
+        mine = site.state.request(rid)
+        # waiting rounds, and a round whose job was cut short by the stop
+        if req.status.name == "PENDING" and (mine is None or mine["state"] not in ("released",
+                                                                                  "denied")):
             s = recognise(req.code.raw_code) or {}
             if s.get("kind") == "fed_round" and schedule_id.startswith(str(s.get("schedule")) or "\0"):
                 _refuse(site, rid, req, own["researcher"],

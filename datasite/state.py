@@ -47,6 +47,20 @@ researchers = Table(
     Column("verify_key", String(64), nullable=False),  # to address private notifications
 )
 
+# Released removal-enabled models: what the owner needs to update them when a record is forgotten.
+models = Table(
+    "dpds_models", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("dataset", String(200), nullable=False),
+    Column("researcher", String(320), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("model_json", Text, nullable=False),      # owner copy: weights + residual state
+    Column("record_ids_json", Text, nullable=False),  # the records it currently reflects
+    Column("version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),     # active, withdrawn
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 executions = Table(
     "dpds_executions", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -163,6 +177,25 @@ class State:
                                                   updated_at=now(), **fields))
 
     # researchers
+    def update_dataset_meta(self, name: str, meta_json: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(datasets).where(datasets.c.name == name).values(meta_json=meta_json))
+
+    def add_model(self, request_id: str, **fields) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(models).values(request_id=request_id, version=0, status="active",
+                                            updated_at=now(), **fields))
+
+    def update_model(self, request_id: str, **fields) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(models).where(models.c.request_id == request_id)
+                      .values(updated_at=now(), **fields))
+
+    def models_for(self, dataset: str) -> list[dict]:
+        with self.engine.connect() as c:
+            q = select(models).where(models.c.dataset == dataset).order_by(models.c.request_id)
+            return [dict(r) for r in c.execute(q).mappings()]
+
     def add_researcher(self, email: str, verify_key: str) -> None:
         with self.engine.begin() as c:
             c.execute(insert(researchers).values(email=email, verify_key=verify_key))

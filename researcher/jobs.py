@@ -1,8 +1,17 @@
-"""Job builders for notebooks. Each wraps a validated spec from ``shared.specs``."""
+"""Job builders for notebooks. Each wraps a validated spec from ``shared.specs``.
+
+Every builder checks its arguments at once (``SpecError`` says what to change), runs on the
+dataset's mock data with ``run_on_mock(site)`` through the very code the datasite runs, and is
+sent with ``site.submit(job)``.
+"""
 from __future__ import annotations
 
 from shared.data import DatasetMeta
 from shared.runner import run_job
+from shared.spec_dpal import DPALSpec
+from shared.spec_images import DPSGDImageSpec
+from shared.spec_removal import RemovalSpec
+from shared.spec_stats import DPStatsSpec
 from shared.specs import DPSGDTableSpec
 
 
@@ -33,4 +42,72 @@ class DPSGD(_Job):
 
     def __init__(self, dataset: str, label: str, epsilon: float, delta: float, **options):
         self.spec = DPSGDTableSpec(dataset=dataset, label=label, epsilon=epsilon, delta=delta,
-                                   **options)
+                                   **options).validate()
+
+
+class DPSGDImages(_Job):
+    """DP-SGD on images: a GroupNorm CNN or ResNet-9 trained end to end, or (``model="head"``,
+    the fast path) a DP head on features of a frozen, data-independent ``backbone``."""
+
+    def __init__(self, dataset: str, epsilon: float, delta: float, **options):
+        self.spec = DPSGDImageSpec(dataset=dataset, epsilon=epsilon, delta=delta,
+                                   **options).validate()
+
+
+class DPActiveLearning(_Job):
+    """DP active learning: a start set, then ``query_sizes`` acquisitions selected privately,
+    with DP-SGD between them; ``mode="step_amplified"`` gives late groups higher sampling rates
+    so every record ends at ``epsilon``. ``plan(site)`` shows the schedule before you submit."""
+
+    def __init__(self, dataset: str, epsilon: float, delta: float, **options):
+        self.spec = DPALSpec(dataset=dataset, epsilon=epsilon, delta=delta, **options).validate()
+
+    def plan(self, site):
+        """The schedule the datasite will price: per round, steps, each group's sampling rate
+        and planned epsilon (computed from the published metadata)."""
+        from shared.spec_dpal import plan_for
+
+        return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
+
+
+class RemovableLogReg(_Job):
+    """L2-regularised logistic regression with objective perturbation whose records can later
+    be removed with a certificate (the datasite's `forget`): on a table, or on frozen backbone
+    features of images (``features=<backbone>``)."""
+
+    def __init__(self, dataset: str, delta: float, **options):
+        self.spec = RemovalSpec(dataset=dataset, delta=delta, **options).validate()
+
+
+class Statistics(_Job):
+    """A batch of DP statistics (count, sum, mean, histogram, quantile) on table columns, each
+    with declared bounds and its own epsilon. Add queries with the helpers, then submit."""
+
+    def __init__(self, dataset: str, delta: float = 0.0, queries: list | None = None):
+        self.spec = DPStatsSpec(dataset=dataset, queries=list(queries or []), delta=delta)
+
+    def _add(self, query: dict) -> "Statistics":
+        from shared.stats import validate_queries
+
+        validate_queries([query], self.spec.delta)  # fail here, not at the datasite
+        self.spec.queries.append(query)
+        return self
+
+    def count(self, epsilon: float, column: str | None = None, **kw) -> "Statistics":
+        return self._add({"type": "count", "epsilon": epsilon,
+                          **({"column": column} if column else {}), **kw})
+
+    def sum(self, column: str, bounds, epsilon: float, **kw) -> "Statistics":
+        return self._add({"type": "sum", "column": column, "bounds": list(bounds),
+                          "epsilon": epsilon, **kw})
+
+    def mean(self, column: str, bounds, epsilon: float, **kw) -> "Statistics":
+        return self._add({"type": "mean", "column": column, "bounds": list(bounds),
+                          "epsilon": epsilon, **kw})
+
+    def histogram(self, column: str, epsilon: float, **kw) -> "Statistics":
+        return self._add({"type": "histogram", "column": column, "epsilon": epsilon, **kw})
+
+    def quantile(self, column: str, alphas, bounds, epsilon: float, **kw) -> "Statistics":
+        return self._add({"type": "quantile", "column": column, "alphas": list(alphas),
+                          "bounds": list(bounds), "epsilon": epsilon, **kw})

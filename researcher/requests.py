@@ -106,6 +106,22 @@ class JobRequest:
         finally:
             bar.close()
 
+    def updates(self) -> list["ModelUpdate"]:
+        """Updates of this request's model after records were forgotten at the datasite
+        (removal-enabled models only), oldest first."""
+        import json
+
+        from shared.data import MODEL_UPDATE_PREFIX
+
+        out = []
+        for n in self.site.client.api.services.notifications.get_all():
+            if not n.subject.startswith(MODEL_UPDATE_PREFIX):
+                continue
+            payload = json.loads(n.subject[len(MODEL_UPDATE_PREFIX):])
+            if payload.get("request") == self.id:
+                out.append(ModelUpdate(payload, self._result))
+        return sorted(out, key=lambda u: u.version)
+
     @property
     def result(self) -> JobResult:
         if self._result is None and not self._try_fetch():
@@ -114,3 +130,36 @@ class JobRequest:
 
     def __repr__(self) -> str:
         return f"<request {self.id[:8]} {self.func_name} on {self.site.name}>"
+
+
+class ModelUpdate:
+    """A removal-enabled model after a record was forgotten: its certificate, and (unless the
+    model was withdrawn) the updated model, usable like the original result."""
+
+    def __init__(self, payload: dict, original: JobResult | None):
+        self.raw = payload
+        self.version = payload["version"]
+        self.status = payload["status"]  # "updated" or "withdrawn"
+        self.certificate = payload["certificate"]
+        self.reason = payload.get("reason")
+
+    @property
+    def result(self) -> JobResult:
+        """The updated model as a result (metrics are those of the original release)."""
+        import base64
+
+        if self.status != "updated":
+            raise ResearcherError(f"Version {self.version} withdrew the model: {self.reason}. "
+                                  "Stop using it and delete your copies.")
+        raw = {"kind": "removal_logreg", "removable_model": self.raw["removable_model"],
+               "certificate": self.certificate}
+        if "model_state" in self.raw:
+            raw.update(model_state=base64.b64decode(self.raw["model_state"]),
+                       model_config=self.raw["model_config"])
+        return JobResult(raw)
+
+    def __repr__(self) -> str:
+        c = self.certificate
+        what = ("retrained" if c.get("retrained") else
+                f"residual {c.get('residual_used', 0):.3g}/{c.get('budget', 0):.3g}")
+        return f"<model update v{self.version}: {self.status}, {what}>"

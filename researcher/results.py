@@ -23,6 +23,38 @@ class JobResult:
         return self.raw.get("spec", {})
 
     @property
+    def answers(self) -> list[dict]:
+        """DP statistics: the noisy answers with their 95% noise intervals."""
+        return self.raw.get("answers", [])
+
+    @property
+    def rounds(self) -> list[dict]:
+        """DP active learning: per-round metrics, labelled-set sizes, selected counts, and each
+        group's epsilon after the round."""
+        return self.raw.get("rounds", [])
+
+    @property
+    def plan(self) -> dict | None:
+        return self.raw.get("plan")
+
+    def plot_learning_curve(self, path: str, baselines: dict | None = None,
+                            metric: str = "accuracy") -> str:
+        """Accuracy (or ``metric``) against labelled-set size, for this active-learning run and
+        ``baselines`` (name -> JobResult of other runs, e.g. naive or passive)."""
+        from shared.dpal import plot_accuracy
+
+        curves = {self.spec.get("mode", "this run"): self.rounds}
+        curves.update({name: r.rounds for name, r in (baselines or {}).items()})
+        return plot_accuracy(curves, path, metric=metric)
+
+    def plot_group_epsilon(self, path: str) -> str:
+        """Each labelled group's epsilon after each round."""
+        from shared.dpal import plot_group_epsilon
+        from shared.dpal_plan import Plan
+
+        return plot_group_epsilon(Plan.from_dict(self.plan), path)
+
+    @property
     def model(self):
         from shared.results import load_model
 

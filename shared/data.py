@@ -14,6 +14,8 @@ TABLE = "table"
 IMAGES = "images"
 # The datasite tells each researcher their budget in a private note whose subject starts so.
 BUDGET_NOTE_PREFIX = "dp-datasite budget: "
+# ... and about an update of a removal-enabled model after a record was forgotten.
+MODEL_UPDATE_PREFIX = "dp-datasite model update: "
 _META_FENCE = "```json dp-datasite-meta"
 
 

@@ -603,17 +603,14 @@ def remove(model: RemovableModel, X, y, rows) -> tuple[RemovableModel, dict]:
 
 
 # -- the job -----------------------------------------------------------------------------------
-def run_removal_job(spec, data, meta, progress=None) -> dict:
-    """Run a validated :class:`shared.spec_removal.RemovalSpec` on a table (DataFrame) or an
-    image payload; see that module for the result's keys."""
-    import io
-
-    from .accounting import approx_dp_event, privacy_report
+def job_features(spec, data, meta) -> tuple[np.ndarray, np.ndarray, dict, list | None]:
+    """(X of norm <= 1, y as class indices, feature pipeline, table feature columns or None):
+    the features a removal job trains on, computed the same way at training and at removal."""
     from .data import TABLE
-    from .training import encode_labels, feature_columns, split_indices
+    from .training import encode_labels, feature_columns
 
     classes = list(meta.labels)
-    n_models = 1 if len(classes) == 2 else len(classes)
+    cols = None
     if meta.kind == TABLE:
         cols = feature_columns(data, meta.label)
         scales = meta.feature_scales or {}
@@ -632,6 +629,49 @@ def run_removal_job(spec, data, meta, progress=None) -> dict:
         import pandas as pd
 
         y = encode_labels(pd.Series(np.asarray(data["labels"]).tolist()), classes)
+    return X, y, pipeline, cols
+
+
+def table_model_state(model: "RemovableModel", cols: list, pipeline: dict) -> tuple[bytes, dict]:
+    """The model as a torch Linear (``model_state``, ``model_config``) that
+    :func:`shared.results.load_model` rebuilds and predicts with on the table's columns."""
+    import io
+
+    import torch
+
+    from .models import build_model, model_config
+
+    classes = list(model.classes)
+    d = len(cols)
+    rs = pipeline["row_scale"]
+    W = model.weights
+    logits_w = np.zeros((len(classes), d + 1))
+    if W.shape[1] == 1:
+        logits_w[1] = W[:, 0]  # softmax([0, z]) = sigmoid(z)
+    else:
+        logits_w = W.T
+    lin = build_model("logreg", d, len(classes))
+    with torch.no_grad():
+        lin[0].weight.copy_(torch.from_numpy(logits_w[:, :d] * rs))
+        lin[0].bias.copy_(torch.from_numpy(logits_w[:, d] * rs))
+    config = model_config("logreg", d, len(classes))
+    config.update(classes=classes, feature_columns=list(cols),
+                  **{k: v for k, v in pipeline.items() if k in ("preprocessing", "feature_scales")})
+    buf = io.BytesIO()
+    torch.save(lin.state_dict(), buf)
+    return buf.getvalue(), config
+
+
+def run_removal_job(spec, data, meta, progress=None) -> dict:
+    """Run a validated :class:`shared.spec_removal.RemovalSpec` on a table (DataFrame) or an
+    image payload; see that module for the result's keys."""
+    from .accounting import approx_dp_event, privacy_report
+    from .data import TABLE
+    from .training import split_indices
+
+    classes = list(meta.labels)
+    n_models = 1 if len(classes) == 2 else len(classes)
+    X, y, pipeline, cols = job_features(spec, data, meta)
     tr, te = split_indices(y, spec.test_fraction, spec.seed)
     if progress is not None:
         progress(0, 1)
@@ -660,29 +700,8 @@ def run_removal_job(spec, data, meta, progress=None) -> dict:
         "_owner_training_rows": [int(i) for i in tr],
     }
     if meta.kind == TABLE:
-        import torch
-
-        from .models import build_model, model_config
-
-        d = len(cols)
-        rs = pipeline["row_scale"]
-        W = model.weights
-        logits_w = np.zeros((len(classes), d + 1))
-        if n_models == 1:
-            logits_w[1] = W[:, 0]  # softmax([0, z]) = sigmoid(z)
-        else:
-            logits_w = W.T
-        lin = build_model("logreg", d, len(classes))
-        with torch.no_grad():
-            lin[0].weight.copy_(torch.from_numpy(logits_w[:, :d] * rs))
-            lin[0].bias.copy_(torch.from_numpy(logits_w[:, d] * rs))
-        config = model_config("logreg", d, len(classes))
-        config.update(classes=classes, feature_columns=cols,
-                      **{k: v for k, v in pipeline.items()
-                         if k in ("preprocessing", "feature_scales")})
-        buf = io.BytesIO()
-        torch.save(lin.state_dict(), buf)
-        result.update(model_state=buf.getvalue(), model_config=config)
+        state, config = table_model_state(model, cols, pipeline)
+        result.update(model_state=state, model_config=config)
     return result
 
 

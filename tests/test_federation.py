@@ -11,28 +11,30 @@ from conftest import RESEARCHER, make_site
 
 pytestmark = pytest.mark.slow
 
-JOB = dict(label="diagnosis", epsilon=4.0, delta=1e-4, model="logreg", batch_size=32,
-           learning_rate=1.0, test_fraction=0.2, seed=0)
+JOB = dict(label="outcome", epsilon=4.0, delta=1e-4, model="logreg", batch_size=16,
+           learning_rate=2.0, test_fraction=0.2, seed=0)
+WEIGHTS = np.array([2.0, -1.5, 1.0, 0.5, 0, 0, 0, 0])
 
 
-def _split(df: pd.DataFrame, seed: int = 0):
-    """A held-out union test set, and two sites: A mostly label 0, B mostly label 1."""
+def cohort(n: int, seed: int, keep: str | None = None, rate: float = 0.15) -> pd.DataFrame:
+    """A synthetic cohort: 8 features in [-1, 1], outcome ~ logistic(x.w). ``keep="neg"`` keeps
+    only ``rate`` of the positives (a site seeing mostly negatives), ``keep="pos"`` the reverse."""
     rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(df))
-    test, rest = df.iloc[idx[:170]], df.iloc[idx[170:]]
-    a_parts, b_parts = [], []
-    for label, frac_a in ((0, 0.9), (1, 0.1)):
-        part = rest[rest["diagnosis"] == label]
-        k = int(round(len(part) * frac_a))
-        a_parts.append(part.iloc[:k])
-        b_parts.append(part.iloc[k:])
-    return test, pd.concat(a_parts), pd.concat(b_parts)
+    X = rng.uniform(-1, 1, (6 * n, len(WEIGHTS)))
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-X @ WEIGHTS))).astype(int)
+    ok = np.ones(len(X), bool)
+    if keep is not None:
+        minority = 1 if keep == "neg" else 0
+        ok = (y != minority) | (rng.random(len(X)) < rate)
+    df = pd.DataFrame(X[ok][:n], columns=[f"x{i}" for i in range(len(WEIGHTS))])
+    df["outcome"] = y[ok][:n]
+    return df
 
 
 @pytest.fixture(scope="module")
-def two_sites(tmp_path_factory, demo_files):
-    df = pd.read_csv(demo_files / "breast_cancer.csv")
-    test, a, b = _split(df)
+def two_sites(tmp_path_factory):
+    """Two hospitals with opposite label distributions, and a test set from the union."""
+    a, b, test = cohort(150, 1, keep="neg"), cohort(150, 2, keep="pos"), cohort(3000, 99)
     root = tmp_path_factory.mktemp("fed")
     sites = []
     try:
@@ -41,7 +43,7 @@ def two_sites(tmp_path_factory, demo_files):
             part.to_csv(path, index=False)
             site = make_site(root, name)
             sites.append(site)
-            site.upload("bc", table=str(path), label="diagnosis", budget_epsilon=20.0, delta=1e-4)
+            site.upload("cohort", table=str(path), label="outcome", budget_epsilon=20.0, delta=1e-4)
             site.add_user(*RESEARCHER, name="Alice")
         yield sites, test
     finally:
@@ -61,24 +63,25 @@ def _owner_loop(site, stop: threading.Event, actions: dict):
             if actions.get(site.name) == "deny":
                 site.deny(rid, "not this quarter")
                 continue
-            summary = site.run(rid, progress=False)
+            site.run(rid, progress=False)
             if info["kind"] != "fed_dpsgd_table":
                 site.release(rid)
             elif actions.get(site.name) == "stop_after_1":
                 actions[site.name] = ("stop", rid)
         act = actions.get(site.name)
-        if isinstance(act, tuple) and act[0] == "stop":
+        while isinstance(act, tuple) and not stop.is_set():  # watch closely: rounds are quick
             own = site.state.request(act[1])
-            if own and own["state"] == "serving" and '"rounds_done": 1' in (own["summary_json"] or ""):
+            if own and '"rounds_done": 1' in (own["summary_json"] or ""):
                 site.stop(act[1])
-                actions[site.name] = "stopped"
+                actions[site.name] = act = "stopped"
+            time.sleep(0.05)
         time.sleep(0.5)
 
 
 def _accuracy(model, config, df):
     from shared.results import predict
 
-    return float(np.mean(np.array(predict(model, config, df)) == df["diagnosis"].to_numpy()))
+    return float(np.mean(np.array(predict(model, config, df)) == df["outcome"].to_numpy()))
 
 
 def test_federated_rounds_beat_each_single_site(two_sites):
@@ -93,9 +96,9 @@ def test_federated_rounds_beat_each_single_site(two_sites):
     try:
         clients = [researcher.connect(s.url, *RESEARCHER) for s in sites]
         fed = federation(clients)
-        job = researcher.jobs.DPSGD("bc", epochs=10, **JOB)
+        job = researcher.jobs.DPSGD("cohort", epochs=4, **JOB)
         trained = fed.train(job, rounds=3, timeout=300, poll=0.5, progress=False)
-        singles = {c.name: c.submit(researcher.jobs.DPSGD("bc", epochs=30, **JOB)).wait(
+        singles = {c.name: c.submit(researcher.jobs.DPSGD("cohort", epochs=12, **JOB)).wait(
             timeout=300, poll=0.5, progress=False) for c in clients}
     finally:
         stop.set()
@@ -136,7 +139,7 @@ def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
         down = ("http://127.0.0.1:9", *RESEARCHER)  # nothing listens there
         fed = federation(clients + [down])
         assert "http://127.0.0.1:9" in fed.unreachable
-        one = fed.submit(researcher.jobs.DPSGD("bc", epochs=3, **JOB)).wait(
+        one = fed.submit(researcher.jobs.DPSGD("cohort", epochs=3, **JOB)).wait(
             timeout=300, poll=0.5, progress=False)
         assert one.contributed == ["hosp-b"]
         assert "denied" in one.left_out["hosp-a"] and "not this quarter" in one.left_out["hosp-a"]
@@ -144,8 +147,8 @@ def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
 
         actions.clear()
         actions["hosp-a"] = "stop_after_1"
-        before = sites[0].ledger.history("bc")
-        trained = fed.train(researcher.jobs.DPSGD("bc", epochs=2, **JOB), rounds=3,
+        before = sites[0].ledger.history("cohort")
+        trained = fed.train(researcher.jobs.DPSGD("cohort", epochs=2, **JOB), rounds=3,
                             timeout=300, poll=0.5, progress=False)
     finally:
         stop.set()
@@ -159,7 +162,7 @@ def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
 
     from shared.accounting import event_from_json
 
-    new = [e for e in sites[0].ledger.history("bc") if e["request_id"] not in
+    new = [e for e in sites[0].ledger.history("cohort") if e["request_id"] not in
            {b["request_id"] for b in before}]
     (entry,) = [e for e in new if e["state"] == "released"]
     planned, realised = event_from_json(entry["event_json"]), event_from_json(entry["realised_json"])

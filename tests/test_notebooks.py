@@ -15,11 +15,20 @@ pytestmark = pytest.mark.slow
 NB = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def _execute(name: str, env: dict) -> None:
+def _execute(name: str, env: dict):
     nb = nbformat.read(NB / name, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NB.parent)}})
     client.execute(env=dict(os.environ, **env))  # the kernel gets its own environment
+    return nb
+
+
+def _text(nb) -> str:
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            out.append(o.get("text", "") or str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(out)
 
 
 def test_owner_and_researcher_notebooks(tmp_path):
@@ -47,3 +56,23 @@ def test_owner_and_researcher_notebooks(tmp_path):
         assert not t.is_alive() and not errors, errors
     finally:
         lifecycle.down(open_site("hospital-a", tmp_path / "hospital-a"))
+
+
+def test_federation_notebook(tmp_path):
+    """Two datasites: DP statistics, then federated DP training, then both owners' ledgers."""
+    from datasite import lifecycle
+    from datasite.config import SiteHome
+
+    try:
+        nb = _execute("federation.ipynb", {"DPDS_NB_HOME": str(tmp_path),
+                                           "DPDS_NB_TIMEOUT": "300",
+                                           "DPDS_NB_PASSWORD": "alice-notebook-pw"})
+        text = _text(nb)
+        assert "federated training: 3 round(s), sites hospital-a, hospital-b" in text
+        acc = float(text.split("union test accuracy:")[1].split()[0])
+        assert 0.6 < acc <= 1.0
+        assert "=== hospital-a" in text and "=== hospital-b" in text
+    finally:
+        for name in ("hospital-a", "hospital-b"):
+            if (tmp_path / name / "config.json").exists():
+                lifecycle.down(SiteHome(tmp_path / name))

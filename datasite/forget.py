@@ -104,7 +104,13 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray):
     spec = spec_from_dict(json.loads(m["spec_json"]))
     data, meta = read_private(site.state.dataset(m["dataset"])["path"])
     meta = DatasetMeta.from_json(meta.to_json())
-    X, y, _, _ = _features(spec, data, meta)
+    extractor = None
+    if spec.extractor:
+        import pickle
+
+        with open(site.state.request(spec.extractor)["result_path"], "rb") as f:
+            extractor = pickle.load(f)
+    X, y, _, _ = _features(spec, data, meta, extractor)
     m_ids = np.asarray(json.loads(m["record_ids_json"]), dtype=np.int64)
     pos = np.searchsorted(ids, m_ids) if np.all(np.diff(ids) > 0) else \
         np.array([int(np.flatnonzero(ids == i)[0]) for i in m_ids])
@@ -116,10 +122,10 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray):
     return new_model, cert
 
 
-def _features(spec, data, meta):
+def _features(spec, data, meta, extractor=None):
     from shared.removal import job_features
 
-    return job_features(spec, data, meta)
+    return job_features(spec, data, meta, extractor)
 
 
 def _release_update(site, m: dict, record_id: int, new_model, cert: dict) -> dict:

@@ -331,6 +331,7 @@ class OwnerSite:
         if info["validation"] != "ok":
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]
+        context = self._job_context(spec, info["researcher"])
         if spec["kind"] == "fed_round":
             raise SiteError(f"Request {request_id[:8]} is a round of a federated schedule: the "
                             "schedule's round server runs it once the schedule is approved.")
@@ -360,7 +361,7 @@ class OwnerSite:
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
-            _run_subprocess(spec, row["path"], result_path, progress,
+            _run_subprocess(spec, row["path"], result_path, progress, context=context,
                             on_start=lambda pid: self.state.set_state(request_id, "running",
                                                                       runner_pid=pid))
         except BaseException as e:
@@ -376,6 +377,21 @@ class OwnerSite:
         self.state.set_state(request_id, "ran", result_path=str(result_path),
                              summary_json=json.dumps(summary))
         return summary
+
+    def _job_context(self, spec: dict, researcher: str) -> dict | None:
+        """What the owner adds to a job that builds on an earlier release (a DP extractor)."""
+        ref = spec.get("extractor") if spec.get("kind") == "removal_logreg" else None
+        if not ref:
+            return None
+        own = self.state.request(ref)
+        if own is None or own["state"] != "released":
+            raise SiteError(f"The extractor {ref[:8]} is not a released job on {self.name}.")
+        if own["researcher"] != researcher or own["dataset"] != spec["dataset"]:
+            raise SiteError(f"The extractor {ref[:8]} must be a job released to {researcher} "
+                            f"on {spec['dataset']}.")
+        if json.loads(own["spec_json"])["kind"] not in ("dpsgd_table", "dpsgd_images"):
+            raise SiteError(f"The extractor {ref[:8]} is not a DP-SGD model.")
+        return {"extractor_result": own["result_path"]}
 
     def _recover_interrupted(self, request_id: str) -> None:
         """A run whose owner process died: refund its reservation, visibly, so it can run again.
@@ -486,10 +502,12 @@ def _alive(pid: int) -> bool:
 
 
 def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
-                    on_start=None) -> None:
+                    on_start=None, context: dict | None = None) -> None:
     from tqdm import tqdm
 
     cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), dataset_dir, str(result_path)]
+    if context:
+        cmd.append(json.dumps(context))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)

@@ -1,7 +1,8 @@
 """Runs one approved job on private data, in its own process (CUDA never touches the server).
 
-``python -m datasite.runner SPEC_JSON DATASET_DIR RESULT_FILE`` prints progress as JSON lines
-and writes the result (a pickle the owner's own process produced and alone reads).
+``python -m datasite.runner SPEC_JSON DATASET_DIR RESULT_FILE [CONTEXT_JSON]`` prints progress
+as JSON lines and writes the result (a pickle the owner's own process produced and alone reads).
+CONTEXT_JSON comes from the owner (e.g. the result file of a released job a new job builds on).
 """
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ from .storage import read_private
 
 
 def main(argv: list[str] | None = None) -> int:
-    spec_json, dataset_dir, result_file = (argv or sys.argv[1:])[:3]
+    args = argv or sys.argv[1:]
+    spec_json, dataset_dir, result_file = args[:3]
+    context = None
+    if len(args) > 3:
+        owner = json.loads(args[3])
+        with open(owner["extractor_result"], "rb") as f:
+            context = {"extractor": pickle.load(f)}
     data, meta = read_private(Path(dataset_dir))
 
     def progress(done: int, total: int) -> None:
         print(json.dumps({"progress": [done, total]}), flush=True)
 
-    result = run_job(json.loads(spec_json), data, meta, progress=progress)
+    result = run_job(json.loads(spec_json), data, meta, progress=progress, context=context)
     tmp = Path(result_file).with_suffix(".tmp")
     with open(tmp, "wb") as f:
         pickle.dump(result, f)

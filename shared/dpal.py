@@ -152,6 +152,13 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                       eps_selection_round=plan.eps_sel_round,
                       group_epsilon=[float(e) for e in plan.group_epsilon],
                       group_events=out["executed_events"])
+        # one report per group (records labelled in the same round share a guarantee)
+        report["groups"] = []
+        for g, e in enumerate(events):
+            r = privacy_report(e, plan.delta)
+            report["groups"].append({"group": g, "labelled_in_round": g,
+                                     "size": int((group == g).sum()),
+                                     **{k: r[k] for k in ("epsilon", "delta", "tpr_bound", "mu")}})
         out["privacy"] = report
     return out
 

@@ -603,14 +603,26 @@ def remove(model: RemovableModel, X, y, rows) -> tuple[RemovableModel, dict]:
 
 
 # -- the job -----------------------------------------------------------------------------------
-def job_features(spec, data, meta) -> tuple[np.ndarray, np.ndarray, dict, list | None]:
+def job_features(spec, data, meta, extractor: dict | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict, list | None]:
     """(X of norm <= 1, y as class indices, feature pipeline, table feature columns or None):
-    the features a removal job trains on, computed the same way at training and at removal."""
+    the features a removal job trains on, computed the same way at training and at removal.
+    ``extractor``: the released result of a DP-SGD job, for ``features="dp_extractor"``."""
     from .data import TABLE
     from .training import encode_labels, feature_columns
 
     classes = list(meta.labels)
     cols = None
+    if spec.features == "dp_extractor":
+        import pandas as pd
+
+        if extractor is None:
+            raise RemovalError("features='dp_extractor' needs the extractor job's result")
+        X = make_features(dp_extractor_features(extractor, data, meta), unit_pipeline(
+            "dp_extractor"))
+        labels = data[meta.label] if meta.kind == TABLE else np.asarray(data["labels"]).tolist()
+        y = encode_labels(pd.Series(labels), classes)
+        return X, y, unit_pipeline("dp_extractor"), None
     if meta.kind == TABLE:
         cols = feature_columns(data, meta.label)
         scales = meta.feature_scales or {}
@@ -630,6 +642,42 @@ def job_features(spec, data, meta) -> tuple[np.ndarray, np.ndarray, dict, list |
 
         y = encode_labels(pd.Series(np.asarray(data["labels"]).tolist()), classes)
     return X, y, pipeline, cols
+
+
+def dp_extractor_features(extractor: dict, data, meta) -> np.ndarray:
+    """Penultimate-layer activations of a released DP model, rows scaled to norm <= 1 (a
+    fixed per-record map once the model is fixed)."""
+    import torch
+
+    from .data import TABLE
+    from .results import load_model
+    from .training import preprocess
+
+    model = load_model(extractor)
+    if hasattr(model, "features"):  # cnn, resnet9: features then classifier
+        body = model.features
+    elif isinstance(model, torch.nn.Sequential):  # table logreg / mlp
+        body = model[:-1]
+    else:
+        raise RemovalError(f"cannot take features from a {type(model).__name__}")
+    config = extractor["model_config"]
+    if meta.kind == TABLE:
+        x = torch.from_numpy(preprocess(data[config["feature_columns"]].to_numpy(), config))
+    else:
+        from .backbones import images_to_tensor
+
+        x = images_to_tensor(data["images"])
+    with torch.no_grad():
+        f = torch.cat([body(x[i:i + 512]).flatten(1) for i in range(0, len(x), 512)])
+    f = f.double().numpy()
+    return f / np.maximum(1.0, np.linalg.norm(f, axis=1, keepdims=True))
+
+
+def extractor_source(extractor: dict) -> dict:
+    """The certificate's statement about a DP-trained feature extractor."""
+    p = extractor.get("privacy") or {}
+    return {"kind": "dp_extractor", "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+            "job": extractor.get("kind")}
 
 
 def table_model_state(model: "RemovableModel", cols: list, pipeline: dict) -> tuple[bytes, dict]:
@@ -662,7 +710,7 @@ def table_model_state(model: "RemovableModel", cols: list, pipeline: dict) -> tu
     return buf.getvalue(), config
 
 
-def run_removal_job(spec, data, meta, progress=None) -> dict:
+def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = None) -> dict:
     """Run a validated :class:`shared.spec_removal.RemovalSpec` on a table (DataFrame) or an
     image payload; see that module for the result's keys."""
     from .accounting import approx_dp_event, privacy_report
@@ -671,7 +719,7 @@ def run_removal_job(spec, data, meta, progress=None) -> dict:
 
     classes = list(meta.labels)
     n_models = 1 if len(classes) == 2 else len(classes)
-    X, y, pipeline, cols = job_features(spec, data, meta)
+    X, y, pipeline, cols = job_features(spec, data, meta, extractor)
     tr, te = split_indices(y, spec.test_fraction, spec.seed)
     if progress is not None:
         progress(0, 1)
@@ -679,7 +727,8 @@ def run_removal_job(spec, data, meta, progress=None) -> dict:
     model = train_removable(X[tr], y[tr], classes, spec.lam, spec.perturbation,
                             spec.removal_epsilon, spec.removal_delta, seed=None,
                             train_delta=spec.delta, feature_pipeline=pipeline,
-                            feature_source={"kind": "public", "features": spec.features})
+                            feature_source=extractor_source(extractor) if extractor else
+                            {"kind": "public", "features": spec.features})
     if progress is not None:
         progress(1, 1)
     eps_train = training_epsilon(spec.lam, spec.perturbation, len(tr), spec.delta, n_models)
@@ -699,7 +748,7 @@ def run_removal_job(spec, data, meta, progress=None) -> dict:
         "removable_model": model.to_dict(),
         "_owner_training_rows": [int(i) for i in tr],
     }
-    if meta.kind == TABLE:
+    if meta.kind == TABLE and cols is not None:
         state, config = table_model_state(model, cols, pipeline)
         result.update(model_state=state, model_config=config)
     return result

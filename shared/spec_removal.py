@@ -23,7 +23,8 @@ from .data import IMAGES, TABLE, DatasetMeta
 from .specs import JobSpec, SpecError, _suggest_delta, n_train_records, register
 from .spec_images import BACKBONE_NAMES
 
-FEATURES = ("table",) + BACKBONE_NAMES
+DP_EXTRACTOR = "dp_extractor"
+FEATURES = ("table",) + BACKBONE_NAMES + (DP_EXTRACTOR,)
 
 
 @register
@@ -36,7 +37,10 @@ class RemovalSpec(JobSpec):
     (lam * n, s) (:func:`shared.removal.training_epsilon`); later removals are
     (``removal_epsilon``, ``removal_delta``)-certified while the residual stays within
     s * removal_epsilon / sqrt(2 ln(1.5 / removal_delta)). ``features``: "table" (public column
-    scales) or the name of a frozen image backbone.
+    scales), the name of a frozen image backbone, or "dp_extractor": the penultimate layer of
+    the model of ``extractor``, a DP-SGD job on this dataset already released to you (its
+    records' influence on the features is bounded by that job's DP guarantee, and the
+    certificates say so).
     """
 
     KIND: ClassVar[str] = "removal_logreg"
@@ -49,6 +53,7 @@ class RemovalSpec(JobSpec):
     removal_epsilon: float = 1.0
     removal_delta: float = 1e-4
     features: str = "table"
+    extractor: str = ""
     test_fraction: float = 0.2
     seed: int = 0
 
@@ -66,6 +71,9 @@ class RemovalSpec(JobSpec):
             raise SpecError(f"unknown features {self.features!r}; choose one of {list(FEATURES)}")
         if not 0 <= self.test_fraction < 1:
             raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if (self.features == DP_EXTRACTOR) != bool(self.extractor):
+            raise SpecError("features='dp_extractor' needs extractor=<request id of a released "
+                            "DP-SGD job on this dataset>, and extractor is only used with it")
         if meta is not None:
             self._check_meta(meta)
         return self
@@ -74,8 +82,9 @@ class RemovalSpec(JobSpec):
         if self.dataset != meta.name:
             raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
         if meta.kind == TABLE:
-            if self.features != "table":
-                raise SpecError(f"dataset {meta.name!r} is a table: use features='table'")
+            if self.features not in ("table", DP_EXTRACTOR):
+                raise SpecError(f"dataset {meta.name!r} is a table: use features='table' or "
+                                f"'{DP_EXTRACTOR}'")
             if self.label not in ("", meta.label):
                 raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                                 f"not {self.label!r}")
@@ -106,7 +115,11 @@ class RemovalSpec(JobSpec):
         return approx_dp_event(training_epsilon(self.lam, self.perturbation, n, self.delta,
                                                 self.n_models(meta)), self.delta)
 
-    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+    # The datasite passes the extractor's released result (never the researcher).
+    NEEDS_CONTEXT: ClassVar[bool] = True
+
+    def run(self, data, meta: DatasetMeta, progress=None, context: dict | None = None) -> dict:
         from .removal import run_removal_job
 
-        return run_removal_job(self, data, meta, progress)
+        return run_removal_job(self, data, meta, progress,
+                               extractor=(context or {}).get("extractor"))

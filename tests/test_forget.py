@@ -133,3 +133,33 @@ def test_forget_cli(site_with_models, capsys):
     rc = main(["forget", site.name, "breast_cancer", "--record", str(trained_on[10]),
                "--home", str(site.home.root)])
     assert rc == 2 and "already removed" in capsys.readouterr().err
+
+
+def test_removal_model_on_a_dp_extractor(site_with_models):
+    """Features from a released DP-SGD model: the certificate says the extractor part is
+    covered by that model's DP guarantee only."""
+    from datasite.config import SiteError
+
+    site, client, _, _ = site_with_models
+    mlp = client.submit(researcher.jobs.DPSGD("breast_cancer", "diagnosis", 2.0, 1e-5,
+                                              model="mlp", hidden=16))
+    bogus = client.submit(researcher.jobs.RemovableLogReg(
+        "breast_cancer", delta=1e-6, features="dp_extractor", extractor=mlp.id, **REMOVABLE))
+    with pytest.raises(SiteError, match="not a released job"):  # the extractor is not out yet
+        site.run(bogus.id, progress=False)
+    site.run(mlp.id, progress=False)
+    site.release(mlp.id)
+    job = client.submit(researcher.jobs.RemovableLogReg(
+        "breast_cancer", delta=1e-6, features="dp_extractor", extractor=mlp.id, seed=1,
+        **REMOVABLE))
+    site.run(job.id, progress=False)
+    site.release(job.id)
+    result = job.wait(timeout=60, progress=False)
+    assert result.raw["removable_model"]["feature_source"]["kind"] == "dp_extractor"
+    model_row = [m for m in site.state.models_for("breast_cancer") if m["request_id"] == job.id][0]
+    target = json.loads(model_row["record_ids_json"])[0]
+    report = site.forget("breast_cancer", target)
+    (m,) = [x for x in report["models"] if x["request"] == job.id]
+    assert m["status"] == "updated"
+    assert "feature extractor was trained with DP" in m["certificate"]["covers"]
+    assert m["certificate"]["feature_source"]["epsilon"] == pytest.approx(2.0, rel=0.01)

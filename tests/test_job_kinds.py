@@ -47,7 +47,7 @@ def test_image_head_job(site):
     assert result.model is not None  # backbone + head rebuilt from the config
 
 
-def test_active_learning_job_with_plan(site):
+def test_active_learning_job_with_plan(site, tmp_path):
     job = jobs.DPActiveLearning("bc", epsilon=3.0, delta=1e-5, label="diagnosis",
                                 eps_selection=0.6, start_size=60, query_sizes=[40, 40],
                                 batch_size=32, epochs_per_round=3, learning_rate=2.0)
@@ -63,6 +63,15 @@ def test_active_learning_job_with_plan(site):
                                "model_config", "spec", "kind"}
     assert isinstance(result.metrics["labelled"], int)
     assert result.privacy["epsilon"] <= 3.0
+    groups = result.privacy["groups"]
+    assert [g["size"] for g in groups] == [60, 40, 40]
+    assert all(g["epsilon"] <= 3.0 and g["tpr_bound"]["0.01"] < 1 for g in groups)
+    # the plots a researcher wants, straight from the result
+    from pathlib import Path
+
+    curve = result.plot_learning_curve(str(tmp_path / "curve.png"), baselines={"same": result})
+    eps = result.plot_group_epsilon(str(tmp_path / "eps.png"))
+    assert Path(curve).stat().st_size > 1000 and Path(eps).stat().st_size > 1000
 
 
 def test_statistics_job(site):

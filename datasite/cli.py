@@ -103,6 +103,8 @@ def cmd_review(args) -> None:
             for k, v in sorted(it["spec"].items()):
                 print(f"    {k} = {v}")
             print(f"  checks against the real data: {it['validation']}")
+            if it.get("note"):
+                print(f"  {it['note']}")
             cost = it.get("cost")
             if cost:
                 rdp = cost.get("epsilon_rdp")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .data import IMAGES, DatasetMeta
-from .specs import JobSpec, SpecError, _suggest_delta, n_train_records, register
+from .specs import JobSpec, SpecError, check_training_size, n_train_records, register
 
 # Mirrors of shared.models.IMAGE_MODEL_NAMES, shared.backbones.BACKBONES and
 # shared.dpsgd.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
@@ -99,16 +99,7 @@ class DPSGDImageSpec(JobSpec):
                             f"are {shape[0]}x{shape[1]}; use model 'head'")
         if len(meta.labels) < 2:
             raise SpecError(f"dataset {meta.name!r} has fewer than two labels: nothing to classify")
-        n = n_train_records(meta.n_records, self.test_fraction)
-        if n < 2:
-            raise SpecError(f"only {n} training record(s) after holding out "
-                            f"test_fraction={self.test_fraction}; lower test_fraction")
-        if self.delta >= 1 / n:
-            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
-                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
-        if self.batch_size > n:
-            raise SpecError(f"batch_size={self.batch_size} exceeds the {n} training records; "
-                            f"choose at most {n}")
+        check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .data import IMAGES, TABLE, DatasetMeta
-from .specs import JobSpec, SpecError, _suggest_delta, n_train_records, register
+from .specs import JobSpec, SpecError, check_training_size, n_train_records, register
 from .spec_images import BACKBONE_NAMES
 
 DP_EXTRACTOR = "dp_extractor"
@@ -96,13 +96,7 @@ class RemovalSpec(JobSpec):
             raise SpecError(f"dataset kind {meta.kind!r} is not supported by {self.KIND}")
         if len(meta.labels) < 2:
             raise SpecError(f"need at least two label values, dataset has {meta.labels}")
-        n = n_train_records(meta.n_records, self.test_fraction)
-        if n < 2:
-            raise SpecError(f"only {n} training record(s) after holding out "
-                            f"test_fraction={self.test_fraction}; lower test_fraction")
-        if self.delta >= 1 / n:
-            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
-                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
+        check_training_size(meta.n_records, self.test_fraction, self.delta)
 
     def n_models(self, meta: DatasetMeta) -> int:
         return 1 if len(meta.labels) == 2 else len(meta.labels)

@@ -184,16 +184,24 @@ class DPSGDTableSpec(JobSpec):
         if self.label != meta.label:
             raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                             f"not {self.label!r}")
-        n = n_train_records(meta.n_records, self.test_fraction)
-        if n < 2:
-            raise SpecError(f"only {n} training record(s) after holding out "
-                            f"test_fraction={self.test_fraction}; lower test_fraction")
-        if self.delta >= 1 / n:
-            raise SpecError(f"delta={self.delta} is too large for {n} training records: it must "
-                            f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
-        if self.batch_size > n:
-            raise SpecError(f"batch_size={self.batch_size} exceeds the {n} training records; "
-                            f"choose at most {n}")
+        check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+
+
+def check_training_size(n_records: int, test_fraction: float, delta: float,
+                        batch_size: int | None = None) -> int:
+    """The training-record count after the held-out split; SpecError unless it is >= 2, above
+    1/delta and (if given) at least the batch size."""
+    n = n_train_records(n_records, test_fraction)
+    if n < 2:
+        raise SpecError(f"only {n} training record(s) after holding out "
+                        f"test_fraction={test_fraction}; lower test_fraction")
+    if delta >= 1 / n:
+        raise SpecError(f"delta={delta} is too large for {n} training records: it must "
+                        f"be below 1/n = {1 / n:.3g} (e.g. {_suggest_delta(n):g})")
+    if batch_size is not None and batch_size > n:
+        raise SpecError(f"batch_size={batch_size} exceeds the {n} training records; "
+                        f"choose at most {n}")
+    return n
 
 
 def _suggest_delta(n: int) -> float:

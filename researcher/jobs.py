@@ -70,6 +70,20 @@ class DPActiveLearning(_Job):
         return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
 
 
+def ActiveLearning(dataset: str, epsilon: float, delta: float, *, start: int, queries: list,
+                   rounds: int | None = None, step_amplification: bool = True,
+                   **options) -> DPActiveLearning:
+    """The design card's spelling of :class:`DPActiveLearning`: ``start`` labelled records, then
+    ``queries`` (one size per round; ``rounds`` must match if given)."""
+    from shared.specs import SpecError
+
+    if rounds is not None and rounds != len(queries):
+        raise SpecError(f"rounds={rounds} but {len(queries)} query sizes were given: give one "
+                        "size per round")
+    return DPActiveLearning(dataset, epsilon, delta, start_size=start, query_sizes=list(queries),
+                            mode="step_amplified" if step_amplification else "naive", **options)
+
+
 class RemovableLogReg(_Job):
     """L2-regularised logistic regression with objective perturbation whose records can later
     be removed with a certificate (the datasite's `forget`): on a table, or on frozen backbone

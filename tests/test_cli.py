@@ -1,4 +1,5 @@
-"""The `datasite` command line, run as the owner runs it (subprocesses, real server)."""
+"""The `datasite` command line: the owner journey through the real entry point (subprocesses, real
+server); the ledger test calls the same `main()` in this process to skip interpreter starts."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,24 @@ def run(*args, home, check=True, env=None):
                        timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def run_here(*args, home, check=True):
+    """The same command through ``datasite.cli.main`` in this process: no interpreter start and
+    syft import per call (the journey test above covers the real entry point)."""
+    import contextlib
+    import io
+    import types
+
+    from datasite.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--home", str(home)])
+    p = types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{args} failed ({code}):\n{p.stdout}\n{p.stderr}")
     return p
 
 
@@ -120,34 +139,34 @@ def test_ledger_command_shows_plots_and_verifies(tmp_path, demo_files):
     run("init", "lab", "--port", str(free_port()), home=home)
     run("up", "lab", home=home)
     try:
-        run("upload", "lab", "bc", "--table", str(demo_files / "breast_cancer.csv"), "--label",
+        run_here("upload", "lab", "bc", "--table", str(demo_files / "breast_cancer.csv"), "--label",
             "diagnosis", home=home)
-        p = run("ledger", "lab", "--dataset", "bc", home=home, check=False)
+        p = run_here("ledger", "lab", "--dataset", "bc", home=home, check=False)
         assert p.returncode == 2 and "No budget" in p.stderr
-        p = run("budget", "lab", "bc", "--epsilon", "4", "--delta", "0.5", home=home, check=False)
+        p = run_here("budget", "lab", "bc", "--epsilon", "4", "--delta", "0.5", home=home, check=False)
         assert p.returncode == 2 and "1/n" in p.stderr
-        run("budget", "lab", "bc", "--epsilon", "4", "--delta", "1e-5", home=home)
+        run_here("budget", "lab", "bc", "--epsilon", "4", "--delta", "1e-5", home=home)
         pw = tmp_path / "pw"
         pw.write_text("carol-password")
-        run("users", "add", "lab", "carol@uni.edu", "--password-file", str(pw), "--dataset", "bc",
+        run_here("users", "add", "lab", "carol@uni.edu", "--password-file", str(pw), "--dataset", "bc",
             "--budget-eps", "3", home=home)
         owner = OwnerSite(open_site("lab", home))
         site = researcher.connect(owner.url, "carol@uni.edu", "carol-password")
         assert site.datasets["bc"].budget["researcher_left"] == pytest.approx(3.0)
         req = site.submit(jobs.DPSGD(dataset="bc", label="diagnosis", epsilon=1.0, delta=1e-5,
                                      epochs=2))
-        review = run("review", "lab", home=home).stdout
+        review = run_here("review", "lab", home=home).stdout
         assert "privacy cost" in review and "fits the budgets" in review
-        run("run", "lab", req.id[:8], "--quiet", home=home)
-        run("release", "lab", req.id[:8], home=home)
-        rep = json.loads(run("ledger", "lab", "--json", "--plot", str(tmp_path / "l.png"),
+        run_here("run", "lab", req.id[:8], "--quiet", home=home)
+        run_here("release", "lab", req.id[:8], home=home)
+        rep = json.loads(run_here("ledger", "lab", "--json", "--plot", str(tmp_path / "l.png"),
                              home=home).stdout)
         ds = rep["datasets"][0]
         assert ds["jobs"] == 1 and 0 < ds["spent"] <= 1.0 + 1e-9 and rep["audit"]["intact"]
         assert (tmp_path / "l.png").stat().st_size > 1000
         with owner.ledger.engine.begin() as c:
             c.execute(text("UPDATE dpds_audit SET actor = 'mallory' WHERE seq = 1"))
-        p = run("ledger", "lab", "--verify", home=home, check=False)
+        p = run_here("ledger", "lab", "--verify", home=home, check=False)
         assert p.returncode == 2 and "tampered" in p.stderr
     finally:
         run("down", "lab", home=home, check=False)

@@ -152,7 +152,6 @@ def test_loop_asks_oracle_only_for_selected_and_runs_the_planned_events():
     assert out["privacy"]["event"] == event_to_json(plan.group_event(plan.worst_group()))
     assert [r["labelled"] for r in out["rounds"]] == [40, 70, 100]
     assert [r["steps"] for r in out["rounds"]] == plan.steps
-    assert out["rounds"][-1]["accuracy"] > 0.6
     # pinned randomness (mock runs): same seed, same run
     from shared.randomness import pinned_randomness
 
@@ -163,6 +162,8 @@ def test_loop_asks_oracle_only_for_selected_and_runs_the_planned_events():
 
     a, b = pinned(), pinned()
     assert [r["accuracy"] for r in a["rounds"]] == [r["accuracy"] for r in b["rounds"]]
+    # it learns (pinned: unpinned, 15 runs ended at 0.62-0.77 on this toy task; chance 0.5)
+    assert a["rounds"][-1]["accuracy"] > 0.6
 
 
 # -- the job kind ------------------------------------------------------------------------------

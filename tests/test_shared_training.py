@@ -45,9 +45,12 @@ def bc_spec(**kw) -> DPSGDTableSpec:
 
 @pytest.fixture(scope="module")
 def bc_run():
+    # Pinned: a utility check must not depend on the draw. Unpinned (fresh noise, as on a
+    # datasite) 12 runs gave test accuracy 0.73, 0.89 (x5), 0.90 (x2), 0.90, 0.91 (x2), 0.92.
     df = bc_frame()
     calls = []
-    result = run_job(bc_spec().to_dict(), df, bc_meta(df), progress=lambda d, t: calls.append((d, t)))
+    result = run_job(bc_spec().to_dict(), df, bc_meta(df), progress=lambda d, t: calls.append((d, t)),
+                     pin_randomness=0)
     return df, result, calls
 
 

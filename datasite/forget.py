@@ -82,7 +82,9 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
             "update. To remove the record from the data only, run again with --data-only. "
             f"{_dp_models_note(site, dataset)}")
     affected = [m for m in models if record_id in json.loads(m["record_ids_json"])]
-    updates = [_update(site, m, record_id, ids) for m in affected]  # computed before any change
+    data, meta = read_private(path) if affected else (None, None)
+    # every update computed before anything changes
+    updates = [_update(site, m, record_id, ids, data, meta) for m in affected]
 
     meta = delete_records(path, [record_id])
     site.state.update_dataset_meta(dataset, meta.to_json())  # n_records prices later jobs
@@ -95,22 +97,19 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
     return report
 
 
-def _update(site, m: dict, record_id: int, ids: np.ndarray):
+def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     """The Newton update (or retrain) of one model without ``record_id``; changes nothing."""
-    from shared.data import DatasetMeta
-    from shared.removal import RemovableModel, remove, training_epsilon
+    from shared.removal import RemovableModel, job_features, remove, training_epsilon
     from shared.specs import spec_from_dict
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
-    data, meta = read_private(site.state.dataset(m["dataset"])["path"])
-    meta = DatasetMeta.from_json(meta.to_json())
     extractor = None
     if spec.extractor:
         import pickle
 
         with open(site.state.request(spec.extractor)["result_path"], "rb") as f:
             extractor = pickle.load(f)
-    X, y, _, _ = _features(spec, data, meta, extractor)
+    X, y, _, _ = job_features(spec, data, meta, extractor)
     m_ids = np.asarray(json.loads(m["record_ids_json"]), dtype=np.int64)
     pos = np.searchsorted(ids, m_ids) if np.all(np.diff(ids) > 0) else \
         np.array([int(np.flatnonzero(ids == i)[0]) for i in m_ids])
@@ -120,12 +119,6 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray):
     eps_t = training_epsilon(spec.lam, spec.perturbation, new_model.n_train, spec.delta, n_models)
     cert["training_epsilon"] = eps_t
     return new_model, cert
-
-
-def _features(spec, data, meta, extractor=None):
-    from shared.removal import job_features
-
-    return job_features(spec, data, meta, extractor)
 
 
 def _release_update(site, m: dict, record_id: int, new_model, cert: dict) -> dict:
@@ -200,12 +193,13 @@ def _dp_models(site, dataset: str) -> list[dict]:
     what they reveal about the removed record."""
     out = []
     removal = {m["request_id"] for m in site.state.models_for(dataset)}
+    budget = site.ledger.budget(dataset)  # none: nothing was ever released on it
     for e in site.ledger.history(dataset):
         if e["state"] != "released" or e["request_id"] in removal or ":v" in e["request_id"]:
             continue
         out.append({"request": e["request_id"], "researcher": e["researcher"],
                     "epsilon": e["epsilon"],
-                    "guarantee": f"(eps={e['epsilon']:.3g}, delta={site.ledger.budget(dataset)['delta']:g})"
+                    "guarantee": f"(eps={e['epsilon']:.3g}, delta={budget['delta']:g})"
                                  "-DP: any test telling whether the record was in its training "
                                  "data is bounded by this; the model is not changed"})
     return out

@@ -75,18 +75,24 @@ def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.
         time.sleep(poll)
 
 
-def _serve_pending(site, schedule_id: str, own: dict) -> bool:
-    """Handle the round requests waiting for this schedule; True if any was handled."""
+def _round_for(req, schedule_id: str) -> dict | None:
+    """The spec of ``req`` if it is a round request of this schedule, else None."""
     from shared.template import recognise
 
+    spec = recognise(req.code.raw_code) or {}
+    return spec if spec.get("kind") == "fed_round" and spec.get("schedule") == schedule_id \
+        else None
+
+
+def _serve_pending(site, schedule_id: str, own: dict) -> bool:
+    """Handle the round requests waiting for this schedule; True if any was handled."""
     spec = json.loads(own["spec_json"])
     handled = False
     for rid, req in site._syft_requests().items():
         if req.status.name != "PENDING" or site.state.request(rid) is not None:
             continue
-        round_spec = recognise(req.code.raw_code)
-        if not round_spec or round_spec.get("kind") != "fed_round" \
-                or not schedule_id.startswith(str(round_spec.get("schedule", "")) or "\0"):
+        round_spec = _round_for(req, schedule_id)
+        if round_spec is None:
             continue
         handled = True
         done = rounds_done(site.state.request(schedule_id))
@@ -169,17 +175,13 @@ def finish(site, schedule_id: str, reason: str) -> dict:
     summary.update(rounds_done=done, ended=reason)
     site.state.set_state(schedule_id, final, reason=reason, summary_json=json.dumps(summary),
                          runner_pid=None)
-    from shared.template import recognise
-
     for rid, req in site._syft_requests().items():
         mine = site.state.request(rid)
         # waiting rounds, and a round whose job was cut short by the stop
-        if req.status.name == "PENDING" and (mine is None or mine["state"] not in ("released",
-                                                                                  "denied")):
-            s = recognise(req.code.raw_code) or {}
-            if s.get("kind") == "fed_round" and schedule_id.startswith(str(s.get("schedule")) or "\0"):
-                _refuse(site, rid, req, own["researcher"],
-                        f"the site stopped participating in schedule {schedule_id[:8]} ({reason})")
+        if req.status.name == "PENDING" and (mine is None or mine["state"] not in (
+                "released", "denied")) and _round_for(req, schedule_id) is not None:
+            _refuse(site, rid, req, own["researcher"],
+                    f"the site stopped participating in schedule {schedule_id[:8]} ({reason})")
     site.publish_budgets([own["researcher"]])
     return summary
 

@@ -8,7 +8,6 @@ site's DP guarantee is unchanged; the combined report lists every site's guarant
 from __future__ import annotations
 
 import copy
-import io
 import time
 from dataclasses import replace
 
@@ -74,10 +73,9 @@ class Federation:
         schedule = _Spec(FedScheduleSpec(**base, rounds=rounds))
         approvals = self.submit(schedule, datasets).wait(timeout=timeout, poll=poll,
                                                          progress=progress)
-        active = {name: r for name, r in approvals.results.items()}
+        active = dict(approvals.results)
         left_out = dict(approvals.left_out)
         sites = {s.name: s for s in self.sites}
-        schedule_ids = {name: approvals_id for name, approvals_id in approvals.request_ids.items()}
         global_state, history = None, []
         bar = tqdm(total=rounds, desc="federated rounds", disable=not progress, unit="round")
         try:
@@ -88,7 +86,7 @@ class Federation:
                 requests, failed = {}, {}
                 for name in sorted(active):
                     spec = FedRoundSpec(dataset=active[name].spec["dataset"],
-                                        schedule=schedule_ids[name], round=r, init_state=text)
+                                        schedule=approvals.request_ids[name], round=r, init_state=text)
                     try:
                         requests[name] = sites[name].submit(_Spec(spec))
                     except Exception as e:
@@ -128,10 +126,6 @@ class FederatedRequest:
     def __init__(self, requests: dict, failed: dict[str, str]):
         self.requests = requests
         self.failed = dict(failed)
-
-    @property
-    def request_ids(self) -> dict[str, str]:
-        return {name: req.id for name, req in self.requests.items()}
 
     def status(self) -> dict[str, str]:
         out = {}
@@ -244,13 +238,6 @@ class FederatedResult:
     @property
     def model_config(self) -> dict:
         return next(iter(self.results.values())).raw["model_config"]
-
-    def model_state(self) -> bytes:
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(self.model().state_dict(), buf)
-        return buf.getvalue()
 
     def __repr__(self) -> str:
         out = ", ".join(f"{k} ({v})" for k, v in sorted(self.left_out.items()))

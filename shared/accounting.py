@@ -93,7 +93,7 @@ def _contains_approx(event) -> bool:
         return True
     if isinstance(event, dp_event.SelfComposedDpEvent):
         return _contains_approx(event.event)
-    if isinstance(event, (dp_event.ComposedDpEvent,)):
+    if isinstance(event, dp_event.ComposedDpEvent):
         return any(_contains_approx(e) for e in event.events)
     if isinstance(event, dp_event.PoissonSampledDpEvent):
         return _contains_approx(event.event)

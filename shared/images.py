@@ -20,7 +20,7 @@ from .accounting import dpsgd_event, privacy_report
 from .backbones import Backbone, extract_features, images_to_tensor
 from .dpsgd import DPTrainer
 from .models import HeadOnBackbone, build_model, model_config
-from .training import split_indices
+from .training import encode_labels, split_indices
 
 PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
 
@@ -39,15 +39,6 @@ def _check_payload(data: dict) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def encode_image_labels(labels: np.ndarray, classes) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    try:
-        return np.array([index[v] for v in labels.tolist()], dtype=np.int64)
-    except KeyError as e:
-        raise ValueError(f"label value {e.args[0]!r} is not in the label set {list(classes)}") \
-            from None
-
-
 def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
                        device=None) -> dict:
     """Train ``spec`` (a validated DPSGDImageSpec) on an images payload; return the result dict
@@ -56,7 +47,7 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
         torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     images, raw_labels = _check_payload(data)
     classes = list(meta.labels) if meta.labels else sorted(set(raw_labels.tolist()))
-    y = encode_image_labels(raw_labels, classes)
+    y = encode_labels(raw_labels, classes)
     h, w = images.shape[1:3]
     c = images.shape[3] if images.ndim == 4 else 1
     tr, te = split_indices(y, spec.test_fraction, spec.seed)

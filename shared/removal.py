@@ -611,36 +611,26 @@ def job_features(spec, data, meta, extractor: dict | None = None
     from .data import TABLE
     from .training import encode_labels, feature_columns
 
-    classes = list(meta.labels)
+    labels = np.asarray(data[meta.label] if meta.kind == TABLE else data["labels"])
+    y = encode_labels(labels, list(meta.labels))
     cols = None
     if spec.features == "dp_extractor":
-        import pandas as pd
-
         if extractor is None:
             raise RemovalError("features='dp_extractor' needs the extractor job's result")
-        X = make_features(dp_extractor_features(extractor, data, meta), unit_pipeline(
-            "dp_extractor"))
-        labels = data[meta.label] if meta.kind == TABLE else np.asarray(data["labels"]).tolist()
-        y = encode_labels(pd.Series(labels), classes)
-        return X, y, unit_pipeline("dp_extractor"), None
-    if meta.kind == TABLE:
+        pipeline = unit_pipeline("dp_extractor")
+        X = make_features(dp_extractor_features(extractor, data, meta), pipeline)
+    elif meta.kind == TABLE:
         cols = feature_columns(data, meta.label)
         scales = meta.feature_scales or {}
         pipeline = table_pipeline(cols, [scales[c] for c in cols]
                                   if all(c in scales for c in cols) else None)
         X = make_features(data[cols].to_numpy(), pipeline)
-        import pandas as pd
-
-        y = encode_labels(pd.Series(data[meta.label]), classes)
     else:
         from .backbones import extract_features
 
         pipeline = unit_pipeline(spec.features)
         pipeline["backbone"] = spec.features
         X = make_features(extract_features(data["images"], spec.features), pipeline)
-        import pandas as pd
-
-        y = encode_labels(pd.Series(np.asarray(data["labels"]).tolist()), classes)
     return X, y, pipeline, cols
 
 

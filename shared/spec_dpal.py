@@ -57,10 +57,8 @@ class DPALSpec(JobSpec):
         from .dpal_plan import ACCOUNTANTS, MODES
 
         self._check_types()
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
-        if not 0 < self.delta < 1:
-            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        self._require_positive("epsilon")
+        self._require_delta()
         if not (0 <= self.eps_selection < self.epsilon):
             raise SpecError(f"eps_selection must be in [0, epsilon), got {self.eps_selection}; "
                             "a quarter of epsilon is typical")
@@ -82,13 +80,8 @@ class DPALSpec(JobSpec):
                 for k in self.query_sizes):
             raise SpecError(f"query_sizes must be 1..{MAX_ROUNDS} integers >= 1, "
                             f"got {self.query_sizes}")
-        for name in ("start_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs_per_round", "clip_norm", "learning_rate"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise SpecError(f"{name} must be a finite number > 0, got {v}")
+        self._require_at_least_one("start_size", "batch_size")
+        self._require_positive("epochs_per_round", "clip_norm", "learning_rate")
         if not (self.score_bound >= 0 and math.isfinite(self.score_bound)):
             raise SpecError(f"score_bound must be >= 0 (0: natural bound), got {self.score_bound}")
         if not 0 < self.test_fraction < 1:
@@ -100,8 +93,7 @@ class DPALSpec(JobSpec):
     def _check_meta(self, meta: DatasetMeta) -> None:
         from .backbones import BACKBONES
 
-        if self.dataset != meta.name:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        self._check_dataset(meta)
         if meta.kind == TABLE:
             if self.label != meta.label:
                 raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "

@@ -95,8 +95,8 @@ class FedRoundSpec(JobSpec):
             raise SpecError("schedule must name the approved schedule request")
         if self.round < 0:
             raise SpecError(f"round must be >= 0, got {self.round}")
-        if meta is not None and meta.name != self.dataset:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        if meta is not None:
+            self._check_dataset(meta)
         return self
 
     def planned_event(self, meta: DatasetMeta):

@@ -2,7 +2,6 @@
 a frozen, data-independent backbone). Light module: heavy imports happen inside methods."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,10 +49,8 @@ class DPSGDImageSpec(JobSpec):
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDImageSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
         self._check_types()
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
-        if not 0 < self.delta < 1:
-            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        self._require_positive("epsilon")
+        self._require_delta()
         if self.model not in IMAGE_MODELS:
             raise SpecError(f"unknown model {self.model!r}; choose one of {list(IMAGE_MODELS)}")
         if self.model == "head" and self.backbone not in BACKBONE_NAMES:
@@ -63,17 +60,11 @@ class DPSGDImageSpec(JobSpec):
             raise SpecError(f"hidden must be >= 0 (0: linear head), got {self.hidden}")
         if self.width < 0:
             raise SpecError(f"width must be >= 0 (0: the model's default), got {self.width}")
-        if self.epochs < 1:
-            raise SpecError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._require_at_least_one("epochs", "batch_size")
         if self.physical_batch_size < 0:
             raise SpecError("physical_batch_size must be >= 0 (0: the whole batch at once), "
                             f"got {self.physical_batch_size}")
-        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
-            raise SpecError(f"clip_norm must be a finite number > 0, got {self.clip_norm}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise SpecError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        self._require_positive("clip_norm", "learning_rate")
         if not 0 <= self.momentum < 1:
             raise SpecError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.test_fraction < 1:
@@ -89,8 +80,7 @@ class DPSGDImageSpec(JobSpec):
         if meta.kind != IMAGES:
             raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs "
                             "images; use dpsgd_table for a table")
-        if self.dataset != meta.name:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        self._check_dataset(meta)
         shape = meta.image_shape or []
         if len(shape) not in (2, 3):
             raise SpecError(f"dataset {meta.name!r} declares no image shape (H, W) or (H, W, C)")

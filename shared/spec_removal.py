@@ -15,7 +15,6 @@ The result holds, besides ``metrics`` and ``privacy``:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,12 +58,8 @@ class RemovalSpec(JobSpec):
 
     def validate(self, meta: DatasetMeta | None = None) -> "RemovalSpec":
         self._check_types()
-        for name in ("lam", "perturbation", "removal_epsilon"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise SpecError(f"{name} must be a finite number > 0, got {v}")
-        if not 0 < self.delta < 1:
-            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        self._require_positive("lam", "perturbation", "removal_epsilon")
+        self._require_delta()
         if not 0 < self.removal_delta < 1:
             raise SpecError(f"removal_delta must be in (0, 1), got {self.removal_delta}")
         if self.features not in FEATURES:
@@ -79,8 +74,7 @@ class RemovalSpec(JobSpec):
         return self
 
     def _check_meta(self, meta: DatasetMeta) -> None:
-        if self.dataset != meta.name:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        self._check_dataset(meta)
         if meta.kind == TABLE:
             if self.features not in ("table", DP_EXTRACTOR):
                 raise SpecError(f"dataset {meta.name!r} is a table: use features='table' or "

@@ -96,6 +96,26 @@ class JobSpec:
             if isinstance(v, float) and math.isnan(v):
                 raise SpecError(f"{f.name} is NaN; give a number")
 
+    # -- checks shared by the kinds (one wording everywhere) -------------------------------------
+    def _require_positive(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise SpecError(f"{name} must be a finite number > 0, got {v}")
+
+    def _require_at_least_one(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def _require_delta(self) -> None:
+        if not 0 < self.delta < 1:
+            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+
+    def _check_dataset(self, meta: DatasetMeta) -> None:
+        if self.dataset != meta.name:
+            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+
     # -- what each kind implements -------------------------------------------------------------
     def validate(self, meta: DatasetMeta | None = None):
         raise NotImplementedError
@@ -138,20 +158,12 @@ class DPSGDTableSpec(JobSpec):
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
         self._check_types()
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise SpecError(f"epsilon must be a finite number > 0, got {self.epsilon}")
-        if not 0 < self.delta < 1:
-            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+        self._require_positive("epsilon")
+        self._require_delta()
         if self.model not in MODELS:
             raise SpecError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
-        if self.epochs < 1:
-            raise SpecError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
-            raise SpecError(f"clip_norm must be a finite number > 0, got {self.clip_norm}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise SpecError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        self._require_at_least_one("epochs", "batch_size")
+        self._require_positive("clip_norm", "learning_rate")
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
         if not 0 <= self.test_fraction < 1:
@@ -179,8 +191,7 @@ class DPSGDTableSpec(JobSpec):
         if meta.kind != TABLE:
             raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs a "
                             "table; use an image job kind")
-        if self.dataset != meta.name:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+        self._check_dataset(meta)
         if self.label != meta.label:
             raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                             f"not {self.label!r}")

@@ -73,7 +73,8 @@ def feature_columns(df: pd.DataFrame, label: str) -> list[str]:
     return [str(c) for c in cols]
 
 
-def encode_labels(values: pd.Series, classes: Sequence) -> np.ndarray:
+def encode_labels(values, classes: Sequence) -> np.ndarray:
+    """Class index of each label value (a Series or an array), in ``classes`` order."""
     index = {c: i for i, c in enumerate(classes)}
     try:
         return np.array([index[v] for v in values.tolist()], dtype=np.int64)

@@ -25,7 +25,7 @@ def main() -> None:
     import researcher
     from datasite.config import init_site
     from datasite.lifecycle import free_port
-    from datasite.demo_data import write_breast_cancer_csv
+    from datasite.demo_data import schema_path, write_breast_cancer_csv
     from datasite.owner import OwnerSite
     from researcher import jobs
     from shared.runner import run_job
@@ -36,7 +36,7 @@ def main() -> None:
     try:
         csv = base / "bc.csv"
         write_breast_cancer_csv(csv)
-        meta = owner.upload("bc", table=str(csv), label="diagnosis", budget_epsilon=1000.0,
+        meta = owner.upload("bc", table=str(csv), schema=schema_path(csv), budget_epsilon=1000.0,
                             delta=1e-5)
         owner.add_user("bench@uni.edu", "bench-password")
         site = researcher.connect(owner.url, "bench@uni.edu", "bench-password")

@@ -44,11 +44,25 @@ def cmd_down(args) -> None:
 
 def cmd_upload(args) -> None:
     meta = _site(args).upload(args.dataset, table=args.table, label=args.label, images=args.images,
-                              labels=args.labels, npz=args.npz, mock=args.mock,
-                              description=args.description or "",
+                              labels=args.labels, npz=args.npz, schema=args.schema,
+                              mock=args.mock, description=args.description or "",
                               budget_epsilon=args.budget_eps, delta=args.delta)
     print(f"Uploaded {meta.name}: {meta.kind}, {meta.n_records} records, labels {meta.labels}; "
           "mock published, real data kept on this machine.")
+
+
+def cmd_schema_draft(args) -> None:
+    from .schema import draft_text
+
+    text = draft_text(args.file, label=args.label, labels=args.labels)
+    if not args.output:
+        print(text, end="")
+        return
+    Path(args.output).write_text(text)
+    print(f"Wrote a draft schema to {args.output}, drafted FROM THE DATA: review every bound "
+          "(domain knowledge, not this data's range), the classes and the record count, delete "
+          f"its drafted_from_data line, then: datasite upload NAME DATASET ... --schema "
+          f"{args.output}", file=sys.stderr)
 
 
 def cmd_budget(args) -> None:
@@ -61,7 +75,8 @@ def cmd_ledger(args) -> None:
     from .ledger_view import plot, render, report
 
     site = _site(args)
-    rep = report(site.ledger, args.dataset)
+    rep = report(site.ledger, args.dataset,
+                 sizes={n: m.n_records for n, m in site.datasets().items()})
     if args.verify and not rep["audit"]["intact"]:
         raise SiteError(f"The audit log was tampered with: {rep['audit']['detail']}")
     if args.dataset and not rep["datasets"]:
@@ -127,6 +142,8 @@ def cmd_review(args) -> None:
                         print(f"  researcher budget {b['researcher_budget']:g}: spent "
                               f"{b['researcher_spent']:.3f} -> {b['researcher_after']:.3f}")
                     print("  fits the budgets" if b["fits"] else "  DOES NOT FIT: run will refuse")
+                if cost.get("forgets"):
+                    print(f"  {cost['forgets']['message']}")
         else:
             print("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it:")
             for line in it["code"].splitlines():
@@ -161,17 +178,26 @@ def cmd_forget(args) -> None:
         c = m["certificate"]
         if m["status"] == "withdrawn":
             print(f"  model {m['request'][:8]} ({m['researcher']}): WITHDRAWN -- {m['reason']}")
-        elif c["retrained"]:
-            print(f"  model {m['request'][:8]} ({m['researcher']}): retrained on the remaining "
-                  f"records with fresh noise (residual budget was used up); v{m['version']} sent")
         else:
-            print(f"  model {m['request'][:8]} ({m['researcher']}): certified update v{m['version']}"
-                  f" sent; residual {c['residual_used']:.3g} of {c['budget']:.3g} used "
-                  f"(eps={c['eps']:g}, delta={c['delta']:g})")
+            r = m["released"]
+            own = ("retrained with fresh noise (residual budget was used up)" if c["retrained"]
+                   else f"certified Newton update, residual {c['residual_used']:.3g} of "
+                        f"{c['budget']:.3g} used (eps={c['eps']:g}, delta={c['delta']:g})")
+            print(f"  model {m['request'][:8]} ({m['researcher']}): fresh DP release v{m['version']}"
+                  f" sent (eps={r['training_epsilon']:.3g}, delta={r['delta']:g}, "
+                  f"{r['n_train']} records); owner's copy: {own}")
     if not report["models"]:
         print("  no removal-enabled model was trained on this record")
     for d in report["dp_models"]:
         print(f"  DP model {d['request'][:8]} ({d['researcher']}), not updated: {d['guarantee']}")
+
+
+def cmd_audit(args) -> None:
+    from .audit import load_spec, render
+
+    report = _site(args).audit(args.dataset, load_spec(args.job), canaries=args.canaries,
+                               confidence=args.confidence)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
 
 
 def cmd_deny(args) -> None:
@@ -213,10 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of PNG/JPEG images")
     s.add_argument("--labels", help="labels.csv for --images (filename,label)")
     s.add_argument("--npz", help=".npz file in MedMNIST layout")
+    s.add_argument("--schema", help="the reviewed public schema (YAML); draft one with "
+                   "`datasite schema draft`")
     s.add_argument("--mock", default="synthetic")
     s.add_argument("--description", default="")
     s.add_argument("--budget-eps", type=float, default=None, help="the dataset's privacy budget")
     s.add_argument("--delta", type=float, default=None, help="the dataset's delta")
+
+    schema = sub.add_parser("schema", help="public schemas").add_subparsers(dest="schema_cmd",
+                                                                          required=True)
+    s = schema.add_parser("draft", help="draft a schema from the data, for the owner to review")
+    s.add_argument("file", help="table (.csv/.parquet), .npz file or image folder")
+    s.add_argument("--label", help="label column (tables)")
+    s.add_argument("--labels", help="labels.csv (image folders)")
+    s.add_argument("-o", "--output", help="write here (default: print)")
+    s.set_defaults(fn=cmd_schema_draft)
 
     users = sub.add_parser("users", help="manage researchers").add_subparsers(dest="users_cmd",
                                                                               required=True)
@@ -258,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record id: its row number in the uploaded file, from 0")
     s.add_argument("--data-only", action="store_true",
                    help="remove it from the data even if no removal-enabled model exists")
+    s.add_argument("--json", action="store_true")
+    s = cmd("audit", cmd_audit, "empirical privacy audit of a job kind on the private data "
+            "(canaries, one run; owner only, not a release, no budget charged)")
+    s.add_argument("dataset")
+    s.add_argument("--job", required=True, help="the job's spec as a JSON file")
+    s.add_argument("--canaries", type=int, default=1000, help="number of canaries m")
+    s.add_argument("--confidence", type=float, default=0.95)
     s.add_argument("--json", action="store_true")
     s = cmd("deny", cmd_deny, "refuse a request")
     s.add_argument("request")

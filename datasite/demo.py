@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import cmd_review
     from .config import init_site
     from .lifecycle import free_port
-    from .demo_data import write_breast_cancer_csv
+    from .demo_data import schema_path, write_breast_cancer_csv
     from .owner import OwnerSite
 
     base = args.home or Path(tempfile.mkdtemp(prefix="dp-datasite-demo-"))
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     url = owner.up()
     print(f"datasite demo-hospital up at {url} (home {home.root})")
     try:
-        _section("Owner: upload the real breast-cancer table, publish a synthetic mock")
+        _section("Owner: upload the real breast-cancer table with its reviewed public schema; "
+                 "metadata and mock come from the schema alone")
         csv = base / "breast_cancer.csv"
         write_breast_cancer_csv(csv)
-        meta = owner.upload("breast_cancer", table=str(csv), label="diagnosis",
+        meta = owner.upload("breast_cancer", table=str(csv), schema=schema_path(csv),
                             description="Wisconsin diagnostic breast cancer (scikit-learn).",
                             budget_epsilon=8.0, delta=1e-5)
         print(f"{meta.name}: {meta.n_records} records, {len(meta.features)} features, "

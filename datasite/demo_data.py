@@ -1,7 +1,8 @@
 """Demo and test data, made on this machine (nothing is downloaded).
 
 * :func:`write_breast_cancer_csv`: the real Wisconsin diagnostic breast-cancer table shipped with
-  scikit-learn (569 records, 30 numeric features), as a CSV the owner can ``datasite upload``.
+  scikit-learn (569 records, 30 numeric features), as a CSV the owner can ``datasite upload``,
+  with its reviewed public schema beside it (``breast_cancer.schema.yaml``).
 * :func:`make_synthetic_cxr` / :func:`write_synthetic_cxr_npz`: deterministic synthetic
   chest-X-ray-like grayscale images (no real patient), in the MedMNIST ``.npz`` layout like
   PneumoniaMNIST (label 0 normal, 1 pneumonia; optionally 2 pleural effusion).
@@ -43,10 +44,64 @@ def _snake(name: str) -> str:
 
 
 def write_breast_cancer_csv(path) -> Path:
-    """Write :func:`breast_cancer_frame` to ``path`` (CSV, no index column); return the path."""
+    """Write :func:`breast_cancer_frame` to ``path`` (CSV, no index column) and its reviewed
+    schema beside it (:func:`schema_path`); return the CSV's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     breast_cancer_frame().to_csv(path, index=False)
+    write_schema(schema_path(path), breast_cancer_schema())
+    return path
+
+
+# Bound of each nucleus measurement (WDBC: 10 measures of the nuclei in a digitised fine-needle
+# aspirate), from what the measure can be, in generous round numbers, not from this table:
+# radius up to 50 units, texture = sd of 8-bit grey levels <= 128, perimeter <= 400 and
+# area <= 10000 for such a radius, normalised shape ratios <= 1 or 2.
+_BC_MEASURES = {"radius": 50, "texture": 128, "perimeter": 400, "area": 10000, "smoothness": 1,
+                "compactness": 2, "concavity": 2, "concave_points": 1, "symmetry": 1,
+                "fractal_dimension": 1}
+
+
+def breast_cancer_schema(records: int = 569) -> dict:
+    """The reviewed public schema of :func:`breast_cancer_frame` (``records``: the declared count).
+
+    ``mean_*`` and ``worst_*`` (mean of the three largest) lie within the measure's bound B;
+    ``*_error`` (a standard error of values in [0, B]) within B / 2.
+    """
+    cols = {}
+    for stat in ("mean", "error", "worst"):
+        for m, b in _BC_MEASURES.items():
+            name = f"{m}_error" if stat == "error" else f"{stat}_{m}"
+            hi = b / 2 if stat == "error" else b
+            cols[name] = {"type": "float", "bounds": [0, int(hi) if hi == int(hi) else hi]}
+    order = list(breast_cancer_frame_columns())
+    return {"kind": "table", "records": records,
+            "description": "Wisconsin diagnostic breast cancer (scikit-learn).",
+            "label": {"column": "diagnosis", "classes": {0: "malignant", 1: "benign"}},
+            "columns": {c: cols[c] for c in order}}
+
+
+def breast_cancer_frame_columns() -> list[str]:
+    """The feature columns of :func:`breast_cancer_frame`, in table order (no data read)."""
+    from sklearn.datasets import load_breast_cancer
+
+    return [_snake(c) for c in load_breast_cancer().feature_names]
+
+
+# -- schemas -----------------------------------------------------------------------------------
+def schema_path(data_path) -> Path:
+    """Where the demo writes a data file's schema: ``NAME.schema.yaml`` beside ``NAME.ext``."""
+    p = Path(data_path)
+    return p.parent / f"{p.stem if p.suffix else p.name}.schema.yaml"
+
+
+def write_schema(path, schema: dict) -> Path:
+    """Write ``schema`` as YAML (a reviewed declaration: no draft marker); return the path."""
+    from .schema import to_yaml
+
+    path = Path(path)
+    path.write_text("# Public schema of a dp-datasite dataset, reviewed: published to researchers.\n"
+                    + to_yaml(schema))
     return path
 
 
@@ -164,7 +219,16 @@ def write_synthetic_cxr_npz(path, n_train: int = 600, n_val: int = 100, n_test: 
         start += k
     with open(path, "wb") as f:  # np.savez_compressed would append ".npz" to other names
         np.savez_compressed(f, **arrays)
+    write_schema(schema_path(path), cxr_schema(n_train + n_val + n_test, size, n_classes))
     return path
+
+
+def cxr_schema(records: int, size: int = 28, n_classes: int = 2) -> dict:
+    """The public schema of :func:`make_synthetic_cxr` images (declared by construction)."""
+    return {"kind": "images", "records": records,
+            "description": "Synthetic chest X-rays (dp-datasite generator; no real patient).",
+            "label": {"classes": dict(enumerate(CXR_CLASSES[:n_classes]))},
+            "image": {"height": size, "width": size, "channels": 1}}
 
 
 def write_images_folder(folder, payload: dict, fmt: str = "png") -> Path:

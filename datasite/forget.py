@@ -1,13 +1,39 @@
 """Honouring a patient's request to be forgotten (certified removal, ALGORITHMS.md section 4).
 
-``datasite forget NAME DATASET --record ID`` removes the record from the real data for good, and
-updates every released removal-enabled model trained on it with a Newton step (or a retrain with
-fresh noise when the model's residual budget is used up). Each update gets a certificate in the
-audit log and goes to the researcher who received the model, as a private notification
-(``JobRequest.updates()``). Every update is itself a new release computed from the remaining
-records, so it is priced in the ledger like any other release (see :func:`update_event`); if the
-budget cannot pay for it, the model is withdrawn instead and the researcher is told to stop using
-it. Plain DP models cannot be updated: they are listed with what their DP guarantee still says.
+``datasite forget NAME DATASET --record ID`` removes the record from the real data for good and,
+for every released removal-enabled model trained on it, does two things:
+
+* **The owner's copy** (kept here, never sent) gets a Newton removal step (Guo et al. 2020), or a
+  retrain with a fresh perturbation once its residual budget is used up. Its certificate covers
+  that copy: it is (removal_epsilon, removal_delta)-indistinguishable from a retraining without
+  the removed records. Its residual numbers depend on the data and stay in the owner's audit log.
+* **The researcher** gets a fresh release: a new objective-perturbation training on the remaining
+  records with a fresh b from the OS, minimised exactly from the same start as any training
+  (:func:`shared.removal.fresh_release`). Never the Newton update: someone holding the earlier
+  release w0 and a Newton update w1 computes H (w1 - w0) - lam w0, the forgotten record's
+  gradient, i.e. its features (differencing attack, Chen et al., CCS 2021). A warm start from the
+  owner's copy would save nothing (the fresh b moves the minimiser by about |b - b'| / (lam n);
+  measured: 4-5 Newton evaluations either way), so there is none, and with it no leak through the
+  optimiser's tolerance.
+
+Why that is private (proof sketch). Write the releases R_0 = A(D_0, b_0), R_j = A(D_j, b_j), with
+D_j the training records left after the j-th forget, A the exact minimiser of the perturbed
+objective (a deterministic function of the data and b) and b_0, b_1, ... independent draws.
+Given the data the releases are independent, and A(., b) with b ~ N(0, s^2 I) is
+(eps_train(|D_j|), delta)-DP (:func:`shared.removal.training_epsilon`). A record x forgotten at
+step k appears in D_0..D_{k-1} only; R_k, R_{k+1}, ... have the same distribution whether or not x
+was ever in the data, so the whole sequence costs x exactly the composition of the releases before
+its removal (for the first forget: the original model alone), and what later releases reveal
+about it is nothing. A record still present has been in every D_j: the sequence costs it the
+composition of independent (eps_train, delta)-DP releases, and the ledger prices exactly that:
+each update is one more approx-DP event (eps_train(|D_j|), delta) (:func:`update_event`),
+composed with the rest by PLD. (The forget requests come from patients, not from the releases;
+adaptive choices would be covered by adaptive composition, the randomness being independent.)
+
+If a budget cannot pay for an update, the model is withdrawn and the researcher is told which
+budget ran out, in epsilon or in delta; `datasite review` shows before training how many forgets
+the budgets can pay for (:func:`affordable_forgets`). Plain DP models cannot be updated: they are
+listed with what their DP guarantee still says.
 
 Record ids are the row numbers of the uploaded file (0-based); they do not shift when records are
 removed. The mock is synthetic and holds no real record (checked at upload), so it needs no change.
@@ -45,19 +71,94 @@ def public_result(result: dict) -> dict:
     return out
 
 
-def update_event(eps_train: float, delta_train: float, eps_rem: float, delta_rem: float):
-    """The guarantee of an updated model for the *remaining* records.
+# Test-only switch: True restores the old, broken release of the noiseless Newton update, so
+# the differencing-attack tests can show that they catch it. Never set it outside tests.
+_RELEASE_NOISELESS_NEWTON_FOR_TESTS = False
 
-    Certified removal makes the update (eps_rem, delta_rem)-indistinguishable from a fresh
-    training without the removed records, which is (eps_train, delta_train)-DP; chaining
-    update(D) ~ fresh(D - x) ~ fresh(D' - x) ~ update(D') gives
-    (eps_train + 2 eps_rem, delta_rem + e^eps_rem delta_train + e^(eps_rem + eps_train) delta_rem).
-    """
+
+def update_event(spec, n_train: int, n_models: int):
+    """The ledger event of one update sent to a researcher: a fresh objective-perturbation
+    release on ``n_train`` records, (eps_train(n_train), spec.delta)-DP and independent of the
+    earlier releases given the data (module docstring), so it composes as one more event."""
     from shared.accounting import approx_dp_event
+    from shared.removal import training_epsilon
 
-    delta = (delta_rem + math.exp(eps_rem) * delta_train
-             + math.exp(eps_rem + eps_train) * delta_rem)
-    return approx_dp_event(eps_train + 2 * eps_rem, min(delta, 0.999))
+    return approx_dp_event(training_epsilon(spec.lam, spec.perturbation, int(n_train),
+                                            spec.delta, n_models), spec.delta)
+
+
+def updated_models(model, X, y, row: int, stream=()) -> tuple:
+    """(owner copy, released model, owner certificate) after removing position ``row`` of the
+    model's current training records (X, y): the owner copy by a certified Newton step, the
+    release by fresh training on the remaining records."""
+    from shared.removal import fresh_release, remove
+
+    owner_copy, cert = remove(model, X, y, [row])
+    if _RELEASE_NOISELESS_NEWTON_FOR_TESTS:
+        return owner_copy, owner_copy, cert
+    keep = np.arange(len(X)) != row
+    return owner_copy, fresh_release(owner_copy, X[keep], y[keep], stream), cert
+
+
+def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
+                       cap: int = 100) -> dict:
+    """How many forgets of training records the dataset's and the researcher's budgets can pay
+    for after this removal_logreg job (each forget sends one update, priced by
+    :func:`update_event`), up to ``cap``; and, when the next one cannot be paid, which budget
+    stops it, in epsilon or in delta. Checked at review, before the job is trained."""
+    import dp_accounting
+
+    from shared.accounting import event_from_json, event_to_json
+    from shared.data import DatasetMeta
+    from shared.specs import n_train_records, spec_from_dict
+
+    job = spec_from_dict(spec)
+    meta = DatasetMeta.from_json(site.state.dataset(job.dataset)["meta_json"])
+    n = n_train_records(meta.n_records, job.test_fraction)
+    first = event_from_json(job_event_json)
+
+    def composed(k: int) -> str:
+        if k == 0:
+            return job_event_json
+        # the k-th update has the fewest records, so the largest epsilon: price all k at it
+        upd = update_event(job, max(n - k, 1), job.n_models(meta))
+        return event_to_json(dp_accounting.ComposedDpEvent(
+            [first, dp_accounting.SelfComposedDpEvent(upd, k)]))
+
+    def fits(k: int) -> bool:
+        return site.ledger.quote(job.dataset, researcher, composed(k))["fits"]
+
+    lo, hi = 0, 1  # fits(lo) is assumed (the job itself; review says so separately)
+    while hi <= cap and fits(hi):
+        lo, hi = hi, 2 * hi
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:  # fits(lo), not fits(hi) (or hi past the cap)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    upd = update_event(job, max(n - 1, 1), job.n_models(meta))
+    out = {"count": lo, "at_least": lo >= cap, "update_epsilon": upd.epsilon,
+           "update_delta": upd.delta, "dataset_delta": site.ledger.budget(job.dataset)["delta"]}
+    if lo < cap:
+        out["limit"], out["limit_in"] = _shortfall(site, job.dataset, researcher, composed(lo + 1))
+    out["message"] = _forgets_message(out)
+    return out
+
+
+def _forgets_message(out: dict) -> str:
+    each = f"each forget sends a fresh release costing eps={out['update_epsilon']:.3g}, " \
+           f"delta={out['update_delta']:g}"
+    if out["at_least"]:
+        return f"forgets affordable after this job: {out['count']} or more ({each})"
+    text = (f"forgets affordable after this job: {out['count']} ({each}); the next one: "
+            f"{out['limit']}")
+    if out["count"] == 0:
+        text = "WARNING: no forget can be paid for after this job -- the model would be " \
+               f"withdrawn at the first forget ({each}; {out['limit']})"
+    if out.get("limit_in") == "delta":
+        d = out["dataset_delta"]
+        text += (f". Every release adds its delta: k forgets need (k + 1) x the job's delta "
+                 f"well below the dataset's {d:g}; for 20 forgets ask for delta <= {d / 42:.1g}")
+    return text
 
 
 def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
@@ -92,14 +193,17 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
                                         "models": [m["request_id"] for m in affected]})
     report = {"dataset": dataset, "record": record_id, "models": [],
               "dp_models": _dp_models(site, dataset)}
-    for m, (new_model, cert) in zip(affected, updates):
-        report["models"].append(_release_update(site, m, record_id, new_model, cert))
+    for m, (owner_copy, released, cert) in zip(affected, updates):
+        report["models"].append(_release_update(site, m, record_id, owner_copy, released, cert))
     return report
 
 
 def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
-    """The Newton update (or retrain) of one model without ``record_id``; changes nothing."""
-    from shared.removal import RemovableModel, job_features, remove, training_epsilon
+    """(owner copy, released model, owner certificate) of one model without ``record_id``;
+    changes nothing."""
+    import hashlib
+
+    from shared.removal import RemovableModel, job_features
     from shared.specs import spec_from_dict
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
@@ -114,49 +218,100 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     pos = np.searchsorted(ids, m_ids) if np.all(np.diff(ids) > 0) else \
         np.array([int(np.flatnonzero(ids == i)[0]) for i in m_ids])
     model = RemovableModel.from_dict(json.loads(m["model_json"]))
-    new_model, cert = remove(model, X[pos], y[pos], [int(np.flatnonzero(m_ids == record_id)[0])])
-    n_models = 1 if len(model.classes) == 2 else len(model.classes)
-    eps_t = training_epsilon(spec.lam, spec.perturbation, new_model.n_train, spec.delta, n_models)
-    cert["training_epsilon"] = eps_t
-    return new_model, cert
+    # the stream names this release (model, version) for tests that pin the randomness
+    stream = (int(hashlib.sha256(m["request_id"].encode()).hexdigest()[:12], 16), m["version"] + 1)
+    owner_copy, released, cert = updated_models(
+        model, X[pos], y[pos], int(np.flatnonzero(m_ids == record_id)[0]), stream)
+    event = update_event(spec, released.n_train, model.n_models)
+    cert["copy"] = "owner"  # this certificate is about the datasite's own copy
+    cert["covers"] = "the datasite's own copy (never sent): " + cert["covers"]
+    cert["training_epsilon"] = event.epsilon
+    return owner_copy, released, cert
 
 
-def _release_update(site, m: dict, record_id: int, new_model, cert: dict) -> dict:
-    """Price the update in the ledger, record the certificate, and tell the researcher."""
-    from shared.accounting import approx_dp_event, event_to_json
+def release_certificate(spec, released, owner_cert: dict) -> dict:
+    """What the researcher is told about an update: that it is a fresh DP release, and what the
+    owner's Newton certificate covers. No residual numbers: they depend on the records."""
+    fs = dict(released.feature_source)
+    covers = (f"the released weights are a fresh DP release: objective perturbation trained on "
+              f"the {released.n_train} remaining records with a fresh perturbation, independent "
+              f"of every earlier version given the data; (eps={owner_cert['training_epsilon']:.3g}"
+              f", delta={spec.delta:g})-DP for the remaining records, and independent of the "
+              "removed ones")
+    if fs.get("kind") == "dp_extractor":
+        covers += (f"; the feature extractor was trained with DP (eps={fs.get('epsilon')}, "
+                   f"delta={fs.get('delta')}) and still holds the removed records' influence, "
+                   "bounded only by that guarantee")
+    return {"release": "fresh_objective_perturbation", "covers": covers,
+            "training_epsilon": owner_cert["training_epsilon"], "delta": spec.delta,
+            "n_train": int(released.n_train), "n_removed_total": int(released.n_removed),
+            "feature_source": fs,
+            "owner_copy": (f"the datasite's own copy was updated by a certified Newton removal "
+                           f"step (Guo et al. 2020): (eps={owner_cert['eps']:g}, "
+                           f"delta={owner_cert['delta']:g})-indistinguishable from a retraining "
+                           "without the removed records; it is never sent")}
+
+
+def _shortfall(site, dataset: str, researcher: str, event_json: str) -> tuple[str, str]:
+    """(which budget cannot pay for ``event_json``, and whether in "epsilon" or "delta")."""
+    q = site.ledger.quote(dataset, researcher, event_json)
+    for who, after, budget in (("the dataset's", q["dataset_after"], q["dataset_budget"]),
+                               (f"{researcher}'s", q["researcher_after"], q["researcher_budget"])):
+        if budget is None or after <= budget + 1e-9:
+            continue
+        if math.isinf(after):  # the releases' deltas alone exceed the budget's delta
+            return (f"{who} delta on {dataset} is used up: with it the releases would need "
+                    f"delta > {q['delta']:g} (every release adds its own delta)"), "delta"
+        return f"{who} epsilon on {dataset} would reach {after:.3f} > budget {budget:g}", "epsilon"
+    return "the ledger refused it", ""
+
+
+def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: dict) -> dict:
+    """Price the update in the ledger, record the certificates, and tell the researcher."""
+    from shared.accounting import event_to_json
     from shared.specs import spec_from_dict
 
     from .ledger import LedgerError
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
     version = m["version"] + 1
-    if cert["retrained"]:
-        event = approx_dp_event(cert["training_epsilon"], spec.delta)
-    else:
-        event = update_event(cert["training_epsilon"], spec.delta, new_model.eps, new_model.delta)
+    event_json = event_to_json(update_event(spec, released.n_train, released.n_models))
     entry_id = f"{m['request_id']}:v{version}"
     m_ids = [i for i in json.loads(m["record_ids_json"]) if i != record_id]
+    public_cert = release_certificate(spec, released, cert)
     out = {"request": m["request_id"], "researcher": m["researcher"], "version": version,
-           "certificate": cert}
+           "certificate": cert, "released": public_cert}
+    # the owner's copy loses the record either way: it is certified, and never sent
+    site.state.update_model(m["request_id"], version=version, model_json=owner_copy.to_json(),
+                            record_ids_json=json.dumps(m_ids))
     try:
-        site.ledger.reserve(entry_id, m["dataset"], m["researcher"], event_to_json(event))
-    except LedgerError as e:
-        site.state.update_model(m["request_id"], status="withdrawn", version=version,
-                                record_ids_json=json.dumps(m_ids))
-        out.update(status="withdrawn", reason=f"the update could not be paid for: {e}")
+        site.ledger.reserve(entry_id, m["dataset"], m["researcher"], event_json)
+    except LedgerError:
+        site.state.update_model(m["request_id"], status="withdrawn")
+        why, _ = _shortfall(site, m["dataset"], m["researcher"], event_json)
+        out.update(status="withdrawn", reason=(
+            f"the update could not be paid for: {why}. `datasite review` shows before "
+            "training how many forgets the budgets can pay for"))
         site.ledger.record("removal_certificate", m["request_id"], out)
-        _notify(site, m, {**out, "certificate": cert})
+        _notify(site, m, {**_public(out), "certificate": {
+            "withdrawn": True, "covers": "no weights were sent: the model is withdrawn",
+            **{k: public_cert[k] for k in ("owner_copy", "n_removed_total", "feature_source")}}})
         return out
     site.ledger.start(entry_id)
-    site.ledger.commit(entry_id, event_to_json(event))
+    site.ledger.commit(entry_id, event_json)
     site.ledger.released(entry_id)
-    site.state.update_model(m["request_id"], version=version, model_json=new_model.to_json(),
-                            record_ids_json=json.dumps(m_ids))
     out.update(status="updated", ledger_entry=entry_id)
     site.ledger.record("removal_certificate", m["request_id"], out)
-    _notify(site, m, {**out, **_released_model(spec, new_model)})
+    _notify(site, m, {**_public(out), **_released_model(spec, released)})
     site.publish_budgets([m["researcher"]])
     return out
+
+
+def _public(out: dict) -> dict:
+    """The researcher's view of an update report: the release certificate, not the owner's."""
+    pub = {k: v for k, v in out.items() if k not in ("certificate", "released")}
+    pub["certificate"] = out["released"]
+    return pub
 
 
 def _released_model(spec, model) -> dict:
@@ -174,14 +329,14 @@ def _released_model(spec, model) -> dict:
 
 
 def _notify(site, m: dict, payload: dict) -> None:
+    key = site.state.researcher_keys().get(m["researcher"])
+    if key is None:
+        return
     from syft.server.credentials import SyftVerifyKey
     from syft.service.notification.notifications import CreateNotification
 
     from shared.data import MODEL_UPDATE_PREFIX
 
-    key = site.state.researcher_keys().get(m["researcher"])
-    if key is None:
-        return
     site.client.api.services.notifications.send(notification=CreateNotification(
         subject=MODEL_UPDATE_PREFIX + json.dumps(payload, sort_keys=True, default=float),
         to_user_verify_key=SyftVerifyKey.from_string(key),

@@ -1,8 +1,10 @@
 """Importing an owner's real data: tables, image folders and MedMNIST-style ``.npz`` files.
 
 Each loader reads and validates everything in memory and returns ``(payload, DatasetMeta)``; it
-writes nothing anywhere, so the caller stores the data only after every check has passed. A
-problem raises :class:`IngestError` whose message says what is wrong and how to fix it.
+writes nothing anywhere. That metadata describes the data as found and stays with the owner (it
+feeds ``datasite schema draft``); what is published is built from the owner's declared schema
+(``datasite.schema.prepare``). The caller stores the data only after every check has passed;
+a problem raises :class:`IngestError` whose message says what is wrong and how to fix it.
 
 Payload formats are those of :mod:`shared.data`:
 
@@ -35,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.data import power_of_ten_scale
 from shared.data import IMAGES, TABLE, DatasetMeta
 
 MIN_RECORDS = 10  # fewer records than this cannot support any useful DP analysis
@@ -202,8 +203,6 @@ def load_table(path, label: str, name: str | None = None, *, min_records: int = 
     meta = DatasetMeta(name=name, kind=TABLE, n_records=int(len(df)), label=label, labels=classes,
                        features={c: str(df[c].dtype) for c in features},
                        description=f"Table imported from {p.name}.")
-    meta.feature_scales = {c: power_of_ten_scale(float(np.abs(df[c].to_numpy(dtype=float)).max()))
-                           for c in meta.features}
     return df, meta
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, insert,
                         select, update)
 
+from . import audit_log, records
+from .audit_log import AuditLog
 from .state import State, migrate, now
 
 metadata = MetaData()
@@ -42,35 +45,45 @@ entries = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-audit = Table(
-    "dpds_audit", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("at", String(40), nullable=False),
-    Column("actor", String(320), nullable=False),
-    Column("action", String(40), nullable=False),
-    Column("request_id", String(64)),
-    Column("payload", Text, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+# Which records received which event (owner-side only; never released): per request, parts of
+# kind "all" (every record), "ids" (record_ids: JSON list) or, while it runs, "alt" (each record
+# will receive one of these events).
+charges = Table(
+    "dpds_charges", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(8), nullable=False),
+    Column("event_json", Text, nullable=False),
+    Column("record_ids", Text),
 )
 
 SPENDING = ("reserved", "running", "committed", "released")
-GENESIS = "0" * 64
+
+
+def charges_digest(rows) -> str:
+    """What the audit chain records of a request's parts: [(kind, event, ids)] -> sha256."""
+    canon = sorted([k, e, sorted(i) if i is not None else None] for k, e, i in rows)
+    return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
 
 
 class LedgerError(RuntimeError):
     """A ledger operation was refused; the message has the numbers."""
 
 
-def _hash(prev: str, at: str, actor: str, action: str, request_id: str | None, payload: str) -> str:
-    body = json.dumps([prev, at, actor, action, request_id, payload], separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 class Ledger:
-    def __init__(self, state: State):
+    def __init__(self, state: State, site=None):
+        """``site`` (a SiteHome; default: the one ``state`` was opened from) holds the key that
+        signs the audit chain; without one the chain is only hash-linked."""
         self.engine = state.engine
         migrate(self.engine, metadata)
+        migrate(self.engine, audit_log.metadata)
+        site = site or getattr(state, "home", None)
+        self.audit_log = AuditLog(self.engine, site.signing_key_hex() if site else None,
+                                  site.secrets / "audit_head" if site else None)
+        key = site.signing_key_hex() if site else None
+        mac_key = hashlib.sha256(b"dp-datasite pld cache\0" + bytes.fromhex(key)).digest() \
+            if key else None
+        self.accountant = records.HistoryAccountant(self.engine, mac_key)
 
     # -- accounting helpers --------------------------------------------------------------------
     @staticmethod
@@ -127,25 +140,98 @@ class Ledger:
                                                   budgets.c.researcher == researcher)).mappings().first()
         return dict(row) if row else None
 
-    def _events(self, c, dataset: str, researcher: str | None = None) -> list[str]:
-        q = select(entries.c.realised_json, entries.c.event_json, entries.c.state).where(
-            entries.c.dataset == dataset, entries.c.state.in_(SPENDING))
+    # -- per-record spend ------------------------------------------------------------------------
+    def _jobs(self, c, dataset: str, researcher: str | None = None, skip: str | None = None):
+        """(committed parts per job, pending alternatives per job) of the spending entries."""
+        q = select(entries).where(entries.c.dataset == dataset, entries.c.state.in_(SPENDING))
         if researcher:
             q = q.where(entries.c.researcher == researcher)
-        return [r.realised_json or r.event_json for r in c.execute(q.order_by(entries.c.created_at))]
+        rows = [r for r in c.execute(q.order_by(entries.c.created_at)) if r.request_id != skip]
+        parts: dict[str, list] = {}
+        if rows:
+            ids = [r.request_id for r in rows]
+            for ch in c.execute(select(charges).where(charges.c.request_id.in_(ids))
+                                .order_by(charges.c.request_id, charges.c.part)):
+                parts.setdefault(ch.request_id, []).append(ch)
+        done, pending = [], []
+        for r in rows:
+            mine = parts.get(r.request_id, [])
+            if any(ch.kind == "alt" for ch in mine) and r.state in ("reserved", "running"):
+                pending.append([ch.event_json for ch in mine if ch.kind == "alt"])
+            elif any(ch.kind != "alt" for ch in mine):
+                done.append([(json.loads(ch.record_ids) if ch.kind == "ids" else None,
+                              ch.event_json) for ch in mine if ch.kind != "alt"])
+            else:  # no record ids: every record of the dataset pays the job's event
+                done.append([(None, r.realised_json or r.event_json)])
+        return done, pending, rows
+
+    def _worst(self, c, dataset: str, delta: float, researcher: str | None = None,
+               new: list[str] | None = None, skip: str | None = None,
+               extra: list | None = None) -> float:
+        """The worst record's composed epsilon; ``new``: a job about to be added, of which each
+        record receives one of these events (the worst one for it is assumed)."""
+        done, pending, _ = self._jobs(c, dataset, researcher, skip)
+        self.accountant.conn = c
+        try:
+            hists = [k.history for k in records.classes(done + ([extra] if extra else []))]
+            for alts in pending + ([new] if new else []):
+                hists = self._add_worst(hists, alts, delta)
+            return self.accountant.worst(hists, delta)[0]
+        finally:
+            self.accountant.conn = None
+
+    def _add_worst(self, hists: list[Counter], alts: list[str], delta: float) -> list[Counter]:
+        if len(set(alts)) == 1:
+            return [h + Counter({alts[0]: 1}) for h in hists]
+        out = []
+        for h in hists:
+            options = [h + Counter({a: 1}) for a in dict.fromkeys(alts)]
+            out.append(options[self.accountant.worst(options, delta)[1]])
+        return out
+
+    def _flush(self, c) -> None:
+        """Store new cached PLDs from a read-only block (its own small transaction)."""
+        if self.accountant._unsaved:  # pylint: disable=protected-access
+            self.accountant.flush(c)
+            c.commit()
+
+    def _naive(self, c, dataset: str, researcher: str | None = None) -> tuple[float, int]:
+        q = select(entries.c.epsilon).where(entries.c.dataset == dataset,
+                                            entries.c.state.in_(SPENDING))
+        if researcher:
+            q = q.where(entries.c.researcher == researcher)
+        eps = [r[0] for r in c.execute(q)]
+        return sum(eps), len(eps)
 
     def spent(self, dataset: str, researcher: str | None = None) -> dict:
-        """Spend so far: tight (composed) and naive (summed) epsilon at the dataset's delta."""
+        """Spend so far: the worst record's composed (PLD) epsilon, and the naive sum of the
+        jobs' epsilons, at the dataset's delta."""
         b = self._require_budget(dataset)
         with self.engine.connect() as c:
-            events = self._events(c, dataset, researcher)
-            q = select(entries.c.epsilon).where(entries.c.dataset == dataset,
-                                                entries.c.state.in_(SPENDING))
-            if researcher:
-                q = q.where(entries.c.researcher == researcher)
-            naive = sum(r[0] for r in c.execute(q))
-        return {"epsilon": self.epsilon_of(events, b["delta"]), "naive_epsilon": naive,
-                "delta": b["delta"], "jobs": len(events)}
+            eps = self._worst(c, dataset, b["delta"], researcher)
+            naive, jobs = self._naive(c, dataset, researcher)
+            self._flush(c)
+        return {"epsilon": eps, "naive_epsilon": naive, "delta": b["delta"], "jobs": jobs}
+
+    def record_histogram(self, dataset: str, n_records: int | None = None,
+                         bins: int = 8) -> dict:
+        """How many records have spent how much (committed and reserved jobs)."""
+        b = self._require_budget(dataset)
+        with self.engine.connect() as c:
+            done, pending, _ = self._jobs(c, dataset)
+            cls = records.classes(done, n_records)
+            hists = [k.history for k in cls]
+            self.accountant.conn = c
+            try:
+                for alts in pending:
+                    hists = self._add_worst(hists, alts, b["delta"])
+                values = [(k.count, self.accountant.epsilon(h, b["delta"]))
+                          for k, h in zip(cls, hists)]
+            finally:
+                self.accountant.conn = None
+            self._flush(c)
+        return {"classes": len(cls), "bins": records.histogram(values, bins),
+                "unnamed_records": next((k.count for k in cls if k.example is None), None)}
 
     def _require_budget(self, dataset: str) -> dict:
         b = self.budget(dataset)
@@ -155,21 +241,25 @@ class Ledger:
         return b
 
     # -- request life cycle ------------------------------------------------------------------------
-    def quote(self, dataset: str, researcher: str, event_json: str) -> dict:
-        """Cost of a request and the budgets before/after, without reserving anything."""
+    def quote(self, dataset: str, researcher: str, event_json: str,
+              alternatives: list[str] | None = None) -> dict:
+        """Cost of a request and the budgets before/after, without reserving anything.
+
+        ``alternatives``: the events one record may receive from this job (one of them, e.g.
+        the groups of a DP-AL job); default: every record receives ``event_json``."""
         b = self._require_budget(dataset)
         rb = self.budget(dataset, researcher)
-        with self.engine.connect() as c:
-            ds_events = self._events(c, dataset)
-            r_events = self._events(c, dataset, researcher)
+        new = alternatives or [event_json]
         d = b["delta"]
-        out = {"epsilon": self.epsilon_of([event_json], d), "delta": d,
-               "dataset_budget": b["epsilon"],
-               "dataset_spent": self.epsilon_of(ds_events, d),
-               "dataset_after": self.epsilon_of(ds_events + [event_json], d),
-               "researcher_budget": rb["epsilon"] if rb else None,
-               "researcher_spent": self.epsilon_of(r_events, d),
-               "researcher_after": self.epsilon_of(r_events + [event_json], d)}
+        with self.engine.connect() as c:
+            out = {"epsilon": self.epsilon_of([event_json], d), "delta": d,
+                   "dataset_budget": b["epsilon"],
+                   "dataset_spent": self._worst(c, dataset, d),
+                   "dataset_after": self._worst(c, dataset, d, new=new),
+                   "researcher_budget": rb["epsilon"] if rb else None,
+                   "researcher_spent": self._worst(c, dataset, d, researcher),
+                   "researcher_after": self._worst(c, dataset, d, researcher, new=new)}
+            self._flush(c)
         out["fits"] = out["dataset_after"] <= b["epsilon"] + 1e-9 and (
             rb is None or out["researcher_after"] <= rb["epsilon"] + 1e-9)
         return out
@@ -186,15 +276,21 @@ class Ledger:
             c.execute(insert(entries).values(
                 request_id=request_id, dataset=dataset, researcher=researcher, state="estimated",
                 event_json=event_json, epsilon=eps, created_at=now(), updated_at=now()))
-            self._audit(c, actor, "estimate", request_id, {"epsilon": eps})
+            self._audit(c, actor, "estimate", request_id, {
+                "epsilon": eps, "state": "estimated", "dataset": dataset,
+                "researcher": researcher, "event": json.loads(event_json)})
 
     def deny(self, request_id: str, reason: str, actor: str = "owner") -> None:
         """A denied request: its estimate is closed; nothing was ever reserved."""
         self._transition(request_id, ("estimated",), "denied", actor, {"reason": reason})
 
     def reserve(self, request_id: str, dataset: str, researcher: str, event_json: str,
-                actor: str = "owner") -> dict:
-        """Atomically reserve a request's cost, or refuse with the numbers."""
+                actor: str = "owner", alternatives: list[str] | None = None) -> dict:
+        """Atomically reserve a request's cost, or refuse with the numbers.
+
+        ``alternatives`` as in :meth:`quote`; the job's commit may then name which records
+        received which of them."""
+        alts = list(dict.fromkeys(alternatives)) if alternatives else None
         with self.engine.begin() as c:
             lock = select(budgets).where(budgets.c.dataset == dataset).with_for_update()
             rows = {r.researcher: r for r in c.execute(lock)}
@@ -204,12 +300,13 @@ class Ledger:
             if existing and existing[0] not in ("refunded", "estimated"):
                 raise LedgerError(f"Request {request_id[:8]} already has a ledger entry ({existing[0]}).")
             d = rows[""].delta
-            ds_after = self.epsilon_of(self._events(c, dataset) + [event_json], d)
+            new = alts or [event_json]
+            ds_after = self._worst(c, dataset, d, new=new, skip=request_id)
             if ds_after > rows[""].epsilon + 1e-9:
                 raise LedgerError(f"Refused: dataset {dataset} would reach eps={ds_after:.3f} "
                                   f"> budget {rows[''].epsilon:g} (delta={d:g}).")
             if researcher in rows:
-                r_after = self.epsilon_of(self._events(c, dataset, researcher) + [event_json], d)
+                r_after = self._worst(c, dataset, d, researcher, new=new, skip=request_id)
                 if r_after > rows[researcher].epsilon + 1e-9:
                     raise LedgerError(f"Refused: {researcher} would reach eps={r_after:.3f} on "
                                       f"{dataset} > their budget {rows[researcher].epsilon:g}.")
@@ -220,22 +317,31 @@ class Ledger:
                 c.execute(update(entries).where(entries.c.request_id == request_id).values(**values))
             else:
                 c.execute(insert(entries).values(request_id=request_id, created_at=now(), **values))
-            self._audit(c, actor, "reserve", request_id, {"epsilon": eps, "dataset_after": ds_after,
-                                                          "event": json.loads(event_json)})
+            c.execute(charges.delete().where(charges.c.request_id == request_id))
+            for i, a in enumerate(alts or []):
+                c.execute(insert(charges).values(request_id=request_id, part=i, kind="alt",
+                                                 event_json=a))
+            self.accountant.flush(c)
+            self._audit(c, actor, "reserve", request_id, {
+                "epsilon": eps, "dataset_after": ds_after, "event": json.loads(event_json),
+                "state": "reserved", "dataset": dataset, "researcher": researcher,
+                "alternatives": charges_digest([("alt", a, None) for a in alts or []])})
         return {"epsilon": eps, "dataset_after": ds_after}
 
     def _transition(self, request_id: str, frm: tuple[str, ...], to: str, actor: str,
-                    payload: dict | None = None, **values) -> dict:
-        with self.engine.begin() as c:
-            row = c.execute(select(entries).where(entries.c.request_id == request_id)
-                            .with_for_update()).mappings().first()
-            if row is None or row["state"] not in frm:
-                state = row["state"] if row else "not in the ledger"
-                raise LedgerError(f"Request {request_id[:8]} is {state}; cannot move it to {to}.")
-            c.execute(update(entries).where(entries.c.request_id == request_id)
-                      .values(state=to, updated_at=now(), **values))
-            self._audit(c, actor, to, request_id, payload or {})
-            return dict(row)
+                    payload: dict | None = None, c=None, **values) -> dict:
+        if c is None:
+            with self.engine.begin() as c:
+                return self._transition(request_id, frm, to, actor, payload, c, **values)
+        row = c.execute(select(entries).where(entries.c.request_id == request_id)
+                        .with_for_update()).mappings().first()
+        if row is None or row["state"] not in frm:
+            state = row["state"] if row else "not in the ledger"
+            raise LedgerError(f"Request {request_id[:8]} is {state}; cannot move it to {to}.")
+        c.execute(update(entries).where(entries.c.request_id == request_id)
+                  .values(state=to, updated_at=now(), **values))
+        self._audit(c, actor, to, request_id, {**(payload or {}), "state": to})
+        return dict(row)
 
     def start(self, request_id: str, actor: str = "owner") -> None:
         self._transition(request_id, ("reserved",), "running", actor)
@@ -243,19 +349,49 @@ class Ledger:
     def refund(self, request_id: str, reason: str, actor: str = "owner") -> None:
         self._transition(request_id, ("reserved", "running"), "refunded", actor, {"reason": reason})
 
-    def commit(self, request_id: str, realised_json: str, actor: str = "owner") -> None:
-        """Commit the spend the job reports, which must not exceed what was reserved."""
+    def commit(self, request_id: str, realised_json: str, actor: str = "owner",
+               record_charges: list[tuple] | None = None) -> None:
+        """Commit the spend the job reports, which must not exceed what was reserved.
+
+        ``record_charges``: [(record ids, event JSON)] -- which records received which event
+        (owner-side only); each event must be one the reservation allowed for. Without it every
+        record of the dataset is charged ``realised_json``."""
         with self.engine.connect() as c:
             row = c.execute(select(entries).where(entries.c.request_id == request_id)).mappings().first()
+            alts = {ch.event_json for ch in c.execute(select(charges).where(
+                charges.c.request_id == request_id, charges.c.kind == "alt"))}
         if row is None:
             raise LedgerError(f"Request {request_id[:8]} is not in the ledger.")
-        d = self._require_budget(row["dataset"])["delta"]
-        realised = self.epsilon_of([realised_json], d)
+        b = self._require_budget(row["dataset"])
+        realised = self.epsilon_of([realised_json], b["delta"])
         if realised > row["epsilon"] * (1 + 1e-6) + 1e-9:
             raise LedgerError(f"Request {request_id[:8]} reports eps={realised:.4f}, more than the "
                               f"reserved {row['epsilon']:.4f}: not released; investigate the job.")
-        self._transition(request_id, ("running",), "committed", actor,
-                         {"realised_epsilon": realised}, realised_json=realised_json, epsilon=realised)
+        parts = [(sorted(int(i) for i in ids), ev) for ids, ev in record_charges or []]
+        allowed = alts or {row["event_json"]}
+        bad = [ev for _, ev in parts if ev not in allowed and ev != realised_json]
+        if bad:
+            raise LedgerError(f"Request {request_id[:8]} charges records an event its reservation "
+                              "did not allow for: not released; investigate the job.")
+        rows = [("ids", ev, ids) for ids, ev in parts] or [("all", realised_json, None)]
+        with self.engine.begin() as c:
+            c.execute(charges.delete().where(charges.c.request_id == request_id))
+            for i, (kind, ev, ids) in enumerate(rows):
+                c.execute(insert(charges).values(request_id=request_id, part=i, kind=kind,
+                                                 event_json=ev,
+                                                 record_ids=json.dumps(ids) if ids is not None else None))
+            # the gate: whatever the reservations assumed, the committed spend fits
+            after = self._worst(c, row["dataset"], b["delta"], skip=request_id,
+                                extra=[(ids, ev) for _, ev, ids in rows])
+            if after > b["epsilon"] + 1e-9:
+                raise LedgerError(f"Request {request_id[:8]}: committing it would bring dataset "
+                                  f"{row['dataset']} to eps={after:.3f} > budget "
+                                  f"{b['epsilon']:g}: not released; refund it.")
+            self.accountant.flush(c)
+            self._transition(request_id, ("running",), "committed", actor,
+                             {"realised_epsilon": realised, "realised": json.loads(realised_json),
+                              "charges": charges_digest(rows)}, c,
+                             realised_json=realised_json, epsilon=realised)
 
     def released(self, request_id: str, actor: str = "owner") -> None:
         self._transition(request_id, ("committed",), "released", actor)
@@ -285,28 +421,30 @@ class Ledger:
             self._audit(c, actor, action, request_id, payload)
 
     def _audit(self, c, actor: str, action: str, request_id: str | None, payload: dict) -> None:
-        if c.dialect.name == "postgresql":  # serialise appends so the chain cannot fork
-            c.exec_driver_sql("SELECT pg_advisory_xact_lock(7301)")
-        last = c.execute(select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
-        prev = last[0] if last else GENESIS
-        at = now().isoformat()
-        body = json.dumps(payload, sort_keys=True, default=str)
-        c.execute(insert(audit).values(at=at, actor=actor, action=action, request_id=request_id,
-                                       payload=body, prev_hash=prev,
-                                       hash=_hash(prev, at, actor, action, request_id, body)))
+        self.audit_log.append(c, actor, action, request_id, payload)
 
     def log(self, action: str, request_id: str | None, payload: dict, actor: str = "owner") -> None:
         with self.engine.begin() as c:
             self._audit(c, actor, action, request_id, payload)
 
+    def head_for(self, researcher: str) -> dict | None:
+        """The signed audit head to hand a researcher (None when the chain is unsigned)."""
+        return self.audit_log.head_for(researcher)
+
+    def mark_sent(self, researcher: str, head: dict | None) -> None:
+        self.audit_log.mark_sent(researcher, head)
+
     def verify(self) -> tuple[bool, str]:
-        """Recompute the hash chain; (False, where) on the first broken link."""
-        prev = GENESIS
+        """Check the chain (links, hashes, signatures, truncation), replay it, and compare the
+        budgets and ledger tables with what the signed chain says; (False, the first problem)."""
+        from .ledger_replay import Replay
+
+        replay = Replay()
+        ok, why = self.audit_log.verify(replay.apply)
+        if not ok:
+            return ok, why
         with self.engine.connect() as c:
-            for r in c.execute(select(audit).order_by(audit.c.seq)):
-                if r.prev_hash != prev:
-                    return False, f"entry {r.seq}: link to the previous entry is broken"
-                if _hash(prev, r.at, r.actor, r.action, r.request_id, r.payload) != r.hash:
-                    return False, f"entry {r.seq} ({r.action}) was altered"
-                prev = r.hash
-        return True, "audit log intact"
+            problem = replay.compare(c)
+        if problem:
+            return False, problem
+        return True, why + "; budgets and ledger entries match it"

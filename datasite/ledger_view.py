@@ -4,7 +4,9 @@ from __future__ import annotations
 from .ledger import SPENDING, Ledger
 
 
-def report(ledger: Ledger, dataset: str | None = None) -> dict:
+def report(ledger: Ledger, dataset: str | None = None,
+           sizes: dict[str, int] | None = None) -> dict:
+    """``sizes``: records per dataset, for the per-record histogram's counts."""
     out = {"datasets": [], "history": []}
     budgets = [b for b in ledger.all_budgets() if dataset in (None, b["dataset"])]
     for b in (b for b in budgets if not b["researcher"]):
@@ -17,7 +19,8 @@ def report(ledger: Ledger, dataset: str | None = None) -> dict:
         out["datasets"].append({"dataset": ds, "budget": b["epsilon"], "delta": b["delta"],
                                 "spent": spent["epsilon"], "naive": spent["naive_epsilon"],
                                 "left": b["epsilon"] - spent["epsilon"], "jobs": spent["jobs"],
-                                "researchers": researchers})
+                                "researchers": researchers,
+                                "records": ledger.record_histogram(ds, (sizes or {}).get(ds))})
     for e in ledger.history(dataset):
         out["history"].append({k: (str(v) if k.endswith("_at") else v) for k, v in e.items()
                                if k not in ("event_json", "realised_json")})
@@ -32,6 +35,10 @@ def render(rep: dict) -> str:
         lines.append(f"{d['dataset']}: budget eps={d['budget']:g} at delta={d['delta']:g}; spent "
                      f"{d['spent']:.3f} composed (PLD) vs {d['naive']:.3f} by adding epsilons; "
                      f"left {d['left']:.3f}; {d['jobs']} jobs")
+        h = d["records"]
+        lines.append(f"  records by epsilon spent ({h['classes']} distinct histories):")
+        for b in h["bins"]:
+            lines.append(f"    {b['from']:7.3f} - {b['to']:7.3f}: {b['records']} records")
         for r in d["researchers"]:
             lines.append(f"  {r['researcher']}: budget {r['budget']:g}, spent {r['epsilon']:.3f} "
                          f"(naive {r['naive_epsilon']:.3f})")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.data import BUDGET_NOTE_PREFIX, DatasetMeta, published_description
+from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta, published_description
 from shared.template import recognise
 
 from . import lifecycle
@@ -75,11 +75,11 @@ class OwnerSite:
     # -- datasets ----------------------------------------------------------------------------
     def upload(self, dataset: str, *, table: str | None = None, label: str | None = None,
                images: str | None = None, labels: str | None = None, npz: str | None = None,
-               mock: str = "synthetic", description: str = "", seed: int = 0,
+               schema=None, mock: str = "synthetic", description: str = "", seed: int = 0,
                budget_epsilon: float | None = None, delta: float | None = None) -> DatasetMeta:
-        """Import real data, build its mock, publish the mock and the metadata."""
-        from . import ingest
-        from .mock import synthetic_mock
+        """Import real data, check it against the owner's public ``schema`` (a YAML path or a
+        dict), publish the metadata and mock built from the schema alone."""
+        from .schema import SchemaError, prepare
 
         sources = [x for x in (table, images, npz) if x]
         if len(sources) != 1:
@@ -92,20 +92,16 @@ class OwnerSite:
         if self.state.dataset(dataset) or dataset in self._server_dataset_names():
             raise SiteError(f"A dataset named {dataset!r} already exists on {self.name}; "
                             "choose another name.")
-        if table:
-            if not label:
-                raise SiteError("A table needs --label COLUMN (the column to predict).")
-            payload, meta = ingest.load_table(table, label=label, name=dataset)
-        elif images:
-            if not labels:
-                raise SiteError("An image folder needs --labels labels.csv (filename,label).")
-            payload, meta = ingest.load_images(images, labels, name=dataset)
-        else:
-            payload, meta = ingest.load_npz(npz, name=dataset)
-        if description:
-            meta.description = description
-        # as many mock records as real ones (capped): a job's batch size must fit the mock too
-        mock_payload = synthetic_mock(payload, meta, n=min(meta.n_records, 2000), seed=seed)
+        if images and not labels:
+            raise SiteError("An image folder needs --labels labels.csv (filename,label).")
+        try:
+            payload, meta, mock_payload, notes = prepare(
+                dataset, schema, table=table, label=label, images=images, labels=labels,
+                npz=npz, description=description, seed=seed)
+        except SchemaError as e:
+            raise SiteError(str(e)) from None
+        for note in notes:  # the owner's eyes only: counts about the records are never published
+            print(f"note: {note}", file=sys.stderr)
 
         path = write_private(self.home.private, meta, payload)
         try:
@@ -197,11 +193,15 @@ class OwnerSite:
             return
         dataset_left = self._dataset_left()  # composed once, not once per researcher
         for email, key in targets.items():
-            subject = BUDGET_NOTE_PREFIX + json.dumps(self.budgets_for(email, dataset_left),
-                                                      sort_keys=True)
-            self.client.api.services.notifications.send(notification=CreateNotification(
-                subject=subject, to_user_verify_key=SyftVerifyKey.from_string(key),
+            # the signed audit head rides along, so researchers can catch a rewritten history
+            head = self.ledger.head_for(email)
+            note = {**self.budgets_for(email, dataset_left), AUDIT_HEAD_KEY: head}
+            res = self.client.api.services.notifications.send(notification=CreateNotification(
+                subject=BUDGET_NOTE_PREFIX + json.dumps(note, sort_keys=True),
+                to_user_verify_key=SyftVerifyKey.from_string(key),
                 from_user_verify_key=self.client.verify_key))
+            if type(res).__name__ != "SyftError":  # the next proof starts where they are
+                self.ledger.mark_sent(email, head)
 
     def price(self, spec: dict) -> str:
         """The privacy event of a spec, computed here from the spec (never from the client)."""
@@ -210,6 +210,26 @@ class OwnerSite:
 
         meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
         return event_to_json(planned_event(spec, meta))
+
+    def record_events(self, spec: dict) -> list[str] | None:
+        """The events one record may receive from a job (per-record ledger; None: all pay the
+        planned event)."""
+        from shared.pricing import record_events
+
+        meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
+        return record_events(spec, meta)
+
+    def _record_charges(self, own: dict, result: dict) -> list[tuple] | None:
+        """A result's owner-only record groups, as (record ids, event) for the ledger."""
+        import numpy as np
+
+        from .storage import record_ids
+
+        groups = result.get("_owner_record_groups")
+        if not groups:
+            return None
+        ids = record_ids(self.state.dataset(own["dataset"])["path"])
+        return [(ids[np.asarray(g["rows"], dtype=np.int64)].tolist(), g["event"]) for g in groups]
 
     # -- users -------------------------------------------------------------------------------
     def add_user(self, email: str, password: str, name: str | None = None,
@@ -289,8 +309,13 @@ class OwnerSite:
         cost = {k: v for k, v in privacy_report(event_from_json(event_json), delta).items()
                 if k != "event"}
         if budget:
-            cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json)
+            cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json,
+                                               alternatives=self.record_events(spec))
             self.ledger.estimate(request_id, spec["dataset"], researcher, event_json)
+            if spec.get("kind") == "removal_logreg" and cost["budget"]["fits"]:
+                from .forget import affordable_forgets  # each forget is a priced release
+
+                cost["forgets"] = affordable_forgets(self, spec, researcher, event_json)
         else:
             cost["budget"] = None
         return cost
@@ -348,7 +373,8 @@ class OwnerSite:
                             f"(state: {self.state.request(request_id)['state']}); "
                             "a job runs at most once.")
         try:
-            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], self.price(spec))
+            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], self.price(spec),
+                                alternatives=self.record_events(spec))
         except LedgerError as e:
             self.state.set_state(request_id, "failed", reason=str(e))
             raise SiteError(str(e)) from None
@@ -425,14 +451,16 @@ class OwnerSite:
         entry = self.ledger.entry(request_id)
         if entry["state"] == "running":
             try:
-                self.ledger.commit(request_id, result["privacy"]["event"])
+                self.ledger.commit(request_id, result["privacy"]["event"],
+                                   record_charges=self._record_charges(own, result))
             except LedgerError as e:
                 raise SiteError(str(e)) from None
         from .forget import REMOVAL_KIND, public_result, register_release
 
         if result.get("kind") == REMOVAL_KIND:
             register_release(self, request_id, result["spec"], result, own["researcher"])
-        req.deposit_result(public_result(result))
+        req.deposit_result({**public_result(result),
+                            "audit_head": self.ledger.head_for(own["researcher"])})
         self.ledger.released(request_id)
         self.state.set_state(request_id, "released")
         self.publish_budgets([own["researcher"]])
@@ -443,6 +471,14 @@ class OwnerSite:
         from .forget import forget
 
         return forget(self, dataset, record_id, data_only=data_only)
+
+    def audit(self, dataset: str, spec: dict, canaries: int = 1000,
+              confidence: float = 0.95) -> dict:
+        """Empirical privacy audit of a job spec on this dataset (owner only: not a release,
+        no budget charged, logged); see :mod:`datasite.audit`."""
+        from .audit import run_audit
+
+        return run_audit(self, dataset, spec, canaries=canaries, confidence=confidence)
 
     def stop(self, request_id: str) -> dict:
         """Stop serving a federated schedule: commit the rounds that ran, refund the rest."""

@@ -140,7 +140,13 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
     site.state.finish_execution(execution, "ok")
     with open(result_path, "rb") as f:
         result = pickle.load(f)
-    req.deposit_result(result)
+    try:
+        released = released_round(result)
+    except SiteError as e:
+        _refuse(site, rid, req, researcher, f"round {r} withheld by the datasite")
+        finish(site, schedule_id, reason=str(e))
+        return
+    req.deposit_result(released)
     site.state.set_state(rid, "released", result_path=str(result_path))
     own = site.state.request(schedule_id)
     summary = json.loads(own["summary_json"] or "{}")
@@ -149,6 +155,23 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
     site.ledger.record("round_released", schedule_id, {"round": r, "round_request": rid})
     if r + 1 >= spec["rounds"]:
         finish(site, schedule_id, reason="all rounds done")
+
+
+# What a round may send back: its model and its DP metrics, both priced in the schedule.
+ROUND_KEYS = ("kind", "spec", "round", "rounds", "model_state", "model_config", "metrics",
+              "privacy")
+
+
+def released_round(result: dict) -> dict:
+    """The part of a round's result that the schedule priced; SiteError if its metrics did not
+    come through the DP mechanism (the owner does not see rounds, so nothing else may leave)."""
+    from shared.private_metrics import MECHANISM
+
+    metrics = result.get("metrics") or {}
+    if metrics.get("test_accuracy") is not None and metrics.get("mechanism") != MECHANISM:
+        raise SiteError("round metrics did not come through the priced DP mechanism; the round "
+                        "was not released")
+    return {k: result[k] for k in ROUND_KEYS if k in result}
 
 
 def finish(site, schedule_id: str, reason: str) -> dict:

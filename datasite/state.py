@@ -224,7 +224,9 @@ class State:
 
 
 def open_state(site: SiteHome) -> State:
-    return State(engine_for(site))
+    state = State(engine_for(site))
+    state.home = site  # the ledger signs its audit chain with this site's key
+    return state
 
 
 def loads(text: str | None):

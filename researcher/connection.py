@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from shared.data import BUDGET_NOTE_PREFIX, DatasetMeta, parse_published
+from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta, parse_published
 
 from .errors import ConnectError, ResearcherError
 
@@ -77,19 +77,36 @@ class Site:
         self.url = url
         self.email = email
         self.client = client
+        self._heads: list[dict] = []  # signed audit heads seen so far (audit_head)
 
     @property
     def name(self) -> str:
         return self.client.name
 
+    def _budget_notes(self) -> list[dict]:
+        notes = [n for n in self.client.api.services.notifications.get_all()
+                 if n.subject.startswith(BUDGET_NOTE_PREFIX)]
+        notes.sort(key=lambda n: n.created_at)
+        return [json.loads(n.subject[len(BUDGET_NOTE_PREFIX):]) for n in notes]
+
     def budgets(self) -> dict:
         """Your privacy budget per dataset: the latest figures the owner sent you."""
-        latest = None
-        for n in self.client.api.services.notifications.get_all():
-            if n.subject.startswith(BUDGET_NOTE_PREFIX) and (latest is None or
-                                                         n.created_at > latest.created_at):
-                latest = n
-        return json.loads(latest.subject[len(BUDGET_NOTE_PREFIX):]) if latest else {}
+        notes = self._budget_notes()
+        return {k: v for k, v in notes[-1].items() if k != AUDIT_HEAD_KEY} if notes else {}
+
+    def audit_head(self, store: str | None = None) -> dict | None:
+        """The site's latest signed audit head, checked against every head seen before.
+
+        Heads come with each budget note (and each released result). Each must be signed by
+        the site's server key and extend the earlier ones (shared.audit_chain.check_head): a
+        rewritten or truncated ledger history raises :class:`AuditMismatch`. ``store``: a JSON
+        file keeping the heads you saw across sessions (the site's database could drop notes).
+        """
+        from .audit import check_and_remember
+
+        heads = [n[AUDIT_HEAD_KEY] for n in self._budget_notes() if n.get(AUDIT_HEAD_KEY)]
+        return check_and_remember(self._heads, heads, str(self.client.metadata.verify_key),
+                                  store)
 
     @property
     def datasets(self) -> DatasetCatalog:

@@ -12,7 +12,8 @@ from shared.spec_dpal import DPALSpec
 from shared.spec_images import DPSGDImageSpec
 from shared.spec_removal import RemovalSpec
 from shared.spec_stats import DPStatsSpec
-from shared.specs import DPSGDTableSpec
+from shared.specs import DPSGDTableSpec, SpecError
+from shared.targets import Target, privacy_fields  # noqa: F401  (jobs.Target for users)
 
 
 class _Job:
@@ -25,9 +26,10 @@ class _Job:
         remote = site.datasets[self.spec.dataset]
         mock = remote.mock
         meta = DatasetMeta(**{**remote.meta.__dict__, "n_records": _count(mock)})
-        # mock data is public: pin the randomness so a notebook reruns identically
+        # mock data is public: pin the randomness so a notebook reruns identically, and
+        # evaluate exactly (metrics labelled "mock")
         return JobResult(run_job(self.spec.to_dict(), mock, meta, progress=progress,
-                                 pin_randomness=getattr(self.spec, "seed", 0)))
+                                 pin_randomness=getattr(self.spec, "seed", 0), mock=True))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec.to_dict()}>"
@@ -37,21 +39,34 @@ def _count(payload) -> int:
     return len(payload["labels"]) if isinstance(payload, dict) else len(payload)
 
 
-class DPSGD(_Job):
-    """DP-SGD training of a classifier (logistic regression or MLP) on a table."""
+def _delta(delta) -> float:
+    if delta is None:
+        raise SpecError("delta is required (e.g. delta=1e-5, below 1 / number of records); "
+                        "a mu or TPR target still needs it for the (eps, delta) report")
+    return delta
 
-    def __init__(self, dataset: str, label: str, epsilon: float, delta: float, **options):
-        self.spec = DPSGDTableSpec(dataset=dataset, label=label, epsilon=epsilon, delta=delta,
-                                   **options).validate()
+
+class DPSGD(_Job):
+    """DP-SGD training of a classifier (logistic regression or MLP) on a table.
+
+    Give ``epsilon`` (at ``delta``) or ``privacy=Target(mu=...)`` / ``Target(tpr=..., fpr=...)``:
+    the datasite calibrates the noise to it on the real dataset's size."""
+
+    def __init__(self, dataset: str, label: str, epsilon: float | None = None,
+                 delta: float | None = None, *, privacy: Target | None = None, **options):
+        self.spec = DPSGDTableSpec(dataset=dataset, label=label, delta=_delta(delta),
+                                   **privacy_fields(epsilon, privacy), **options).validate()
 
 
 class DPSGDImages(_Job):
     """DP-SGD on images: a GroupNorm CNN or ResNet-9 trained end to end, or (``model="head"``,
-    the fast path) a DP head on features of a frozen, data-independent ``backbone``."""
+    the fast path) a DP head on features of a frozen, data-independent ``backbone``.
+    ``epsilon`` or ``privacy=Target(...)`` as for :class:`DPSGD`."""
 
-    def __init__(self, dataset: str, epsilon: float, delta: float, **options):
-        self.spec = DPSGDImageSpec(dataset=dataset, epsilon=epsilon, delta=delta,
-                                   **options).validate()
+    def __init__(self, dataset: str, epsilon: float | None = None, delta: float | None = None,
+                 *, privacy: Target | None = None, **options):
+        self.spec = DPSGDImageSpec(dataset=dataset, delta=_delta(delta),
+                                   **privacy_fields(epsilon, privacy), **options).validate()
 
 
 class DPActiveLearning(_Job):
@@ -59,8 +74,16 @@ class DPActiveLearning(_Job):
     with DP-SGD between them; ``mode="step_amplified"`` gives late groups higher sampling rates
     so every record ends at ``epsilon``. ``plan(site)`` shows the schedule before you submit."""
 
-    def __init__(self, dataset: str, epsilon: float, delta: float, **options):
-        self.spec = DPALSpec(dataset=dataset, epsilon=epsilon, delta=delta, **options).validate()
+    def __init__(self, dataset: str, epsilon: float | None = None, delta: float | None = None,
+                 *, privacy: Target | None = None, **options):
+        fields = privacy_fields(epsilon, privacy)
+        if fields["target"]:
+            # Step amplification plans every group's rates to end at one epsilon; a mu or TPR
+            # target would need an outer search over whole plans (not built yet).
+            raise SpecError("DP active learning takes privacy=Target(epsilon=...) only; "
+                            "job.plan(site) shows the mu and attack TPR that epsilon gives")
+        self.spec = DPALSpec(dataset=dataset, epsilon=fields["epsilon"], delta=_delta(delta),
+                             **options).validate()
 
     def plan(self, site):
         """The schedule the datasite will price: per round, steps, each group's sampling rate
@@ -70,8 +93,9 @@ class DPActiveLearning(_Job):
         return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
 
 
-def ActiveLearning(dataset: str, epsilon: float, delta: float, *, start: int, queries: list,
-                   rounds: int | None = None, step_amplification: bool = True,
+def ActiveLearning(dataset: str, epsilon: float | None = None, delta: float | None = None, *,
+                   start: int, queries: list, rounds: int | None = None,
+                   step_amplification: bool = True, privacy: Target | None = None,
                    **options) -> DPActiveLearning:
     """The design card's spelling of :class:`DPActiveLearning`: ``start`` labelled records, then
     ``queries`` (one size per round; ``rounds`` must match if given)."""
@@ -80,14 +104,17 @@ def ActiveLearning(dataset: str, epsilon: float, delta: float, *, start: int, qu
     if rounds is not None and rounds != len(queries):
         raise SpecError(f"rounds={rounds} but {len(queries)} query sizes were given: give one "
                         "size per round")
-    return DPActiveLearning(dataset, epsilon, delta, start_size=start, query_sizes=list(queries),
+    return DPActiveLearning(dataset, epsilon, delta, privacy=privacy, start_size=start,
+                            query_sizes=list(queries),
                             mode="step_amplified" if step_amplification else "naive", **options)
 
 
 class RemovableLogReg(_Job):
     """L2-regularised logistic regression with objective perturbation whose records can later
-    be removed with a certificate (the datasite's `forget`): on a table, or on frozen backbone
-    features of images (``features=<backbone>``)."""
+    be removed (the datasite's `forget`): on a table, or on frozen backbone features of images
+    (``features=<backbone>``). After each forget, ``request.updates()`` brings a fresh DP
+    release trained without the record, each priced like the job; keep ``delta`` well below
+    the dataset's (every release adds it): the owner's review shows how many forgets fit."""
 
     def __init__(self, dataset: str, delta: float, **options):
         self.spec = RemovalSpec(dataset=dataset, delta=delta, **options).validate()

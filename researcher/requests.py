@@ -159,7 +159,7 @@ class ModelUpdate:
         return JobResult(raw)
 
     def __repr__(self) -> str:
-        c = self.certificate
-        what = ("retrained" if c.get("retrained") else
-                f"residual {c.get('residual_used', 0):.3g}/{c.get('budget', 0):.3g}")
+        c = self.certificate  # a fresh DP release; the owner's Newton copy is never sent
+        what = (f"fresh DP release eps={c['training_epsilon']:.3g}" if self.status == "updated"
+                else self.reason)
         return f"<model update v{self.version}: {self.status}, {what}>"

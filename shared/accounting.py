@@ -167,6 +167,8 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
         return _pld_epsilon(event, delta, value_discretization_interval)
     intervals = refinement_intervals()
     eps = _pld_epsilon(event, delta, intervals[0])
+    if math.isinf(eps):  # infinity mass > delta at any interval: refining cannot help
+        return eps
     for interval in intervals[1:]:
         finer = _pld_epsilon(event, delta, interval)
         done = abs(eps - finer) <= PLD_RTOL * max(finer, 1e-3)

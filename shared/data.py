@@ -14,6 +14,8 @@ TABLE = "table"
 IMAGES = "images"
 # The datasite tells each researcher their budget in a private note whose subject starts so.
 BUDGET_NOTE_PREFIX = "dp-datasite budget: "
+# The budget note's key for the site's signed audit head (shared/audit_chain.py).
+AUDIT_HEAD_KEY = "_audit_head"
 # ... and about an update of a removal-enabled model after a record was forgotten.
 MODEL_UPDATE_PREFIX = "dp-datasite model update: "
 _META_FENCE = "```json dp-datasite-meta"
@@ -30,10 +32,13 @@ class DatasetMeta:
     labels: list[Any]  # the label set, sorted
     features: dict[str, str] = field(default_factory=dict)  # column -> dtype (tables)
     image_shape: list[int] | None = None  # (H, W) or (H, W, C) (images)
-    # column -> public scale (a power of ten >= the column's largest |value|), declared by
-    # the owner at upload; jobs divide by it instead of using statistics of the records
+    # column -> public scale (the largest |value| the owner's declared bounds allow, see
+    # shared/schema.py); jobs divide by it instead of using statistics of the records
     feature_scales: dict[str, float] = field(default_factory=dict)
     description: str = ""
+    # column -> the owner's declaration {type, unit, bounds | categories} (tables)
+    columns: dict[str, dict] = field(default_factory=dict)
+    class_names: dict[str, str] = field(default_factory=dict)  # str(class code) -> name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -46,8 +51,9 @@ class DatasetMeta:
 def power_of_ten_scale(max_abs: float) -> float:
     """The smallest power of ten >= ``max_abs`` (1.0 for an all-zero column).
 
-    Publishing only the order of magnitude of a column's range is the coarse, declared
-    bound that lets a model equalise column scales without releasing record statistics.
+    For tests and benchmarks that build metadata in process. A datasite never publishes this
+    of its records (it is a non-DP statistic of them): published scales come from the owner's
+    declared bounds (``shared.schema.scale_of``).
     """
     import math
 

@@ -6,9 +6,10 @@ with the current model, take k_{r+1} by private top-k, and ask ``label_oracle`` 
 ``label_oracle(indices) -> labels`` is the only way pool labels are read, and only for records
 labelled at that point. The start set is a seeded uniform draw (data-independent).
 
-The guarantee (per record, at the plan's delta) covers the model and the selections; the
-metrics below are computed on the private held-out split without noise (the owner reviews
-them, as for every job). Results hold counts, never record ids.
+The guarantee (per record, at the plan's delta) covers the model and the selections; with
+``dp_metrics`` each round's test metrics are a priced Gaussian release
+(:mod:`shared.private_metrics`; the job kind composes them into its event). Without it they are
+exact: for owner-side benchmarks only, never released. Results hold counts, never record ids.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from .accounting import event_to_json, privacy_report
 from .acquisition import natural_bound, select
 from .dpal_plan import Plan, group_event
+from .private_metrics import NOISE_STREAM
 from .randomness import secret_seed
 
 Progress = Callable[[int, int], None]
@@ -64,13 +66,16 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
              build_model: Callable[[], torch.nn.Module], *, n_classes: int,
              acquisition: str = "entropy", clip_norm: float = 1.0, learning_rate: float = 0.5,
              score_bound: float | None = None, seed: int = 0, private: bool = True,
-             progress: Progress | None = None, device=None) -> dict:
+             progress: Progress | None = None, device=None, dp_metrics: bool = False,
+             metrics_sigma: float | None = None) -> dict:
     """Run the plan's DP-AL loop on features ``X_pool`` (float32, one row per pool record).
 
     ``private=False``: the non-private AL baseline (no noise in training nor in selection,
     gradients still clipped); the result then has no privacy report.
     Returns {"model", "rounds", "privacy", "executed_events", "labelled"} where ``labelled``
     (the count per group) and ``model`` are for the caller; ``rounds`` is JSON-able.
+    ``dp_metrics``: each round's test metrics through the Gaussian histogram at
+    ``metrics_sigma`` (None: no metrics); else exact (owner-side benchmarks only).
     """
     from .dpsgd import DPTrainer
 
@@ -121,7 +126,11 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                    "expected_batch_size": float(rates.sum()),
                    "mean_batch_size": float(np.mean(trainer.last_batch_sizes))
                    if trainer.last_batch_sizes else 0.0}
-            row.update(evaluate(trainer.module, Xt, yt, n_classes))
+            if dp_metrics:
+                row.update(_dp_evaluate(trainer.module, Xt, yt, n_classes, metrics_sigma,
+                                        (int(seed), NOISE_STREAM, r)))
+            else:
+                row.update(evaluate(trainer.module, Xt, yt, n_classes))
             if private:
                 row["epsilon_per_group"] = [float(e) for e in plan.eps_after_round[r]]
             if r < R:
@@ -138,7 +147,8 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
         trainer.close()
 
     out = {"model": trainer.module, "rounds": rounds,
-           "labelled": [int((group == g).sum()) for g in range(R + 1)]}
+           "labelled": [int((group == g).sum()) for g in range(R + 1)],
+           "group_of_pool": group}  # -1: never labelled; owner-side only (the caller strips it)
     if private:
         events = [group_event(g, plan.eps_sel_round, plan.noise_multiplier, plan.rates,
                               executed_steps) for g in range(R + 1)]
@@ -160,6 +170,20 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                                      "size": int((group == g).sum()),
                                      **{k: r[k] for k in ("epsilon", "delta", "tpr_bound", "mu")}})
         out["privacy"] = report
+    return out
+
+
+@torch.no_grad()
+def _dp_evaluate(model, X: torch.Tensor, y: np.ndarray, n_classes: int, sigma, stream) -> dict:
+    """One round's metrics as a DP release (exact only under mock evaluation)."""
+    from .acquisition import predict_proba
+    from .private_metrics import is_mock, release
+
+    pred = predict_proba(model, X).argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
+    m = release(y, pred, list(range(n_classes)), sigma, stream=stream)
+    out = {"accuracy": m["test_accuracy"], "per_class_accuracy": m["per_class_accuracy"],
+           "auc": evaluate(model, X, y, n_classes)["auc"] if is_mock() else None}
+    out.update({k: m[k] for k in ("evaluated_on", "test_accuracy_std") if k in m})
     return out
 
 

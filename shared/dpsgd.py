@@ -37,6 +37,16 @@ from .randomness import secret_seed
 
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
+# TEST-ONLY hook: True makes every DP-SGD optimizer (this module's and shared.training's) add
+# NO noise while the job still reports its calibrated sigma -- the bug an empirical privacy
+# audit must catch (tests/test_audit.py, benchmarks/audit.py). Product code never sets it.
+TEST_ONLY_DISABLE_NOISE = False
+
+
+def noise_in_optimizer(noise_multiplier: float) -> float:
+    """The noise multiplier handed to Opacus: ``noise_multiplier``, or 0 under the test hook."""
+    return 0.0 if TEST_ONLY_DISABLE_NOISE else float(noise_multiplier)
+
 Progress = Callable[[int, int], None]
 
 
@@ -97,13 +107,15 @@ class DPTrainer:
                 self.module, loss_reduction="sum", max_grad_norm=self.clip_norm,
                 use_ghost_clipping=True)
             self._opt = DPOptimizerFastGradientClipping(
-                sgd, noise_multiplier=float(noise_multiplier), max_grad_norm=self.clip_norm,
-                expected_batch_size=1.0, loss_reduction="mean", generator=self._noise)
+                sgd, noise_multiplier=noise_in_optimizer(noise_multiplier),
+                max_grad_norm=self.clip_norm, expected_batch_size=1.0, loss_reduction="mean",
+                generator=self._noise)
         else:
             self._gsm = GradSampleModule(self.module, loss_reduction="sum")
             self._opt = DPOptimizer(
-                sgd, noise_multiplier=float(noise_multiplier), max_grad_norm=self.clip_norm,
-                expected_batch_size=1.0, loss_reduction="mean", generator=self._noise)
+                sgd, noise_multiplier=noise_in_optimizer(noise_multiplier),
+                max_grad_norm=self.clip_norm, expected_batch_size=1.0, loss_reduction="mean",
+                generator=self._noise)
         self.last_batch_sizes: list[int] = []  # realised batch sizes of the last run
 
     @property
@@ -114,7 +126,7 @@ class DPTrainer:
     def noise_multiplier(self, value: float) -> None:
         if not value >= 0:
             raise ValueError(f"noise_multiplier must be >= 0, got {value}")
-        self._opt.noise_multiplier = float(value)
+        self._opt.noise_multiplier = noise_in_optimizer(value)
 
     @property
     def optimizer(self) -> DPOptimizer:

@@ -1,8 +1,8 @@
 """DP-SGD training of an image classifier (job kind ``dpsgd_images``); guarantee from PLD.
 
-What the guarantee covers: the model weights, for the training records, at (epsilon, delta).
-Not covered (the owner reviews these before release): the metrics, computed without noise on
-private records (train and held-out test).
+What the guarantee covers: the model weights, for the training records, at (epsilon, delta),
+and the test metrics, released through the priced Gaussian histogram of
+:mod:`shared.private_metrics` (the report composes both).
 
 Preprocessing is public: x / 255, channel-first. For ``model="head"`` the frozen backbone's
 features are computed once for all records (a fixed function of each image alone, so they cost
@@ -16,10 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .accounting import dpsgd_event, privacy_report
+from .accounting import dpsgd_event
 from .backbones import Backbone, extract_features, images_to_tensor
 from .dpsgd import DPTrainer
 from .models import HeadOnBackbone, build_model, model_config
+from .private_metrics import NOISE_STREAM, metrics_sigma, release
+from .private_metrics import privacy_report as metrics_report
 from .training import encode_labels, split_indices
 
 PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
@@ -87,7 +89,8 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
 
     # The guarantee is for the schedule actually executed.
     event = dpsgd_event(q, sigma, done)
-    privacy = privacy_report(event, spec.delta)
+    m_sigma = metrics_sigma(spec)
+    privacy = metrics_report(event, m_sigma, 1, spec.delta)
     privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
                    expected_batch_size=q * n_train)
 
@@ -107,8 +110,11 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
     return {
         "model_state": buf.getvalue(),
         "model_config": config,
-        # NOTE: computed on private records with no noise; the owner reviews it before release.
-        "metrics": image_metrics(probs, y, tr, te, classes),
+        # DP (priced above), or exact only on the public mock (shared.private_metrics)
+        "metrics": release(y[te], probs[te].argmax(1) if len(te) else np.zeros(0, dtype=int),
+                           classes, m_sigma, stream=(spec.seed, NOISE_STREAM, 0),
+                           n_train=n_train,
+                           mock_extras=lambda: _mock_extras(probs, y, tr, te, classes)),
         "privacy": privacy,
     }
 
@@ -136,9 +142,16 @@ def predict_images_proba(model: torch.nn.Module, config: dict, images: np.ndarra
     return _probs(model, images_to_tensor(images), device, batch_size)
 
 
+def _mock_extras(p, y, tr, te, classes) -> dict:
+    """Exact train accuracy and test AUC: for the public mock only."""
+    m = image_metrics(p, y, tr, te, classes)
+    return {"train_accuracy": m["train_accuracy"], "test_auc": m["test_auc"]}
+
+
 def image_metrics(p: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
                   classes) -> dict:
-    """Train/test accuracy, per-class test accuracy, test AUC (binary, or macro one-vs-rest)."""
+    """Exact train/test accuracy, per-class test accuracy, test AUC (binary, or macro
+    one-vs-rest). Never released on private records: see :mod:`shared.private_metrics`."""
     def acc(idx):
         return float((p[idx].argmax(1) == y[idx]).mean()) if len(idx) else None
 

@@ -15,3 +15,10 @@ from .specs import spec_from_dict
 def planned_event(spec: dict, meta: DatasetMeta) -> dp_accounting.DpEvent:
     """The DpEvent a job with ``spec`` will run on a dataset described by ``meta``."""
     return spec_from_dict(spec).validate(meta).planned_event(meta)
+
+
+def record_events(spec: dict, meta: DatasetMeta) -> list[str] | None:
+    """The events one record may receive from the job (exactly one of them), for per-record
+    accounting; None: every record receives the planned event (the sound default)."""
+    job = spec_from_dict(spec).validate(meta)
+    return job.record_events(meta) if hasattr(job, "record_events") else None

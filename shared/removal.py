@@ -602,6 +602,35 @@ def remove(model: RemovableModel, X, y, rows) -> tuple[RemovableModel, dict]:
     return session.model, cert
 
 
+RELEASE_STREAM = 0x52454C  # names the private random stream of fresh releases ("REL")
+
+
+def fresh_release(model: RemovableModel, X, y, stream: Sequence[int] = ()) -> RemovableModel:
+    """What may go to someone who holds an earlier version of ``model``: a new
+    objective-perturbation training on (X, y) (the remaining records) with a fresh b, minimised
+    exactly from the same start (0) as any training.
+
+    Never a Newton update of a released model: its difference from the earlier release is a
+    noiseless function of the removed records (Chen et al., CCS 2021). Given the data this
+    release is the same function A(X, y, b) as a first training and independent of every
+    earlier release, so it is (training_epsilon(n = len(X)), train_delta)-DP on its own.
+    b comes from the OS (:func:`shared.randomness.secret_seed`; tests pin it); ``stream``
+    names the release (model, version). Residual state: public constants only."""
+    from .randomness import secret_seed
+
+    X, y = _check_xy(X, y, len(model.classes))
+    W = _fit(X, y, model.n_models, model.lam, model.s, secret_seed(RELEASE_STREAM, *stream), 0)
+    taylor = np.full(model.n_models, GRAD_TOL)
+    known = np.zeros_like(W)
+    return RemovableModel(
+        weights=W, classes=list(model.classes), lam=model.lam, s=model.s, eps=model.eps,
+        delta=model.delta, train_delta=model.train_delta, n_train=len(X), budget=model.budget,
+        residual_used=_combine(known, taylor), known_residual=known, taylor_residual=taylor,
+        n_removed=model.n_removed, n_retrains=0,  # the owner copy's retrains are not public
+        feature_pipeline=dict(model.feature_pipeline),
+        feature_source=dict(model.feature_source), noise_seed=None)
+
+
 # -- the job -----------------------------------------------------------------------------------
 def job_features(spec, data, meta, extractor: dict | None = None
                  ) -> tuple[np.ndarray, np.ndarray, dict, list | None]:
@@ -611,6 +640,10 @@ def job_features(spec, data, meta, extractor: dict | None = None
     from .data import TABLE
     from .training import encode_labels, feature_columns
 
+    if meta.kind == TABLE:
+        from .schema import clip_table
+
+        data = clip_table(data, meta)  # as in run_job: forget sees the features training saw
     labels = np.asarray(data[meta.label] if meta.kind == TABLE else data["labels"])
     y = encode_labels(labels, list(meta.labels))
     cols = None
@@ -666,7 +699,9 @@ def dp_extractor_features(extractor: dict, data, meta) -> np.ndarray:
 def extractor_source(extractor: dict) -> dict:
     """The certificate's statement about a DP-trained feature extractor."""
     p = extractor.get("privacy") or {}
-    return {"kind": "dp_extractor", "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+    # the features depend on the records through training only (the metrics are another release)
+    return {"kind": "dp_extractor", "epsilon": p.get("training_epsilon", p.get("epsilon")),
+            "delta": p.get("delta"),
             "job": extractor.get("kind")}
 
 
@@ -703,8 +738,10 @@ def table_model_state(model: "RemovableModel", cols: list, pipeline: dict) -> tu
 def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = None) -> dict:
     """Run a validated :class:`shared.spec_removal.RemovalSpec` on a table (DataFrame) or an
     image payload; see that module for the result's keys."""
-    from .accounting import approx_dp_event, privacy_report
+    from .accounting import approx_dp_event
     from .data import TABLE
+    from .private_metrics import LAPLACE, metrics_sigma
+    from .private_metrics import privacy_report as metrics_report
     from .training import split_indices
 
     classes = list(meta.labels)
@@ -722,7 +759,9 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
     if progress is not None:
         progress(1, 1)
     eps_train = training_epsilon(spec.lam, spec.perturbation, len(tr), spec.delta, n_models)
-    privacy = privacy_report(approx_dp_event(eps_train, spec.delta), spec.delta)
+    m_scale = metrics_sigma(spec, 1, LAPLACE)  # pure DP: training uses all of delta
+    privacy = metrics_report(approx_dp_event(eps_train, spec.delta), m_scale, 1, spec.delta,
+                             mechanism=LAPLACE)
     privacy.update(mechanism="objective_perturbation", lam=spec.lam,
                    regulariser=spec.lam * len(tr), perturbation=spec.perturbation,
                    n_models=n_models, n_train=int(len(tr)),
@@ -731,8 +770,8 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
                    removal_budget=model.budget, removal_epsilon=spec.removal_epsilon,
                    removal_delta=spec.removal_delta)
     result = {
-        # NOTE: computed on private records without noise, like every job's metrics.
-        "metrics": _metrics(model, X, y, tr, te, classes),
+        # DP (priced above), or exact only on the public mock (shared.private_metrics)
+        "metrics": _metrics(model, X, y, tr, te, classes, m_scale, spec.seed),
         "privacy": privacy,
         # fresh from training its residual state holds only public constants (0, GRAD_TOL)
         "removable_model": model.to_dict(),
@@ -744,15 +783,15 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
     return result
 
 
-def _metrics(model, X, y, tr, te, classes) -> dict:
-    out = {"n_train": int(len(tr)), "n_test": int(len(te)),
-           "train_accuracy": _acc(model, X[tr], y[tr]),
-           "test_accuracy": _acc(model, X[te], y[te]), "per_class_accuracy": {}}
+def _metrics(model, X, y, tr, te, classes, sigma, seed) -> dict:
+    """Test metrics through :mod:`shared.private_metrics` (Laplace of scale ``sigma``; exact on
+    the mock)."""
+    from .private_metrics import LAPLACE, NOISE_STREAM, release
+
     pred = predict(model, X[te]) if len(te) else np.zeros(0, dtype=np.int64)
-    for i, c in enumerate(classes):
-        mask = y[te] == i
-        out["per_class_accuracy"][str(c)] = float((pred[mask] == i).mean()) if mask.any() else None
-    return out
+    return release(y[te], pred, classes, sigma, stream=(seed, NOISE_STREAM, 0), n_train=len(tr),
+                   mock_extras=lambda: {"train_accuracy": _acc(model, X[tr], y[tr])},
+                   mechanism=LAPLACE)
 
 
 def _acc(model, X, y) -> float | None:

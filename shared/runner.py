@@ -1,16 +1,20 @@
 """The single trusted entry point a datasite calls to run an approved job on its data."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Callable
 
-from .data import DatasetMeta
+from .data import TABLE, DatasetMeta
+from .private_metrics import mock_evaluation
 from .randomness import pinned_randomness
+from .schema import clip_table
 from .specs import spec_from_dict
 
 
 def run_job(spec_dict: dict, data, meta: DatasetMeta,
             progress: Callable[[int, int], None] | None = None,
-            pin_randomness: int | None = None, context: dict | None = None) -> dict:
+            pin_randomness: int | None = None, context: dict | None = None,
+            mock: bool = False) -> dict:
     """Validate ``spec_dict`` against ``meta``, run it on ``data``, return the result dict.
 
     The result holds the job's output plus ``spec`` (the validated spec) and ``kind``.
@@ -18,13 +22,18 @@ def run_job(spec_dict: dict, data, meta: DatasetMeta,
     Sampling and noise are fresh secrets unless ``pin_randomness`` is given (mock runs only:
     a datasite never pins, see :mod:`shared.randomness`). ``context``: what the datasite adds
     for kinds that build on an earlier released job (``NEEDS_CONTEXT``), never the researcher.
+    ``mock``: the data is the public mock, so metrics are exact and labelled mock (a datasite
+    never sets it: on private data they are DP, :mod:`shared.private_metrics`).
     """
     spec = spec_from_dict(spec_dict).validate(meta)
+    if meta.kind == TABLE:  # values outside the declared bounds are clipped, never widen them
+        data = clip_table(data, meta)
     kwargs = {"context": context} if getattr(spec, "NEEDS_CONTEXT", False) else {}
-    if pin_randomness is None:
+    with ExitStack() as stack:
+        if pin_randomness is not None:
+            stack.enter_context(pinned_randomness(pin_randomness))
+        if mock:
+            stack.enter_context(mock_evaluation())
         result = spec.run(data, meta, progress, **kwargs)
-    else:
-        with pinned_randomness(pin_randomness):
-            result = spec.run(data, meta, progress, **kwargs)
     result.update(spec=spec.to_dict(), kind=spec.KIND)
     return result

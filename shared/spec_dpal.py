@@ -1,11 +1,12 @@
 """Job kind ``dpal``: differentially private active learning with step amplification.
 
-The ledger charges ONE event per job: the event of the group (start set, or records labelled
-in round g) with the largest final PLD epsilon. Why: the budget is per dataset and every record
-of the dataset is in exactly one group (or never labelled, paying only eps_selection, which is
-below every group's cost); so that group's event is the per-record worst case of this job and
-dominates what any single record loses. (With step amplification all groups end within a
-fraction of a percent of each other.)
+Per-record accounting (datasite/records.py): every record receives exactly one of the job's
+events (``record_events``): its group's (start set, or labelled in round g), a never-labelled pool
+record's (R selections), or a held-out record's (the DP metrics of every round). The ledger
+reserves, for each record, the worst of them given its history, and at commit charges each record
+the one it received (``_owner_record_groups``: owner-side, never released). ``planned_event``
+(the worst group's event composed with the metrics) remains the job's headline number and
+the upper bound its realised report is checked against.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .data import IMAGES, TABLE, DatasetMeta
-from .specs import JobSpec, SpecError, n_train_records, register
+from .specs import DEFAULT_METRICS_EPSILON, JobSpec, SpecError, n_train_records, register
 
 DPAL_MODELS = ("logreg", "mlp", "head")
 HIDDEN = 32
@@ -51,6 +52,7 @@ class DPALSpec(JobSpec):
     score_bound: float = 0.0
     test_fraction: float = 0.2
     seed: int = 0
+    metrics_epsilon: float = DEFAULT_METRICS_EPSILON  # all rounds' test metrics together
 
     def validate(self, meta: DatasetMeta | None = None) -> "DPALSpec":
         from .acquisition import ACQUISITIONS
@@ -84,8 +86,8 @@ class DPALSpec(JobSpec):
         self._require_positive("epochs_per_round", "clip_norm", "learning_rate")
         if not (self.score_bound >= 0 and math.isfinite(self.score_bound)):
             raise SpecError(f"score_bound must be >= 0 (0: natural bound), got {self.score_bound}")
-        if not 0 < self.test_fraction < 1:
-            raise SpecError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        self._check_test_fraction(allow_zero=False)
+        self._check_metrics_epsilon()
         if meta is not None:
             self._check_meta(meta)
         return self
@@ -121,9 +123,23 @@ class DPALSpec(JobSpec):
                             f"{self.start_size}; choose at most the start set's size")
 
     def planned_event(self, meta: DatasetMeta):
-        """The worst group's event (see the module docstring)."""
+        """The worst group's event (see the module docstring), composed with the DP test
+        metrics of every round (R + 1 releases)."""
+        from .private_metrics import metrics_sigma, with_metrics
+
         plan = plan_for(self, meta)
-        return plan.group_event(plan.worst_group())
+        releases = len(self.query_sizes) + 1
+        return with_metrics(plan.group_event(plan.worst_group()),
+                            metrics_sigma(self, releases), releases)
+
+    def record_events(self, meta: DatasetMeta) -> list[str]:
+        """The events one record may receive from this job, exactly one of them: a group's
+        (labelled in round g), the selections of a never-labelled pool record, or the test
+        metrics (held-out records). The per-record ledger reserves the worst for each record
+        and, at commit, charges each record the one it received (``_owner_record_groups``)."""
+        plan = plan_for(self, meta)
+        return [e for e in list(plan.group_events) + [plan.unlabelled_event, _test_event(self)]
+                if e]
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         from .dpal import run_dpal, state_bytes
@@ -142,11 +158,23 @@ class DPALSpec(JobSpec):
         def oracle(idx):
             return y_pool[idx]
 
+        from .accounting import event_from_json
+        from .private_metrics import metrics_sigma
+        from .private_metrics import privacy_report as metrics_report
+
+        releases = len(self.query_sizes) + 1
+        m_sigma = metrics_sigma(self, releases)
+
         out = run_dpal(X[tr], oracle, X[te], y[te], plan,
                        lambda: build_model(head_name, X.shape[1], n_classes, HIDDEN),
                        n_classes=n_classes, acquisition=self.acquisition,
                        clip_norm=self.clip_norm, learning_rate=self.learning_rate,
-                       score_bound=self.score_bound or None, seed=self.seed, progress=progress)
+                       score_bound=self.score_bound or None, seed=self.seed, progress=progress,
+                       dp_metrics=True, metrics_sigma=m_sigma)
+        privacy = out["privacy"]
+        # the released report covers the worst group's training and all rounds' metrics
+        privacy.update(metrics_report(event_from_json(privacy["event"]), m_sigma, releases,
+                                      self.delta))
         model = out["model"].eval()
         if meta.kind == IMAGES:
             config = model_config("head", X.shape[1], n_classes, hidden,
@@ -163,16 +191,41 @@ class DPALSpec(JobSpec):
                    "per_class_accuracy": last["per_class_accuracy"],
                    "n_pool": int(len(tr)), "n_test": int(len(te)),
                    "labelled": int(last["labelled"])}
-        return {"metrics": metrics, "privacy": out["privacy"], "rounds": out["rounds"],
-                "plan": plan.to_dict(), "model_state": state, "model_config": config}
+        metrics.update({k: last[k] for k in ("evaluated_on", "test_accuracy_std") if k in last})
+        return {"metrics": metrics, "privacy": privacy, "rounds": out["rounds"],
+                "plan": plan.to_dict(), "model_state": state, "model_config": config,
+                "_owner_record_groups": _record_groups(self, meta, plan, tr, te,
+                                                       out.pop("group_of_pool"))}
 
 
-def plan_for(spec: DPALSpec, meta: DatasetMeta):
+def _test_event(spec: DPALSpec) -> str:
+    """JSON of a held-out record's event: every round's DP metrics ("" if none)."""
+    from .accounting import event_to_json
+    from .private_metrics import event, metrics_sigma
+
+    releases = len(spec.query_sizes) + 1
+    e = event(metrics_sigma(spec, releases), releases)
+    return event_to_json(e) if e is not None else ""
+
+
+def _record_groups(spec: DPALSpec, meta: DatasetMeta, plan, tr, te, group) -> list[dict]:
+    """Which rows of the dataset received which event (owner-side only: ``_owner_`` keys are
+    stripped before release)."""
+    import numpy as np
+
+    parts = [(tr[group == g], e) for g, e in enumerate(plan.group_events)]
+    parts += [(tr[group < 0], plan.unlabelled_event), (np.asarray(te), _test_event(spec))]
+    return [{"rows": [int(i) for i in rows], "event": e} for rows, e in parts if e and len(rows)]
+
+
+def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
     """The schedule the datasite will run for ``spec`` on ``meta`` (pure accounting, no data);
-    researchers call it before submitting to see steps, rates and per-group epsilons."""
+    researchers call it before submitting to see steps, rates and per-group epsilons.
+    ``n_pool``: plan for this many pool records instead (the privacy audit adds canaries)."""
     from .dpal_plan import make_plan
 
-    n_pool = n_train_records(meta.n_records, spec.test_fraction)
+    if n_pool is None:
+        n_pool = n_train_records(meta.n_records, spec.test_fraction)
     key = (spec.to_json(), n_pool)
     if key not in _PLAN_CACHE:
         if len(_PLAN_CACHE) > 16:

@@ -43,26 +43,32 @@ class FedScheduleSpec(DPSGDTableSpec):
 
     def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps per round, noise multiplier for all rounds)."""
-        from .accounting import calibrate_noise
+        from .targets import noise_multiplier
         from .training import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
-        return q, steps, calibrate_noise(q, steps * self.rounds, self.epsilon, self.delta)
+        return q, steps, noise_multiplier(self, q, steps * self.rounds)
 
     def planned_event(self, meta: DatasetMeta):
         """All R rounds: the ledger reserves them at approval."""
         return self.rounds_event(meta, self.rounds)
 
     def rounds_event(self, meta: DatasetMeta, rounds: int):
-        """The event of the first ``rounds`` rounds (what a site commits when it stops early)."""
+        """The event of the first ``rounds`` rounds (what a site commits when it stops early):
+        their DP-SGD steps and their DP metric releases (one per round, noise priced for R)."""
         from .accounting import dpsgd_event
+        from .private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self._schedule(meta)
-        return dpsgd_event(q, sigma, steps * rounds)
+        return with_metrics(dpsgd_event(q, sigma, steps * rounds),
+                            metrics_sigma(self, self.rounds), rounds)
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        """Run round ``self.round`` from ``init_state``; the privacy report is this round's."""
+        """Run round ``self.round`` from ``init_state``; the privacy report is this round's.
+
+        The researcher chose ``init_state``: the round's model is still covered (DP-SGD composes
+        adaptively) and its metrics are one of the schedule's R priced DP releases."""
         from .federated import state_from_text
         from .training import train_dpsgd_table
 
@@ -71,7 +77,8 @@ class FedScheduleSpec(DPSGDTableSpec):
         result = train_dpsgd_table(
             data, self, progress=progress, classes=meta.labels or None,
             feature_scales=meta.feature_scales or None, noise_multiplier=sigma,
-            init_state=init, sampling_seed=self.seed + 7919 * self.round)
+            init_state=init, sampling_seed=self.seed + 7919 * self.round,
+            metrics_releases=self.rounds, metrics_index=self.round)
         result["round"] = self.round
         result["rounds"] = self.rounds
         return result

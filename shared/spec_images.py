@@ -2,11 +2,12 @@
 a frozen, data-independent backbone). Light module: heavy imports happen inside methods."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .data import IMAGES, DatasetMeta
-from .specs import JobSpec, SpecError, check_training_size, n_train_records, register
+from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
+                    n_train_records, register)
 
 # Mirrors of shared.models.IMAGE_MODEL_NAMES, shared.backbones.BACKBONES and
 # shared.dpsgd.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
@@ -45,11 +46,15 @@ class DPSGDImageSpec(JobSpec):
     seed: int = 0
     grad_sample_mode: str = "hooks"
     physical_batch_size: int = 0
+    metrics_epsilon: float = DEFAULT_METRICS_EPSILON
+    target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
 
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDImageSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
+        from .targets import check_target
+
         self._check_types()
-        self._require_positive("epsilon")
+        check_target(self.target, self.epsilon)
         self._require_delta()
         if self.model not in IMAGE_MODELS:
             raise SpecError(f"unknown model {self.model!r}; choose one of {list(IMAGE_MODELS)}")
@@ -67,8 +72,8 @@ class DPSGDImageSpec(JobSpec):
         self._require_positive("clip_norm", "learning_rate")
         if not 0 <= self.momentum < 1:
             raise SpecError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.test_fraction < 1:
-            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        self._check_test_fraction()
+        self._check_metrics_epsilon()
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise SpecError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
                             f"got {self.grad_sample_mode!r}")
@@ -93,18 +98,19 @@ class DPSGDImageSpec(JobSpec):
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""
-        from .accounting import calibrate_noise
+        from .targets import noise_multiplier
         from .training import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
-        return q, steps, calibrate_noise(q, steps, self.epsilon, self.delta)
+        return q, steps, noise_multiplier(self, q, steps)
 
     def planned_event(self, meta: DatasetMeta):
         from .accounting import dpsgd_event
+        from .private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self.schedule(meta)
-        return dpsgd_event(q, sigma, steps)
+        return with_metrics(dpsgd_event(q, sigma, steps), metrics_sigma(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         from .images import train_dpsgd_images

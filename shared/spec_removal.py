@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .data import IMAGES, TABLE, DatasetMeta
-from .specs import JobSpec, SpecError, check_training_size, n_train_records, register
+from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
+                    n_train_records, register)
 from .spec_images import BACKBONE_NAMES
 
 DP_EXTRACTOR = "dp_extractor"
@@ -35,7 +36,10 @@ class RemovalSpec(JobSpec):
     of the objective perturbation b. Training is (eps_train, ``delta``)-DP with eps_train from
     (lam * n, s) (:func:`shared.removal.training_epsilon`); later removals are
     (``removal_epsilon``, ``removal_delta``)-certified while the residual stays within
-    s * removal_epsilon / sqrt(2 ln(1.5 / removal_delta)). ``features``: "table" (public column
+    s * removal_epsilon / sqrt(2 ln(1.5 / removal_delta)) -- for the datasite's own copy; each
+    forget sends the researcher a fresh (eps_train, ``delta``)-DP release instead, priced as
+    one (datasite/forget.py), so keep ``delta`` well below the dataset's: every release adds
+    it. ``features``: "table" (public column
     scales), the name of a frozen image backbone, or "dp_extractor": the penultimate layer of
     the model of ``extractor``, a DP-SGD job on this dataset already released to you (its
     records' influence on the features is bounded by that job's DP guarantee, and the
@@ -55,6 +59,7 @@ class RemovalSpec(JobSpec):
     extractor: str = ""
     test_fraction: float = 0.2
     seed: int = 0
+    metrics_epsilon: float = DEFAULT_METRICS_EPSILON
 
     def validate(self, meta: DatasetMeta | None = None) -> "RemovalSpec":
         self._check_types()
@@ -64,8 +69,8 @@ class RemovalSpec(JobSpec):
             raise SpecError(f"removal_delta must be in (0, 1), got {self.removal_delta}")
         if self.features not in FEATURES:
             raise SpecError(f"unknown features {self.features!r}; choose one of {list(FEATURES)}")
-        if not 0 <= self.test_fraction < 1:
-            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        self._check_test_fraction()
+        self._check_metrics_epsilon()
         if (self.features == DP_EXTRACTOR) != bool(self.extractor):
             raise SpecError("features='dp_extractor' needs extractor=<request id of a released "
                             "DP-SGD job on this dataset>, and extractor is only used with it")
@@ -97,11 +102,14 @@ class RemovalSpec(JobSpec):
 
     def planned_event(self, meta: DatasetMeta):
         from .accounting import approx_dp_event
+        from .private_metrics import LAPLACE, metrics_sigma, with_metrics
         from .removal import training_epsilon
 
         n = n_train_records(meta.n_records, self.test_fraction)
-        return approx_dp_event(training_epsilon(self.lam, self.perturbation, n, self.delta,
-                                                self.n_models(meta)), self.delta)
+        # Laplace metrics: pure DP, as the training event already uses all of delta
+        return with_metrics(approx_dp_event(training_epsilon(
+            self.lam, self.perturbation, n, self.delta, self.n_models(meta)), self.delta),
+            metrics_sigma(self, 1, LAPLACE), 1, LAPLACE)
 
     # The datasite passes the extractor's released result (never the researcher).
     NEEDS_CONTEXT: ClassVar[bool] = True

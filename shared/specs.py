@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from .data import TABLE, DatasetMeta
 
 MODELS = ("logreg", "mlp")
+MAX_TEST_FRACTION = 0.5
+# Epsilon of the DP test metrics (shared.private_metrics), on top of the training epsilon.
+DEFAULT_METRICS_EPSILON = 0.5
 
 
 class SpecError(ValueError):
@@ -112,6 +115,19 @@ class JobSpec:
         if not 0 < self.delta < 1:
             raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
 
+    def _check_test_fraction(self, allow_zero: bool = True) -> None:
+        """The held-out split: at most half the records (0: none, no metrics where allowed)."""
+        tf = self.test_fraction
+        if not ((0 <= tf if allow_zero else 0 < tf) and tf <= MAX_TEST_FRACTION):
+            span = "[0, 0.5]" if allow_zero else "(0, 0.5]"
+            raise SpecError(f"test_fraction must be in {span}, got {self.test_fraction}; "
+                            "0.2 is typical (the held-out records are private data too)")
+
+    def _check_metrics_epsilon(self) -> None:
+        if not (self.metrics_epsilon >= 0 and math.isfinite(self.metrics_epsilon)):
+            raise SpecError(f"metrics_epsilon must be a finite number >= 0 (0: no metrics on "
+                            f"private records), got {self.metrics_epsilon}")
+
     def _check_dataset(self, meta: DatasetMeta) -> None:
         if self.dataset != meta.name:
             raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
@@ -137,7 +153,8 @@ class DPSGDTableSpec(JobSpec):
     """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
 
     ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
-    1 / (number of training records).
+    1 / (number of training records). ``metrics_epsilon``: the test metrics' own DP release
+    (:mod:`shared.private_metrics`), composed onto the price; 0 = no metrics.
     """
 
     KIND: ClassVar[str] = "dpsgd_table"
@@ -154,11 +171,15 @@ class DPSGDTableSpec(JobSpec):
     hidden: int = 32
     test_fraction: float = 0.2
     seed: int = 0
+    metrics_epsilon: float = DEFAULT_METRICS_EPSILON
+    target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
     # -- validation ----------------------------------------------------------------------------
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
+        from .targets import check_target
+
         self._check_types()
-        self._require_positive("epsilon")
+        check_target(self.target, self.epsilon)
         self._require_delta()
         if self.model not in MODELS:
             raise SpecError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
@@ -166,19 +187,23 @@ class DPSGDTableSpec(JobSpec):
         self._require_positive("clip_norm", "learning_rate")
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
-        if not 0 <= self.test_fraction < 1:
-            raise SpecError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        self._check_test_fraction()
+        self._check_metrics_epsilon()
         if meta is not None:
             self._check_meta(meta)
         return self
 
     def planned_event(self, meta: DatasetMeta):
-        from .accounting import calibrate_noise, dpsgd_event
+        """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
+        from .accounting import dpsgd_event
+        from .private_metrics import metrics_sigma, with_metrics
+        from .targets import noise_multiplier
         from .training import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
-        return dpsgd_event(q, calibrate_noise(q, steps, self.epsilon, self.delta), steps)
+        return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps),
+                            metrics_sigma(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         from .training import train_dpsgd_table

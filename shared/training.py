@@ -1,8 +1,8 @@
 """DP-SGD training of a table classifier with Opacus; the privacy guarantee comes from PLD.
 
-What the guarantee covers: the model weights, for the training records, at (epsilon, delta).
-What it does NOT cover (the owner reviews these before release): the metrics below are computed
-on private records without noise -- the held-out test split is real data too.
+What the guarantee covers: the model weights, for the training records, at (epsilon, delta),
+and the test metrics, released through the priced Gaussian histogram of
+:mod:`shared.private_metrics` (the report composes both).
 """
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from opacus import PrivacyEngine
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.utils.data import DataLoader, TensorDataset
 
-from .accounting import calibrate_noise, dpsgd_event, privacy_report
+from .accounting import dpsgd_event
 from .models import build_model, model_config
+from .private_metrics import NOISE_STREAM, metrics_sigma, release
+from .targets import noise_multiplier as target_noise_multiplier
+from .private_metrics import privacy_report as metrics_report
+from .dpsgd import noise_in_optimizer
 from .randomness import secret_seed
 
 PREPROCESSING = "row_l2_normalise"
@@ -133,7 +137,8 @@ def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tenso
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         module, optimizer, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=noise_multiplier, max_grad_norm=clip_norm,
+            # (noise_in_optimizer: a test-only hook can zero it; see shared.dpsgd)
+            noise_multiplier=noise_in_optimizer(noise_multiplier), max_grad_norm=clip_norm,
             poisson_sampling=True,
             noise_generator=torch.Generator(device=device).manual_seed(secret_seed(seed, 1)),
         )
@@ -166,13 +171,16 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       feature_scales: dict | None = None,
                       noise_multiplier: float | None = None,
                       init_state: dict | None = None,
-                      sampling_seed: int | None = None) -> dict:
+                      sampling_seed: int | None = None,
+                      metrics_releases: int = 1, metrics_index: int = 0) -> dict:
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
     ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
     of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
-    ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``).
+    ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``);
+    ``metrics_releases``: how many metric releases the schedule's metric noise is priced for
+    (its rounds), ``metrics_index``: which one this is (names the noise stream).
     Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -190,7 +198,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     n_train = len(tr)
 
     q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)
-    sigma = (calibrate_noise(q, steps, spec.epsilon, spec.delta) if noise_multiplier is None
+    # the spec's target (epsilon, mu or attack TPR), calibrated as the planner does (shared.targets)
+    sigma = (target_noise_multiplier(spec, q, steps) if noise_multiplier is None
              else float(noise_multiplier))
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -217,7 +226,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
 
     # The guarantee is for the schedule actually executed, counted step by step.
     event = dpsgd_event(q, sigma, done)
-    privacy = privacy_report(event, spec.delta)
+    m_sigma = metrics_sigma(spec, metrics_releases)
+    privacy = metrics_report(event, m_sigma, 1, spec.delta)
     privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
                    expected_batch_size=q * n_train)
 
@@ -229,37 +239,33 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     return {
         "model_state": buf.getvalue(),
         "model_config": config,
-        # NOTE: computed on private records (train and held-out test) with no noise; part of
-        # what the owner reviews before releasing the result.
-        "metrics": _metrics(model, X, y, tr, te, classes, device),
+        # DP (priced above), or exact only on the public mock (shared.private_metrics)
+        "metrics": _metrics(model, X, y, tr, te, classes, device, m_sigma,
+                            (spec.seed, NOISE_STREAM, metrics_index)),
         "privacy": privacy,
     }
 
 
 @torch.no_grad()
-def _metrics(model, X, y, tr, te, classes, device) -> dict:
+def _metrics(model, X, y, tr, te, classes, device, sigma, stream) -> dict:
     def probs(idx):
         if len(idx) == 0:
             return np.zeros((0, len(classes)))
         return torch.softmax(model(torch.from_numpy(X[idx]).to(device)), 1).cpu().numpy()
 
-    p_tr, p_te = probs(tr), probs(te)
-    out = {
-        "n_train": int(len(tr)), "n_test": int(len(te)),
-        "train_accuracy": _accuracy(p_tr, y[tr]),
-        "test_accuracy": _accuracy(p_te, y[te]),
-        "test_auc": None,
-        "per_class_accuracy": {},
-    }
-    pred = p_te.argmax(1) if len(te) else np.zeros(0, dtype=int)
-    for i, c in enumerate(classes):
-        mask = y[te] == i
-        out["per_class_accuracy"][str(c)] = float((pred[mask] == i).mean()) if mask.any() else None
-    if len(classes) == 2 and len(set(y[te].tolist())) == 2:
-        from sklearn.metrics import roc_auc_score
+    p_te = probs(te)
 
-        out["test_auc"] = float(roc_auc_score(y[te], p_te[:, 1]))
-    return out
+    def mock_extras() -> dict:  # exact, and only ever on the public mock
+        out = {"train_accuracy": _accuracy(probs(tr), y[tr]), "test_auc": None}
+        if len(classes) == 2 and len(set(y[te].tolist())) == 2:
+            from sklearn.metrics import roc_auc_score
+
+            out["test_auc"] = float(roc_auc_score(y[te], p_te[:, 1]))
+        return out
+
+    pred = p_te.argmax(1) if len(te) else np.zeros(0, dtype=int)
+    return release(y[te], pred, classes, sigma, stream=stream, n_train=len(tr),
+                   mock_extras=mock_extras)
 
 
 def _accuracy(p: np.ndarray, y: np.ndarray) -> float | None:

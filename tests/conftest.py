@@ -80,7 +80,8 @@ def live_site(request, tmp_path_factory, demo_files):
     site = make_site(tmp_path_factory.mktemp("site"), f"hosp-{request.param}", request.param)
     try:
         site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"), label="diagnosis",
-                    budget_epsilon=50.0, delta=1e-5)
+                    schema=demo_files / "breast_cancer.schema.yaml", budget_epsilon=50.0,
+                    delta=1e-5)
         site.add_user(*RESEARCHER, name="Alice")
         yield site
     finally:

@@ -16,6 +16,13 @@ JOB = dict(label="outcome", epsilon=4.0, delta=1e-4, model="logreg", batch_size=
 WEIGHTS = np.array([2.0, -1.5, 1.0, 0.5, 0, 0, 0, 0])
 
 
+def cohort_schema(n: int) -> dict:
+    """The public schema of :func:`cohort` tables: declared bounds, classes and count."""
+    return {"kind": "table", "records": n,
+            "label": {"column": "outcome", "classes": [0, 1]},
+            "columns": {f"x{i}": {"type": "float", "bounds": [-1, 1]} for i in range(len(WEIGHTS))}}
+
+
 def cohort(n: int, seed: int, keep: str | None = None, rate: float = 0.15) -> pd.DataFrame:
     """A synthetic cohort: 8 features in [-1, 1], outcome ~ logistic(x.w). ``keep="neg"`` keeps
     only ``rate`` of the positives (a site seeing mostly negatives), ``keep="pos"`` the reverse."""
@@ -43,7 +50,8 @@ def two_sites(tmp_path_factory):
             part.to_csv(path, index=False)
             site = make_site(root, name)
             sites.append(site)
-            site.upload("cohort", table=str(path), label="outcome", budget_epsilon=20.0, delta=1e-4)
+            site.upload("cohort", table=str(path), schema=cohort_schema(len(part)),
+                        budget_epsilon=20.0, delta=1e-4)
             site.add_user(*RESEARCHER, name="Alice")
         yield sites, test
     finally:
@@ -117,8 +125,11 @@ def test_federated_rounds_beat_each_single_site(two_sites):
         assert schedule["state"] == "released"
         assert schedule["realised_json"] == schedule["event_json"]
         assert s.executions() == 3 + 1  # three rounds and one single-site job ran on real data
-    for name, p in trained.privacy.items():
-        assert p["epsilon"] <= 4.0 + 1e-6 and p["delta"] == 1e-4
+    for name, p in trained.privacy.items():  # 3 rounds of training + 3 DP metric releases
+        assert 4.0 < p["epsilon"] <= 4.0 + 0.5 and p["delta"] == 1e-4
+    for h in trained.history:  # each round's metrics are a priced DP release
+        assert all(m["mechanism"] == "noisy_class_x_correct_histogram"
+                   for m in h["metrics"].values())
 
 
 def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
@@ -166,5 +177,7 @@ def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
            {b["request_id"] for b in before}]
     (entry,) = [e for e in new if e["state"] == "released"]
     planned, realised = event_from_json(entry["event_json"]), event_from_json(entry["realised_json"])
-    assert realised.count * 3 == planned.count  # one round of three committed
+    # one round of three committed: its DP-SGD steps and its one metric release
+    assert realised.events[0].count * 3 == planned.events[0].count
+    assert planned.events[1].count == 3 and realised.events[1] == planned.events[1].event
     assert entry["epsilon"] < sites[0].ledger.epsilon_of([entry["event_json"]], 1e-4)

@@ -84,13 +84,11 @@ def test_head_beats_chance_and_executes_the_planned_event(cxr28):
         r = spec.run(cxr28, meta, progress=lambda d, t: seen.append((d, t)))
     p = r["privacy"]
     assert p["event"] == event_to_json(spec.planned_event(meta))
-    assert p["epsilon"] <= 4.0 and p["steps"] == seen[-1][0] == seen[-1][1]
+    assert p["training_epsilon"] <= 4.0 and p["steps"] == seen[-1][0] == seen[-1][1]
     assert p["noise_multiplier"] > 0.5 and p["sample_rate"] == pytest.approx(1 / 5)
     m = r["metrics"]
     assert m["n_train"] == 320 and m["n_test"] == 80
-    # fresh secret noise each run: AUC is stable (0.80-0.87 over runs), accuracy less so
-    assert m["test_accuracy"] > 0.6 and m["test_auc"] > 0.75  # chance: 0.5
-    assert set(m["per_class_accuracy"]) == {"0", "1"}
+    assert set(m["per_class_accuracy"]) == {"0", "1"} and "test_auc" not in m
     # the released model (backbone + head) rebuilds from its config and predicts the same
     model = load_model(r)
     probs = predict_images_proba(model, r["model_config"], cxr28["images"])
@@ -98,7 +96,12 @@ def test_head_beats_chance_and_executes_the_planned_event(cxr28):
 
     _, te = split_indices(cxr28["labels"], 0.2, 0)
     acc = (probs[te].argmax(1) == cxr28["labels"][te]).mean()
-    assert acc == pytest.approx(m["test_accuracy"])
+    # fresh secret noise each run: exact AUC is stable (0.80-0.87 over runs), accuracy less so
+    from sklearn.metrics import roc_auc_score
+
+    assert acc > 0.6 and roc_auc_score(cxr28["labels"][te], probs[te, 1]) > 0.75  # chance: 0.5
+    # released: a DP estimate of the exact accuracy (never the exact value)
+    assert abs(m["test_accuracy"] - acc) < 4 * m["test_accuracy_std"]
 
 
 def test_same_spec_same_model(cxr28):

@@ -237,7 +237,10 @@ def test_spec_validation_and_planned_event():
     meta = _table_meta(df)
     spec = RemovalSpec(dataset="bc", delta=1e-4, lam=1e-4, perturbation=1.0).validate(meta)
     ev = spec.planned_event(meta)
-    assert epsilon(ev, 1e-4) == pytest.approx(R.training_epsilon(1e-4, 1.0, 455, 1e-4), rel=1e-3)
+    eps_train = R.training_epsilon(1e-4, 1.0, 455, 1e-4)
+    assert epsilon(ev.events[0], 1e-4) == pytest.approx(eps_train, rel=1e-3)
+    # + the Laplace metrics (pure eps 0.5): the eps add up exactly at the training's delta
+    assert epsilon(ev, 1e-4) == pytest.approx(eps_train + 0.5, rel=1e-3)
     for bad, msg in ((dict(delta=1e-2), "too large"), (dict(lam=0.0), "lam"),
                      (dict(features="scatter"), "features='table'"),
                      (dict(label="nope"), "label column"), (dict(features="x"), "unknown")):
@@ -248,7 +251,7 @@ def test_spec_validation_and_planned_event():
     with pytest.raises(SpecError, match="backbone"):
         RemovalSpec(dataset="bc", delta=1e-4).validate(img)
     three = RemovalSpec(dataset="bc", delta=1e-4, features="pixels").validate(img)
-    assert epsilon(three.planned_event(img), 1e-4) == pytest.approx(
+    assert epsilon(three.planned_event(img).events[0], 1e-4) == pytest.approx(
         R.training_epsilon(three.lam, three.perturbation, 400, 1e-4, n_models=3), rel=1e-3)
 
 
@@ -268,7 +271,9 @@ def test_spec_run_on_table():
     meta = _table_meta(df)
     spec = dict(kind="removal_logreg", dataset="bc", delta=1e-4, lam=1e-4, perturbation=0.3)
     out = run_job(spec, df, meta)
-    assert out["metrics"]["test_accuracy"] > 0.8
+    m = out["metrics"]  # Laplace-noised (pure DP): the training event uses all of delta
+    assert m["noise"] == "laplace" and out["privacy"]["metrics"]["epsilon"] == pytest.approx(0.5, rel=1e-3)
+    assert m["test_accuracy"] > 0.8 - 4 * m["test_accuracy_std"]
     planned = shared.spec_removal.RemovalSpec.from_dict(spec).planned_event(meta)
     assert epsilon(event_from_json(out["privacy"]["event"]), 1e-4) <= epsilon(planned, 1e-4)
     tr = out["_owner_training_rows"]

@@ -67,7 +67,8 @@ def test_from_dict_wrong_kind_for_class():
     (dict(dataset="other"), "spec names dataset 'other' but it runs on 'bc'"),
     (dict(epochs=2.5), "epochs must be int"),
     (dict(epochs=True), "epochs must be int"),
-    (dict(test_fraction=1.0), r"test_fraction must be in \[0, 1\)"),
+    (dict(test_fraction=1.0), r"test_fraction must be in \[0, 0.5\]"),
+    (dict(test_fraction=0.99), r"test_fraction must be in \[0, 0.5\]"),
 ])
 def test_validation_messages(kw, match):
     with pytest.raises(SpecError, match=match):

@@ -1,0 +1,239 @@
+"""The owner's public schema file (YAML): reading it, drafting one from the data, checking the
+data against it at upload.
+
+A draft is written *from the data* (bounds are the data's range rounded outwards, classes are
+those found), so it is marked twice (a header comment and ``drafted_from_data: true``) and
+upload refuses it until the owner has reviewed it and removed the marker: publishing data
+ranges as found would be exactly the non-DP disclosure the schema exists to prevent.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.data import TABLE, DatasetMeta
+from shared.schema import DRAFT_KEY, SchemaError, meta_from_schema, normalise
+
+DRAFT_HEADER = """\
+# DRAFTED FROM THE DATA by `datasite schema draft`: NOT YET SAFE TO PUBLISH.
+# Everything below is published to researchers. Replace every bound with what the domain allows
+# (e.g. age [0, 120]), not what this data happens to hold; check types, units and the label
+# classes; confirm that the record count may be public. Then delete the line
+# `drafted_from_data: true` and upload with --schema.
+"""
+
+
+def read_schema(path) -> dict:
+    """The normalised schema in YAML file ``path``; a SchemaError names what to fix."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SchemaError(f"Schema file {str(p)!r} does not exist; write a draft with "
+                          "`datasite schema draft DATA_FILE -o schema.yaml` and review it.")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SchemaError(f"{p.name}: not valid YAML ({str(e)[:200]}).") from None
+    if isinstance(raw, dict) and raw.get(DRAFT_KEY):
+        raise SchemaError(f"{p.name} is still marked as drafted from the data "
+                          f"({DRAFT_KEY}: true): nothing drafted from the records may be "
+                          "published unreviewed. Replace its bounds with domain-knowledge bounds, "
+                          f"check classes and the record count, then delete the {DRAFT_KEY} line.")
+    try:
+        return normalise(raw)
+    except SchemaError as e:
+        raise SchemaError(f"{p.name}: {e}") from None
+
+
+def to_yaml(schema: dict) -> str:
+    """``schema`` as YAML, keys in declaration order."""
+    import yaml
+
+    return yaml.safe_dump(schema, sort_keys=False, default_flow_style=None, width=100)
+
+
+# -- drafting ----------------------------------------------------------------------------------
+def _outward(x: float, up: bool) -> float | int:
+    """``x`` rounded away from zero to one significant digit (0 stays 0)."""
+    if x == 0 or not math.isfinite(x):
+        return 0
+    p = 10.0 ** math.floor(math.log10(abs(x)))
+    v = (math.ceil(x / p) if up else math.floor(x / p)) * p
+    v = float(f"{v:.12g}")
+    return int(v) if v == int(v) else v
+
+
+def _draft_column(col: pd.Series) -> dict:
+    if pd.api.types.is_bool_dtype(col):
+        return {"type": "bool"}
+    x = col.to_numpy(dtype=float)
+    t = "int" if pd.api.types.is_integer_dtype(col) else "float"
+    lo, hi = _outward(float(x.min()), False), _outward(float(x.max()), True)
+    if lo == hi:
+        hi = lo + 1
+    if t == "int":
+        lo, hi = int(math.floor(lo)), int(math.ceil(hi))
+    return {"type": t, "unit": "", "bounds": [lo, hi]}
+
+
+def draft(path, label: str | None = None, labels: str | None = None) -> dict:
+    """A schema drafted from the data at ``path`` (table, .npz or image folder), marked as such."""
+    from . import ingest
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        payload, meta = ingest.load_images(p, labels)
+    elif p.suffix.lower() == ".npz":
+        payload, meta = ingest.load_npz(p)
+    else:
+        if not label:
+            raise SchemaError("A table draft needs --label COLUMN (the column to predict).")
+        payload, meta = ingest.load_table(p, label=label)
+    out = {DRAFT_KEY: True, "kind": meta.kind, "records": meta.n_records, "description": "",
+           "label": ({"column": label} if meta.kind == TABLE else {})}
+    out["label"]["classes"] = [int(c) for c in meta.labels]
+    if meta.kind == TABLE:
+        out["columns"] = {c: _draft_column(payload[c]) for c in payload.columns if c != label}
+    else:
+        shape = list(payload["images"].shape[1:])
+        out["image"] = {"height": shape[0], "width": shape[1],
+                        "channels": shape[2] if len(shape) == 3 else 1}
+    return out
+
+
+def draft_text(path, label: str | None = None, labels: str | None = None) -> str:
+    return DRAFT_HEADER + to_yaml(draft(path, label, labels))
+
+
+# -- checking the data at upload -----------------------------------------------------------------
+def _listing(values, show: int = 5) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:show]) + (f" and {len(values) - show} more" if len(values) > show
+                                       else "")
+
+
+def check_labels(labels: np.ndarray, schema: dict, where: str) -> None:
+    """Refuse records whose label is not a declared class (nothing is dropped silently)."""
+    classes = schema["label"]["classes"]
+    bad = ~np.isin(labels, classes)
+    if bad.any():
+        found = sorted({int(v) for v in labels[bad]})
+        raise SchemaError(f"{where}: {int(bad.sum())} records have a label that is not a declared "
+                          f"class ({_listing(found)}; declared: {classes}). Fix those records, or "
+                          "add the class to label.classes in the schema if it is a real class.")
+
+
+def apply_table(df: pd.DataFrame, schema: dict, where: str) -> tuple[pd.DataFrame, list[str]]:
+    """The table checked against ``schema``, cast to the declared dtypes, in declared column order
+    (label last); and notes for the owner only (e.g. how many values lie outside the bounds)."""
+    label = schema["label"]["column"]
+    declared = list(schema["columns"])
+    missing = [c for c in declared if c not in df.columns]
+    extra = [c for c in df.columns if c not in declared and c != label]
+    if missing or extra:
+        raise SchemaError(f"{where}: the columns differ from the schema: "
+                          + "; ".join(x for x in (
+                              f"declared but not in the data: {_listing(missing)}" if missing else "",
+                              f"in the data but not declared: {_listing(extra)} (declare or drop "
+                              "them)" if extra else "") if x) + ".")
+    check_labels(df[label].to_numpy(), schema, f"{where}, label column {label!r}")
+    out, notes = {}, []
+    for c in declared:
+        spec, x = schema["columns"][c], df[c]
+        if spec["type"] == "bool":
+            if not x.isin([0, 1, True, False]).all():
+                raise SchemaError(f"{where}: column {c!r} is declared bool but holds other values; "
+                                  "declare it as int/float/category or fix it.")
+            out[c] = x.astype(bool)
+            continue
+        values = x.to_numpy(dtype=float)
+        if spec["type"] in ("int", "category") and not np.all(values == np.round(values)):
+            raise SchemaError(f"{where}: column {c!r} is declared {spec['type']} but holds "
+                              "non-integer values; declare it as float.")
+        if spec["type"] == "category":
+            bad = ~np.isin(values, spec["categories"])
+            if bad.any():
+                raise SchemaError(f"{where}: column {c!r}: {int(bad.sum())} values are not declared "
+                                  f"categories ({_listing(sorted(set(values[bad].tolist())))}); fix "
+                                  "them or declare the category.")
+        else:
+            lo, hi = spec["bounds"]
+            outside = int(((values < lo) | (values > hi)).sum())
+            if outside:
+                notes.append(f"column {c!r}: {outside} values outside the declared bounds "
+                             f"[{lo}, {hi}] are kept but clipped to them inside every job")
+        out[c] = x.astype("int64" if spec["type"] in ("int", "category") else "float64")
+    out[label] = df[label].astype("int64")
+    return pd.DataFrame(out, columns=[*declared, label]), notes
+
+
+def apply_images(payload: dict, schema: dict, where: str) -> dict:
+    """The images payload checked against the declared shape and classes."""
+    im = schema["image"]
+    want = [im["height"], im["width"]] + ([im["channels"]] if im["channels"] == 3 else [])
+    images = payload["images"]
+    if images.ndim == 4 and images.shape[-1] == 1 and im["channels"] == 1:
+        images = images[..., 0]
+    if list(images.shape[1:]) != want:
+        raise SchemaError(f"{where}: images have shape {list(images.shape[1:])}, the schema "
+                          f"declares {want} (height, width[, channels]); resize them or fix the "
+                          "schema.")
+    check_labels(payload["labels"], schema, f"{where}, labels")
+    return {"images": images, "labels": payload["labels"]}
+
+
+def check_count(n: int, schema: dict, where: str) -> None:
+    """The published count is the declared one, so the data must hold exactly that many."""
+    if n != schema["records"]:
+        raise SchemaError(f"{where}: the data holds {n} records but the schema declares "
+                          f"records: {schema['records']}. The record count is published as "
+                          "declared: set records to the true count if it may be public.")
+
+
+# -- upload ------------------------------------------------------------------------------------
+NO_SCHEMA = ("Upload needs the dataset's reviewed public schema (--schema schema.yaml): "
+             "everything researchers see before a job runs is taken from it, never from the "
+             "records. Write a draft with `datasite schema draft {src} -o schema.yaml`, "
+             "review it (domain bounds, classes, record count), remove its drafted_from_data "
+             "line, then upload with --schema schema.yaml.")
+
+
+def prepare(name: str, schema, *, table=None, label=None, images=None, labels=None, npz=None,
+            description: str = "", seed: int = 0) -> tuple[object, DatasetMeta, object, list]:
+    """(private payload, published metadata, mock, owner-only notes) for an upload.
+
+    The metadata and the mock are functions of ``schema``, ``name``, ``description`` and
+    ``seed`` only; the data is read just to check it against the schema (any mismatch refuses
+    the upload before anything is written or published).
+    """
+    from . import ingest
+    from .mock import synthetic_mock
+
+    if schema is None:
+        src = (f"{table} --label {label or 'COLUMN'}" if table
+               else f"{images} --labels {labels or 'labels.csv'}" if images else f"{npz}")
+        raise SchemaError(NO_SCHEMA.format(src=src))
+    schema = read_schema(schema) if not isinstance(schema, dict) else normalise(schema)
+    if (schema["kind"] == TABLE) != bool(table):
+        raise SchemaError(f"The schema declares kind {schema['kind']!r}, which does not match the "
+                          "data given (--table for tables, --npz/--images for images).")
+    if table:
+        declared = schema["label"]["column"]
+        if label and label != declared:
+            raise SchemaError(f"--label {label!r} differs from the schema's label column "
+                              f"{declared!r}; drop --label or fix the schema.")
+        payload, loaded = ingest.load_table(table, label=declared, name=name)
+        payload, notes = apply_table(payload, schema, Path(table).name)
+    else:
+        payload, loaded = (ingest.load_images(images, labels, name=name) if images
+                           else ingest.load_npz(npz, name=name))
+        payload, notes = apply_images(payload, schema, Path(images or npz).name), []
+    check_count(loaded.n_records, schema, Path(table or images or npz).name)
+    meta = meta_from_schema(schema, name, description)
+    # as many mock records as declared (capped): a job's batch size must fit the mock too
+    mock = synthetic_mock(meta, n=min(meta.n_records, 2000), seed=seed)
+    return payload, meta, mock, notes

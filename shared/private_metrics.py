@@ -1,0 +1,182 @@
+"""Evaluation metrics on private records, released only through a priced Gaussian mechanism.
+
+What leaves the site: the histogram of (true class, prediction correct?) over the held-out split,
+each of its 2K cells plus Gaussian noise of std ``sigma``. Adding or removing one record changes
+exactly one cell by 1, so the L2 sensitivity is 1 and one release is ``GaussianDpEvent(sigma)``;
+R releases (DP-AL rounds, federated rounds) are that event composed R times. Kinds whose training
+is only known to be (eps, delta)-DP (objective perturbation) use Laplace noise of scale
+b = 1 / metrics_epsilon instead (L1 sensitivity 1: pure DP, ``LaplaceDpEvent(b)``): a Gaussian
+needs delta of its own, and the training event already uses all of the job's delta. Accuracy and
+per-class accuracy are post-processing of the noisy histogram (free). The test-split size
+``n_test`` is public (from the published record count and ``test_fraction``), so the noisy
+histogram is projected onto "cells sum to n_test" before deriving rates (halves the variance).
+
+Not released on private records: train accuracy (a second release from the training records,
+on top of DP-SGD, for a number the test accuracy already answers) and AUC (its sensitivity is
+about 1/min(class size), data-dependent; a DP version needs a binned score histogram whose many
+cells make accuracy noisier at the same price). Both are computed exactly on the mock
+(``run_on_mock``), labelled as such.
+
+Noise comes from :func:`shared.randomness.secret_seed` (the OS; pinned only in tests/mock runs).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from .randomness import secret_seed
+
+MECHANISM = "noisy_class_x_correct_histogram"
+GAUSSIAN, LAPLACE = "gaussian", "laplace"
+NOISE_STREAM = 3  # secret_seed stream id (0, 1: DP-SGD sampling and noise; 2: DP-AL selection)
+
+# Test-only switch: True restores exact metrics on private records (attack tests show what the
+# noise defends against). Nothing outside tests sets it.
+_EXACT_FOR_TESTS = False
+_MOCK: ContextVar[bool] = ContextVar("dpds_mock_metrics", default=False)
+
+
+@contextmanager
+def mock_evaluation():
+    """Inside: metrics are exact and labelled as mock (the data is the public mock)."""
+    token = _MOCK.set(True)
+    try:
+        yield
+    finally:
+        _MOCK.reset(token)
+
+
+def is_mock() -> bool:
+    return _MOCK.get()
+
+
+# -- pricing -----------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def noise_multiplier(metrics_epsilon: float, delta: float, releases: int = 1) -> float:
+    """Noise std sigma per histogram cell so that ``releases`` Gaussian releases together are
+    (metrics_epsilon, delta)-DP by the PLD accountant (the ledger's own measure)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    from .accounting import epsilon
+
+    if not (metrics_epsilon > 0 and math.isfinite(metrics_epsilon)) or releases < 1:
+        raise ValueError(f"need metrics_epsilon > 0 and releases >= 1, got {metrics_epsilon}, "
+                         f"{releases}")
+
+    def excess(mu):  # exact delta(eps) of mu-GDP (Balle & Wang 2018) minus the target
+        e = metrics_epsilon
+        return norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - delta
+
+    mu = brentq(excess, 1e-6, 50.0, xtol=1e-12)
+    sigma = math.sqrt(releases) / mu
+    # PLD discretisation is pessimistic: nudge sigma up until the ledger's number fits
+    while epsilon(event(sigma, releases), delta) > metrics_epsilon:
+        sigma *= 1.002
+    return sigma
+
+
+def event(sigma: float, releases: int = 1, mechanism: str = GAUSSIAN):
+    """The DpEvent of ``releases`` histogram releases at noise scale ``sigma`` (None if none)."""
+    import dp_accounting
+
+    if releases < 1 or not sigma:
+        return None
+    g = (dp_accounting.LaplaceDpEvent(float(sigma)) if mechanism == LAPLACE
+         else dp_accounting.GaussianDpEvent(float(sigma)))
+    return g if releases == 1 else dp_accounting.SelfComposedDpEvent(g, int(releases))
+
+
+def metrics_sigma(spec, releases: int = 1, mechanism: str = GAUSSIAN) -> float | None:
+    """A spec's metric noise scale (None: ``metrics_epsilon`` is 0, no private metrics)."""
+    if not spec.metrics_epsilon or spec.test_fraction <= 0:
+        return None
+    if mechanism == LAPLACE:
+        if releases != 1:
+            raise ValueError("Laplace metrics are priced for one release only")
+        return 1.0 / float(spec.metrics_epsilon)
+    return noise_multiplier(float(spec.metrics_epsilon), float(spec.delta), int(releases))
+
+
+def with_metrics(training_event, sigma: float | None, releases: int = 1,
+                 mechanism: str = GAUSSIAN):
+    """The job's event: training composed with its metric releases (sequential composition,
+    an upper bound whichever side of the split a record is on)."""
+    import dp_accounting
+
+    m = event(sigma, releases, mechanism) if sigma else None
+    return training_event if m is None else dp_accounting.ComposedDpEvent([training_event, m])
+
+
+def privacy_report(training_event, sigma: float | None, releases: int, delta: float,
+                   done: int | None = None, mechanism: str = GAUSSIAN) -> dict:
+    """The job's privacy report over training + metrics, with each part's share beside it.
+    ``done``: metric releases actually made (default ``releases``)."""
+    from .accounting import epsilon, event_to_json
+    from .accounting import privacy_report as report
+
+    done = releases if done is None else done
+    out = report(with_metrics(training_event, sigma, done, mechanism), delta)
+    m = event(sigma, done, mechanism) if sigma else None
+    out["training_epsilon"] = epsilon(training_event, delta) if m is not None else out["epsilon"]
+    out["training_event"] = event_to_json(training_event)
+    out["metrics"] = ({"mechanism": None, "releases": 0} if m is None else
+                      {"mechanism": MECHANISM, "noise": mechanism, "noise_scale": float(sigma),
+                       "releases": int(done), "epsilon": epsilon(m, delta),
+                       "event": event_to_json(m)})
+    return out
+
+
+# -- release -----------------------------------------------------------------------------------
+def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: float | None, *,
+            stream: Sequence[int], n_train: int | None = None, mock_extras=None,
+            mechanism: str = GAUSSIAN) -> dict:
+    """Metrics of predictions ``pred`` against labels ``y_true`` (class indices) of the held-out
+    split: DP at noise scale ``sigma`` (stream ``stream`` of secret_seed), none if ``sigma`` is
+    None, exact under :func:`mock_evaluation` (then ``mock_extras()`` adds train accuracy, AUC)."""
+    y_true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    k, n = len(classes), int(len(y_true))
+    out: dict = {"n_test": n}
+    if n_train is not None:
+        out["n_train"] = int(n_train)
+    counts = np.zeros((k, 2))
+    np.add.at(counts, (y_true, (pred == y_true).astype(np.int64)), 1.0)
+    if is_mock():
+        out.update(_rates(counts, n, classes), evaluated_on="mock (exact; public mock data)")
+        out.update(mock_extras() if mock_extras else {})
+        return out
+    if n == 0 or sigma is None:
+        out.update(evaluated_on="nothing: no private metrics released (evaluate on the mock)",
+                   test_accuracy=None, per_class_accuracy={})
+        return out
+    if _EXACT_FOR_TESTS:
+        noisy = counts
+    else:
+        rng = np.random.default_rng(secret_seed(*[int(s) for s in stream]))
+        noisy = counts + (rng.laplace(0.0, float(sigma), counts.shape) if mechanism == LAPLACE
+                          else rng.normal(0.0, float(sigma), counts.shape))
+    # project onto sum == n (public): the least-squares fit to the noisy cells
+    noisy = noisy + (n - noisy.sum()) / noisy.size
+    out.update(_rates(noisy, n, classes), evaluated_on="private test split, with DP noise",
+               mechanism=MECHANISM, noise=mechanism, noise_scale=float(sigma),
+               # std of test_accuracy's noise: sum of k "correct" cells after projection
+               test_accuracy_std=float(sigma) * math.sqrt(k / 2) / n * (
+                   math.sqrt(2) if mechanism == LAPLACE else 1.0),
+               noisy_counts={str(c): {"correct": float(noisy[i, 1]), "wrong": float(noisy[i, 0])}
+                             for i, c in enumerate(classes)})
+    return out
+
+
+def _rates(h: np.ndarray, n: int, classes) -> dict:
+    """Accuracy and per-class accuracy from a (class x [wrong, correct]) histogram, in [0, 1]."""
+    per = {}
+    for i, c in enumerate(classes):
+        size = h[i].sum()
+        per[str(c)] = float(np.clip(h[i, 1] / size, 0, 1)) if size >= 1 else None
+    acc = float(np.clip(h[:, 1].sum() / n, 0, 1)) if n else None
+    return {"test_accuracy": acc, "per_class_accuracy": per}

@@ -1,0 +1,175 @@
+"""The public schema: what is published before any job runs depends on the declaration alone.
+
+The attack: an observer compares what two datasets that differ in one record publish. With the
+declared schema the metadata JSON and the mock bytes are identical; published straight from a
+draft of the data (the old data-derived path: ranges, powers of ten, classes as found) they
+differ, i.e. the publication leaks the record.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datasite.demo_data import (breast_cancer_frame, breast_cancer_schema, schema_path,
+                                write_breast_cancer_csv, write_schema)
+from datasite.schema import DRAFT_HEADER, draft, prepare, read_schema
+from shared import schema as shared_schema
+from shared.data import published_description
+from shared.schema import DRAFT_KEY, SchemaError
+
+
+def _published(csv, schema) -> tuple[bytes, bytes]:
+    """(metadata bytes, mock bytes) exactly as upload would publish them."""
+    _, meta, mock, _ = prepare("bc", schema, table=csv)
+    return (published_description(meta).encode(),
+            mock.to_csv(index=False).encode() + str(mock.dtypes.to_dict()).encode())
+
+
+@pytest.fixture(scope="module")
+def neighbours(tmp_path_factory):
+    """The breast-cancer table and neighbours: one value made extreme, one record replaced by an
+    extreme one, one record added."""
+    d = tmp_path_factory.mktemp("nb")
+    base = write_breast_cancer_csv(d / "bc.csv")
+    df = breast_cancer_frame()
+    changed = df.copy()
+    changed.loc[7, "mean_area"] = -1e6  # far outside the declared bounds [0, 10000]
+    replaced = df.copy()
+    replaced.iloc[3] = df.iloc[3] * 50
+    replaced.loc[3, "diagnosis"] = 0
+    added = pd.concat([df, df.iloc[[0]] * 3], ignore_index=True)
+    added["diagnosis"] = added["diagnosis"].astype(np.int64)
+    paths = {"base": base}
+    for name, frame in (("changed", changed), ("replaced", replaced), ("added", added)):
+        (d / name).mkdir()
+        paths[name] = d / name / "bc.csv"
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+def test_neighbours_publish_identical_metadata_and_mock(neighbours):
+    schema = schema_path(neighbours["base"])
+    base = _published(neighbours["base"], schema)
+    for name in ("changed", "replaced"):
+        assert _published(neighbours[name], schema) == base, name
+    # the record count is public by declaration: a dataset with one more record does not
+    # match the declaration, so nothing is published until the owner declares the new count ...
+    with pytest.raises(SchemaError, match="570 records but the schema declares records: 569"):
+        prepare("bc", schema, table=neighbours["added"])
+    # ... and then the declared count is the only published difference
+    _, meta_a, _, _ = prepare("bc", breast_cancer_schema(records=570), table=neighbours["added"])
+    _, meta_b, _, _ = prepare("bc", schema, table=neighbours["base"])
+    meta_a.n_records = meta_b.n_records
+    assert meta_a.to_json() == meta_b.to_json()
+
+
+def test_publishing_a_draft_of_the_data_would_leak(neighbours, tmp_path):
+    """The same comparison against the old data-derived path (bounds and classes as found,
+    i.e. a draft published unreviewed): the neighbours are told apart."""
+    published = {}
+    for name in ("base", "changed", "replaced"):
+        drafted = draft(neighbours[name], label="diagnosis")
+        assert drafted.pop(DRAFT_KEY) is True
+        published[name] = _published(neighbours[name], drafted)
+    for name in ("changed", "replaced"):
+        meta_differs = published[name][0] != published["base"][0]
+        mock_differs = published[name][1] != published["base"][1]
+        assert meta_differs and mock_differs, name
+    # e.g. the changed record's value shows up in the published bound of its column
+    assert b"1000000" in published["changed"][0] and b"1000000" not in published["base"][0]
+
+
+def test_out_of_bounds_values_are_clipped_inside_jobs(neighbours):
+    """Clipping to the declared bounds: an extreme value enters a job as the bound itself (the
+    public scale alone would clip it only to [-10000, 10000], a range the owner never declared)."""
+    from shared.removal import job_features
+    from shared.spec_removal import RemovalSpec
+
+    payload, meta, _, notes = prepare("bc", schema_path(neighbours["base"]),
+                                      table=neighbours["changed"])
+    assert any("'mean_area': 1 values outside the declared bounds" in n for n in notes)
+    assert payload.loc[7, "mean_area"] == -1e6  # the owner's data is kept as it is
+    spec = RemovalSpec(dataset="bc", label="diagnosis", delta=1e-6)
+    at_bound = payload.copy()
+    at_bound.loc[7, "mean_area"] = 0.0  # the declared lower bound
+    X_bound = job_features(spec, at_bound, meta)[0]
+    try:
+        for clip in (True, False):
+            shared_schema.CLIP_TO_BOUNDS = clip
+            X = job_features(spec, payload, meta)[0]
+            assert np.array_equal(X, X_bound) == clip
+    finally:
+        shared_schema.CLIP_TO_BOUNDS = True
+    assert meta.feature_scales["mean_area"] == 10000.0  # from the declaration, not widened
+
+
+def test_scales_and_classes_come_from_the_declaration(neighbours):
+    _, meta, mock, _ = prepare("bc", schema_path(neighbours["base"]), table=neighbours["base"])
+    assert meta.feature_scales["mean_radius"] == 50 and meta.feature_scales["radius_error"] == 25
+    assert meta.labels == [0, 1] and meta.class_names == {"0": "malignant", "1": "benign"}
+    assert meta.columns["mean_area"] == {"type": "float", "unit": "", "bounds": [0, 10000]}
+    assert meta.description == "Wisconsin diagnostic breast cancer (scikit-learn)."
+    assert len(mock) == 569
+
+
+def test_upload_refusals_say_what_to_do(neighbours, tmp_path):
+    csv = neighbours["base"]
+    with pytest.raises(SchemaError, match=r"datasite schema draft .*bc.csv --label COLUMN"):
+        prepare("bc", None, table=csv)
+    bad = breast_cancer_schema()
+    bad["label"]["classes"] = [1, 2]
+    with pytest.raises(SchemaError, match=r"212 records have a label that is not a declared class"):
+        prepare("bc", bad, table=csv)
+    bad = breast_cancer_schema()
+    del bad["columns"]["mean_area"]
+    with pytest.raises(SchemaError, match="in the data but not declared: mean_area"):
+        prepare("bc", bad, table=csv)
+    bad = breast_cancer_schema()
+    bad["columns"]["mean_radius"] = {"type": "float"}
+    with pytest.raises(SchemaError, match="needs bounds"):
+        prepare("bc", bad, table=csv)
+    bad = breast_cancer_schema()
+    bad["columns"]["mean_radius"] = {"type": "category", "categories": [0, 1]}
+    with pytest.raises(SchemaError, match="non-integer"):
+        prepare("bc", bad, table=csv)
+    with pytest.raises(SchemaError, match="--label 'x' differs"):
+        prepare("bc", breast_cancer_schema(), table=csv, label="x")
+
+
+def test_draft_is_marked_and_refused_until_reviewed(neighbours, tmp_path, capsys):
+    from datasite.cli import main
+
+    out = tmp_path / "draft.yaml"
+    assert main(["schema", "draft", str(neighbours["base"]), "--label", "diagnosis",
+                 "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith(DRAFT_HEADER) and f"{DRAFT_KEY}: true" in text
+    assert "FROM THE DATA" in capsys.readouterr().err
+    with pytest.raises(SchemaError, match="still marked as drafted from the data"):
+        read_schema(out)
+    with pytest.raises(SchemaError, match="drafted_from_data"):
+        prepare("bc", out, table=neighbours["base"])
+    # the owner reviews it: the marker goes, and the upload goes through
+    reviewed = tmp_path / "reviewed.yaml"
+    reviewed.write_text(text.replace(f"{DRAFT_KEY}: true\n", ""))
+    assert prepare("bc", reviewed, table=neighbours["base"])[1].n_records == 569
+    # the draft's bounds are the data's range rounded outwards (hence: review them)
+    assert read_schema(reviewed)["columns"]["mean_area"]["bounds"] == [100, 3000]
+
+
+def test_image_schemas(tmp_path):
+    from datasite.demo_data import cxr_schema, write_synthetic_cxr_npz
+
+    npz = write_synthetic_cxr_npz(tmp_path / "cxr.npz", n_train=30, n_val=5, n_test=5, size=16)
+    payload, meta, mock, _ = prepare("cxr", schema_path(npz), npz=npz)
+    assert meta.image_shape == [16, 16] and meta.n_records == 40 and meta.labels == [0, 1]
+    assert "train (30)" not in meta.description  # split sizes are not declared: not published
+    assert mock["images"].shape == (40, 16, 16)
+    wrong = cxr_schema(40, size=28)
+    with pytest.raises(SchemaError, match=r"shape \[16, 16\], the schema declares \[28, 28\]"):
+        prepare("cxr", wrong, npz=npz)
+    write_schema(tmp_path / "one.yaml", {**cxr_schema(40, size=16),
+                                         "label": {"classes": [0, 5]}})
+    with pytest.raises(SchemaError, match="not a declared class"):
+        prepare("cxr", tmp_path / "one.yaml", npz=npz)

@@ -44,7 +44,7 @@ def cxr(n: int):
 
 
 def run_method(method, X, y, cfg, seed, plans):
-    tr, te = split_indices(y, 0.2, seed)
+    tr, te = split_indices(X, y, 0.2, seed)
     Xp, yp = X[tr], y[tr]
     n_classes = int(y.max()) + 1
     plan = plans[method]
@@ -132,7 +132,7 @@ def main():
     }
     for name, (load, cfg) in setups.items():
         X, y = load()
-        n_pool = len(split_indices(y, 0.2, 0)[0])
+        n_pool = len(split_indices(X, y, 0.2, 0)[0])
         plans, took = make_plans(n_pool, cfg)
         print(f"\n== {name}: pool {n_pool}, budget {cfg['start'] + sum(cfg['queries'])} labels, "
               f"eps={cfg['eps']} (selection {cfg['eps_sel']}), delta={cfg['delta']}; "

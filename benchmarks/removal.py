@@ -38,7 +38,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def bench(name, X, y, classes, lam, s, eps=1.0, delta=1e-4, n_single=50, batch=10,
           checkpoints=(100, 1000), seed=0) -> dict:
-    tr, te = split_indices(y, 0.2, seed)
+    tr, te = split_indices(X, y, 0.2, seed)
     Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
     n_models = 1 if len(classes) == 2 else len(classes)
     out = {"dataset": name, "n_train": len(tr), "d": X.shape[1], "n_models": n_models,

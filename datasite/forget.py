@@ -87,17 +87,18 @@ def update_event(spec, n_train: int, n_models: int):
                                             spec.delta, n_models), spec.delta)
 
 
-def updated_models(model, X, y, row: int, stream=()) -> tuple:
+def updated_models(model, X, y, row: int, stream=(), n_reg: int | None = None) -> tuple:
     """(owner copy, released model, owner certificate) after removing position ``row`` of the
     model's current training records (X, y): the owner copy by a certified Newton step, the
-    release by fresh training on the remaining records."""
+    release by fresh training on the remaining records, its regulariser at the public count
+    ``n_reg`` (the planned training count of the records left; default: those left in X)."""
     from shared.removal import fresh_release, remove
 
     owner_copy, cert = remove(model, X, y, [row])
     if _RELEASE_NOISELESS_NEWTON_FOR_TESTS:
         return owner_copy, owner_copy, cert
     keep = np.arange(len(X)) != row
-    return owner_copy, fresh_release(owner_copy, X[keep], y[keep], stream), cert
+    return owner_copy, fresh_release(owner_copy, X[keep], y[keep], stream, n_reg=n_reg), cert
 
 
 def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
@@ -114,14 +115,16 @@ def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
 
     job = spec_from_dict(spec)
     meta = DatasetMeta.from_json(site.state.dataset(job.dataset)["meta_json"])
-    n = n_train_records(meta.n_records, job.test_fraction)
     first = event_from_json(job_event_json)
+
+    def n_after(k: int) -> int:  # planned (public) training count after k forgets
+        return max(n_train_records(meta.n_records - k, job.test_fraction), 1)
 
     def composed(k: int) -> str:
         if k == 0:
             return job_event_json
         # the k-th update has the fewest records, so the largest epsilon: price all k at it
-        upd = update_event(job, max(n - k, 1), job.n_models(meta))
+        upd = update_event(job, n_after(k), job.n_models(meta))
         return event_to_json(dp_accounting.ComposedDpEvent(
             [first, dp_accounting.SelfComposedDpEvent(upd, k)]))
 
@@ -135,7 +138,7 @@ def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
     while hi - lo > 1:  # fits(lo), not fits(hi) (or hi past the cap)
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    upd = update_event(job, max(n - 1, 1), job.n_models(meta))
+    upd = update_event(job, n_after(1), job.n_models(meta))
     out = {"count": lo, "at_least": lo >= cap, "update_epsilon": upd.epsilon,
            "update_delta": upd.delta, "dataset_delta": site.ledger.budget(job.dataset)["delta"]}
     if lo < cap:
@@ -204,7 +207,7 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     import hashlib
 
     from shared.removal import RemovableModel, job_features
-    from shared.specs import spec_from_dict
+    from shared.specs import n_train_records, spec_from_dict
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
     extractor = None
@@ -220,9 +223,12 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     model = RemovableModel.from_dict(json.loads(m["model_json"]))
     # the stream names this release (model, version) for tests that pin the randomness
     stream = (int(hashlib.sha256(m["request_id"].encode()).hexdigest()[:12], 16), m["version"] + 1)
+    # the planned (public) training count once the record is gone, never the realised one:
+    # each record's side of the split is its own (shared.training.split_indices)
+    n_reg = n_train_records(meta.n_records - 1, spec.test_fraction)
     owner_copy, released, cert = updated_models(
-        model, X[pos], y[pos], int(np.flatnonzero(m_ids == record_id)[0]), stream)
-    event = update_event(spec, released.n_train, model.n_models)
+        model, X[pos], y[pos], int(np.flatnonzero(m_ids == record_id)[0]), stream, n_reg)
+    event = update_event(spec, released.reg_count, model.n_models)
     cert["copy"] = "owner"  # this certificate is about the datasite's own copy
     cert["covers"] = "the datasite's own copy (never sent): " + cert["covers"]
     cert["training_epsilon"] = event.epsilon
@@ -234,7 +240,8 @@ def release_certificate(spec, released, owner_cert: dict) -> dict:
     owner's Newton certificate covers. No residual numbers: they depend on the records."""
     fs = dict(released.feature_source)
     covers = (f"the released weights are a fresh DP release: objective perturbation trained on "
-              f"the {released.n_train} remaining records with a fresh perturbation, independent "
+              f"the remaining records (regulariser at the planned count {released.reg_count}) "
+              "with a fresh perturbation, independent "
               f"of every earlier version given the data; (eps={owner_cert['training_epsilon']:.3g}"
               f", delta={spec.delta:g})-DP for the remaining records, and independent of the "
               "removed ones")
@@ -244,7 +251,7 @@ def release_certificate(spec, released, owner_cert: dict) -> dict:
                    "bounded only by that guarantee")
     return {"release": "fresh_objective_perturbation", "covers": covers,
             "training_epsilon": owner_cert["training_epsilon"], "delta": spec.delta,
-            "n_train": int(released.n_train), "n_removed_total": int(released.n_removed),
+            "n_train": int(released.reg_count), "n_removed_total": int(released.n_removed),
             "feature_source": fs,
             "owner_copy": (f"the datasite's own copy was updated by a certified Newton removal "
                            f"step (Guo et al. 2020): (eps={owner_cert['eps']:g}, "
@@ -275,7 +282,7 @@ def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: d
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
     version = m["version"] + 1
-    event_json = event_to_json(update_event(spec, released.n_train, released.n_models))
+    event_json = event_to_json(update_event(spec, released.reg_count, released.n_models))
     entry_id = f"{m['request_id']}:v{version}"
     m_ids = [i for i in json.loads(m["record_ids_json"]) if i != record_id]
     public_cert = release_certificate(spec, released, cert)

@@ -13,6 +13,8 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
+
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, insert,
                         select, update)
 
@@ -58,6 +60,7 @@ charges = Table(
 )
 
 SPENDING = ("reserved", "running", "committed", "released")
+MAX_CANDIDATES = 50_000
 
 
 def charges_digest(rows) -> str:
@@ -174,8 +177,15 @@ class Ledger:
         self.accountant.conn = c
         try:
             hists = [k.history for k in records.classes(done + ([extra] if extra else []))]
+            # every combination of the events a record may still receive (jobs reserved, not
+            # committed; the new one); past MAX_CANDIDATES, a job takes its worst event by RDP
+            # per record instead (the commit re-checks the realised spend exactly)
             for alts in pending + ([new] if new else []):
-                hists = self._add_worst(hists, alts, delta)
+                alts = list(dict.fromkeys(alts))
+                if len(hists) * len(alts) > MAX_CANDIDATES:
+                    hists = self._add_worst(hists, alts, delta)
+                else:
+                    hists = [h + Counter({a: 1}) for h in hists for a in alts]
             return self.accountant.worst(hists, delta)[0]
         finally:
             self.accountant.conn = None
@@ -186,7 +196,7 @@ class Ledger:
         out = []
         for h in hists:
             options = [h + Counter({a: 1}) for a in dict.fromkeys(alts)]
-            out.append(options[self.accountant.worst(options, delta)[1]])
+            out.append(options[int(np.argmax(self.accountant.rdp_epsilons(options, delta)))])
         return out
 
     def _flush(self, c) -> None:
@@ -225,8 +235,12 @@ class Ledger:
             try:
                 for alts in pending:
                     hists = self._add_worst(hists, alts, b["delta"])
-                values = [(k.count, self.accountant.epsilon(h, b["delta"]))
-                          for k, h in zip(cls, hists)]
+                base = hists[0].copy()
+                for h in hists[1:]:
+                    base &= h  # composed once for all classes
+                bounds = self.accountant.rdp_epsilons(hists, b["delta"])
+                values = [(k.count, self.accountant.epsilon(h, b["delta"], base, float(r)))
+                          for k, h, r in zip(cls, hists, bounds)]
             finally:
                 self.accountant.conn = None
             self._flush(c)

@@ -173,7 +173,8 @@ def _run_dpsgd(spec, aug, aug_meta, n_real, progress) -> dict:
     from .training import encode_labels, preprocess, split_indices
 
     y_real = encode_labels(aug[spec.label].iloc[:n_real], aug_meta.labels)
-    tr, _ = split_indices(y_real, spec.test_fraction, spec.seed)
+    rows = aug.drop(columns=[spec.label]).iloc[:n_real].to_numpy(dtype=np.float64)
+    tr, _ = split_indices(rows, y_real, spec.test_fraction, spec.seed)
     train = aug.iloc[np.concatenate([tr, np.arange(n_real, len(aug))])].reset_index(drop=True)
     job = _audit_spec(spec, test_fraction=0.0)  # the split is done: canaries only train
     train_meta = dataclasses.replace(aug_meta, n_records=len(train))
@@ -199,7 +200,7 @@ def _run_dpal(spec, aug, aug_meta, n_real, progress) -> dict:
 
     job = _audit_spec(spec)
     X, y, _ = _features(job, aug, aug_meta)
-    tr, te = split_indices(y[:n_real], job.test_fraction, job.seed)
+    tr, te = split_indices(X[:n_real], y[:n_real], job.test_fraction, job.seed)
     pool = np.concatenate([tr, np.arange(n_real, len(aug))])
     plan = plan_for(job, aug_meta, n_pool=len(pool))
     y_pool = y[pool]

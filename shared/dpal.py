@@ -82,8 +82,13 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
     device = _device(device)
     R = plan.rounds
     N = len(X_pool)
-    if N != plan.n_pool:
-        raise ValueError(f"pool has {N} records, the plan was made for {plan.n_pool}")
+    # The plan's events depend on the group sizes, not on the pool's size: the pool is the
+    # training side of a per-record split (Binomial size, planned at plan.n_pool), and only
+    # needs room for every group.
+    need = plan.start_size + sum(plan.query_sizes)
+    if N < need:
+        raise ValueError(f"pool has {N} records, fewer than the {need} the plan labels "
+                         f"(planned for {plan.n_pool}); lower start_size or query_sizes")
     bound = float(score_bound) if score_bound else natural_bound(acquisition, n_classes)
     esr = plan.eps_sel_round if private else None
     if private and acquisition != "random" and not (esr and esr > 0):

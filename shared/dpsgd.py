@@ -133,12 +133,13 @@ class DPTrainer:
         return self._opt
 
     def run(self, X: torch.Tensor, y: torch.Tensor, sample_rates: np.ndarray, steps: int,
-            progress: Progress | None = None) -> int:
+            progress: Progress | None = None, expected_batch_size: float | None = None) -> int:
         """``steps`` DP-SGD steps; record i is in each batch independently with probability
         ``sample_rates[i]``. Clipping to clip_norm, Gaussian noise of std
         noise_multiplier * clip_norm on the summed clipped gradients, division by the expected
-        batch size sum(sample_rates); empty batches still take the noise-only step.
-        Returns the number of steps done.
+        batch size (``expected_batch_size``, default sum(sample_rates); a job passes the planned,
+        public one when the realised record count is private); empty batches still take the
+        noise-only step. Returns the number of steps done.
         """
         rates = np.asarray(sample_rates, dtype=np.float64)
         if rates.shape != (len(X),) or len(y) != len(X):
@@ -146,7 +147,7 @@ class DPTrainer:
                              f"y {len(y)}, rates {rates.shape}")
         if not np.all((rates >= 0) & (rates <= 1)):
             raise ValueError("sample rates must lie in [0, 1]")
-        expected = float(rates.sum())
+        expected = float(rates.sum() if expected_batch_size is None else expected_batch_size)
         if steps > 0 and expected <= 0:
             raise ValueError("all sample rates are 0: the expected batch size must be > 0")
         if int(steps) != steps or steps < 0:

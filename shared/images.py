@@ -22,6 +22,7 @@ from .dpsgd import DPTrainer
 from .models import HeadOnBackbone, build_model, model_config
 from .private_metrics import NOISE_STREAM, metrics_sigma, release
 from .private_metrics import privacy_report as metrics_report
+from .specs import n_train_records
 from .training import encode_labels, split_indices
 
 PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
@@ -52,8 +53,9 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
     y = encode_labels(raw_labels, classes)
     h, w = images.shape[1:3]
     c = images.shape[3] if images.ndim == 4 else 1
-    tr, te = split_indices(y, spec.test_fraction, spec.seed)
-    n_train = len(tr)
+    tr, te = split_indices(images, y, spec.test_fraction, spec.seed)
+    # planned (public) count: the schedule and scaling never depend on the realised split
+    n_train = n_train_records(meta.n_records, spec.test_fraction)
 
     if meta.n_records != len(images):
         raise ValueError(f"metadata says {meta.n_records} records, the payload has "
@@ -84,7 +86,8 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
     yt = torch.from_numpy(y)
     tr_t = torch.from_numpy(tr)
     done = trainer.run(X.index_select(0, tr_t), yt.index_select(0, tr_t),
-                       np.full(n_train, q), steps, progress=progress)
+                       np.full(len(tr), q), steps, progress=progress,
+                       expected_batch_size=q * n_train)
     trainer.close()
 
     # The guarantee is for the schedule actually executed.
@@ -113,7 +116,7 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
         # DP (priced above), or exact only on the public mock (shared.private_metrics)
         "metrics": release(y[te], probs[te].argmax(1) if len(te) else np.zeros(0, dtype=int),
                            classes, m_sigma, stream=(spec.seed, NOISE_STREAM, 0),
-                           n_train=n_train,
+                           n_train=n_train, n_test=meta.n_records - n_train,
                            mock_extras=lambda: _mock_extras(probs, y, tr, te, classes)),
         "privacy": privacy,
     }

@@ -7,9 +7,11 @@ R releases (DP-AL rounds, federated rounds) are that event composed R times. Kin
 is only known to be (eps, delta)-DP (objective perturbation) use Laplace noise of scale
 b = 1 / metrics_epsilon instead (L1 sensitivity 1: pure DP, ``LaplaceDpEvent(b)``): a Gaussian
 needs delta of its own, and the training event already uses all of the job's delta. Accuracy and
-per-class accuracy are post-processing of the noisy histogram (free). The test-split size
-``n_test`` is public (from the published record count and ``test_fraction``), so the noisy
-histogram is projected onto "cells sum to n_test" before deriving rates (halves the variance).
+per-class accuracy are post-processing of the noisy histogram (free). Rates use the noisy cells
+only (accuracy = noisy correct / noisy total): each record's train/test side is drawn on its own
+(:func:`shared.training.split_indices`), so the realised test-split size is a count of private
+records, not public, and nothing is projected onto it. The ``n_train``/``n_test`` reported are the
+planned, public counts (``shared.specs.n_train_records``), not the realised ones.
 
 Not released on private records: train accuracy (a second release from the training records,
 on top of DP-SGD, for a number the test accuracy already answers) and AUC (its sensitivity is
@@ -134,14 +136,16 @@ def privacy_report(training_event, sigma: float | None, releases: int, delta: fl
 
 # -- release -----------------------------------------------------------------------------------
 def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: float | None, *,
-            stream: Sequence[int], n_train: int | None = None, mock_extras=None,
-            mechanism: str = GAUSSIAN) -> dict:
+            stream: Sequence[int], n_train: int | None = None, n_test: int | None = None,
+            mock_extras=None, mechanism: str = GAUSSIAN) -> dict:
     """Metrics of predictions ``pred`` against labels ``y_true`` (class indices) of the held-out
     split: DP at noise scale ``sigma`` (stream ``stream`` of secret_seed), none if ``sigma`` is
-    None, exact under :func:`mock_evaluation` (then ``mock_extras()`` adds train accuracy, AUC)."""
+    None, exact under :func:`mock_evaluation` (then ``mock_extras()`` adds train accuracy, AUC).
+    ``n_train``, ``n_test``: the planned (public) split sizes, reported as such; the realised
+    sizes are never released (``n_test`` defaults to the realised size only on the mock)."""
     y_true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     k, n = len(classes), int(len(y_true))
-    out: dict = {"n_test": n}
+    out: dict = {"n_test": int(n_test) if n_test is not None else (n if is_mock() else None)}
     if n_train is not None:
         out["n_train"] = int(n_train)
     counts = np.zeros((k, 2))
@@ -150,7 +154,8 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
         out.update(_rates(counts, n, classes), evaluated_on="mock (exact; public mock data)")
         out.update(mock_extras() if mock_extras else {})
         return out
-    if n == 0 or sigma is None:
+    # decided on public quantities only: the planned test size (when given) and sigma
+    if sigma is None or (n_test == 0 if n_test is not None else n == 0):
         out.update(evaluated_on="nothing: no private metrics released (evaluate on the mock)",
                    test_accuracy=None, per_class_accuracy={})
         return out
@@ -160,13 +165,15 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
         rng = np.random.default_rng(secret_seed(*[int(s) for s in stream]))
         noisy = counts + (rng.laplace(0.0, float(sigma), counts.shape) if mechanism == LAPLACE
                           else rng.normal(0.0, float(sigma), counts.shape))
-    # project onto sum == n (public): the least-squares fit to the noisy cells
-    noisy = noisy + (n - noisy.sum()) / noisy.size
-    out.update(_rates(noisy, n, classes), evaluated_on="private test split, with DP noise",
+    # No projection onto the realised n: it is a private count (module docstring).
+    rates = _rates(noisy, n, classes)
+    a = rates["test_accuracy"] if rates["test_accuracy"] is not None else 0.5
+    size = max(float(noisy.sum()), 1.0)  # a noisy (DP) count: free post-processing
+    out.update(rates, evaluated_on="private test split, with DP noise",
                mechanism=MECHANISM, noise=mechanism, noise_scale=float(sigma),
-               # std of test_accuracy's noise: sum of k "correct" cells after projection
-               test_accuracy_std=float(sigma) * math.sqrt(k / 2) / n * (
-                   math.sqrt(2) if mechanism == LAPLACE else 1.0),
+               # std of test_accuracy's noise (delta method for correct / total, k cells each)
+               test_accuracy_std=float(sigma) * math.sqrt(k * ((1 - a) ** 2 + a ** 2)) / size
+               * (math.sqrt(2) if mechanism == LAPLACE else 1.0),
                noisy_counts={str(c): {"correct": float(noisy[i, 1]), "wrong": float(noisy[i, 0])}
                              for i, c in enumerate(classes)})
     return out
@@ -178,5 +185,6 @@ def _rates(h: np.ndarray, n: int, classes) -> dict:
     for i, c in enumerate(classes):
         size = h[i].sum()
         per[str(c)] = float(np.clip(h[i, 1] / size, 0, 1)) if size >= 1 else None
-    acc = float(np.clip(h[:, 1].sum() / n, 0, 1)) if n else None
+    total = h.sum()  # == n exactly on the mock; the noisy total on private records
+    acc = float(np.clip(h[:, 1].sum() / total, 0, 1)) if total >= 1 else None
     return {"test_accuracy": acc, "per_class_accuracy": per}

@@ -211,6 +211,14 @@ class RemovableModel:
     feature_pipeline: dict = field(default_factory=dict)
     feature_source: dict = field(default_factory=lambda: {"kind": "public"})
     noise_seed: int | None = None  # tests/benchmarks only: None = b from OS entropy
+    # the public count in the regulariser, Lambda = lam * n_reg: a job's planned training-record
+    # count (shared.specs.n_train_records), never the realised split size; None: n_train
+    n_reg: int | None = None
+
+    @property
+    def reg_count(self) -> int:
+        """The record count in the regulariser lam * n (public; see ``n_reg``)."""
+        return int(self.n_train if self.n_reg is None else self.n_reg)
 
     @property
     def n_models(self) -> int:
@@ -242,6 +250,8 @@ class RemovableModel:
         d = self.to_dict()
         for k in ("known_residual", "taylor_residual", "residual_used", "noise_seed"):
             d.pop(k)
+        # the realised training count is a count of private records: release the public one
+        d["n_train"] = self.reg_count
         return d
 
 
@@ -320,9 +330,9 @@ def _draw_b(s: float, shape, noise_seed: int | None, n_retrains: int) -> np.ndar
     return s * np.random.default_rng(seed).standard_normal(shape)
 
 
-def _fit(X, y, n_models, lam, s, noise_seed, n_retrains) -> np.ndarray:
+def _fit(X, y, n_models, lam, s, noise_seed, n_retrains, n_reg=None) -> np.ndarray:
     ys = _signs(y, n_models)
-    Lambda = lam * len(X)
+    Lambda = lam * (len(X) if n_reg is None else n_reg)  # n_reg: the public, planned count
     b = _draw_b(s, (X.shape[1], n_models), noise_seed, n_retrains)
     W = np.column_stack([_minimise(X, ys[:, k], Lambda, b[:, k]) for k in range(n_models)])
     del b  # never stored
@@ -332,14 +342,16 @@ def _fit(X, y, n_models, lam, s, noise_seed, n_retrains) -> np.ndarray:
 def train_removable(X, y, classes: Sequence, lam: float, s: float, eps: float, delta: float,
                     seed: int | None = None, train_delta: float | None = None,
                     feature_pipeline: dict | None = None,
-                    feature_source: dict | None = None) -> RemovableModel:
+                    feature_source: dict | None = None,
+                    n_reg: int | None = None) -> RemovableModel:
     """Train a removal-enabled model on features ``X`` (rows of norm <= 1) and labels ``y``
     (integer positions in ``classes``).
 
     ``eps``, ``delta``: what each removal certificate guarantees (they set the residual budget
     s * eps / c). ``seed``: seeds b for reproducible tests and benchmarks only; None (the
     default, and what jobs use) draws b from OS entropy. ``train_delta``: delta of the training
-    guarantee (recorded; default ``delta``).
+    guarantee (recorded; default ``delta``). ``n_reg``: the public record count of the
+    regulariser lam * n_reg (a job's planned count; default ``len(X)``).
     """
     classes = list(classes)
     if len(classes) < 2:
@@ -349,7 +361,8 @@ def train_removable(X, y, classes: Sequence, lam: float, s: float, eps: float, d
     if not (lam > 0 and math.isfinite(lam)):
         raise RemovalError(f"lam must be a finite number > 0, got {lam}")
     budget = residual_budget(s, eps, delta)
-    W = _fit(X, y, n_models, lam, s, seed, 0)
+    n_reg = len(X) if n_reg is None else int(n_reg)
+    W = _fit(X, y, n_models, lam, s, seed, 0, n_reg)
     taylor = np.full(n_models, GRAD_TOL)
     known = np.zeros_like(W)
     return RemovableModel(
@@ -358,7 +371,8 @@ def train_removable(X, y, classes: Sequence, lam: float, s: float, eps: float, d
         n_train=len(X), budget=budget, residual_used=_combine(known, taylor),
         known_residual=known, taylor_residual=taylor,
         feature_pipeline=dict(feature_pipeline or {}),
-        feature_source=dict(feature_source or {"kind": "public"}), noise_seed=seed)
+        feature_source=dict(feature_source or {"kind": "public"}), noise_seed=seed,
+        n_reg=n_reg)
 
 
 def decision_function(model: RemovableModel, X) -> np.ndarray:
@@ -433,6 +447,9 @@ class RemovalSession:
         self.y = y
         self.ys = _signs(y, model.n_models)
         self.alive = np.ones(len(X), dtype=bool)
+        # the regulariser counts lam once per live record plus this public constant (0 unless
+        # the planned count differs from the realised one): removing r records lowers it by r
+        self.reg_offset = model.reg_count - model.n_train
         self._reset_caches()
 
     # -- internals ---------------------------------------------------------------------------
@@ -445,7 +462,7 @@ class RemovalSession:
     def _refresh(self) -> None:
         """Exact Hessian inverse at the current weights on the live rows."""
         W = self.model.weights
-        Lambda = self.model.lam * int(self.alive.sum())
+        Lambda = self.model.lam * (int(self.alive.sum()) + self.reg_offset)
         P = special.expit(-self.ys * self.Z)
         self.Dref = P * (1 - P) * self.alive[:, None]
         Xa = self.X[self.alive]
@@ -510,7 +527,7 @@ class RemovalSession:
         before = m.residual_used
         mask = self.alive.copy()
         mask[rows] = False
-        Lambda = m.lam * int(mask.sum())
+        Lambda = m.lam * (int(mask.sum()) + self.reg_offset)
         W, Z = m.weights, self.Z
         # Delta: gradient of what leaves the objective (the records' losses and lam/2 |w|^2 each)
         P = special.expit(-self.ys[rows] * Z[rows])
@@ -536,6 +553,7 @@ class RemovalSession:
             m.weights, self.Z = W, Z
             m.known_residual, m.taylor_residual, m.residual_used = known, taylor, total
             m.n_train = int(mask.sum())
+            m.n_reg = m.n_train + self.reg_offset
             self.n_refresh_removals += len(rows)
             if ratio > self.REFRESH_RATIO:
                 self._refresh()
@@ -547,11 +565,13 @@ class RemovalSession:
         m = self.model
         m.n_retrains += 1
         Xa, ya = self.X[self.alive], self.y[self.alive]
-        m.weights = _fit(Xa, ya, m.n_models, m.lam, m.s, m.noise_seed, m.n_retrains)
+        m.weights = _fit(Xa, ya, m.n_models, m.lam, m.s, m.noise_seed, m.n_retrains,
+                         len(Xa) + self.reg_offset)
         m.known_residual = np.zeros_like(m.weights)
         m.taylor_residual = np.full(m.n_models, GRAD_TOL)
         m.residual_used = _combine(m.known_residual, m.taylor_residual)
         m.n_train = len(Xa)
+        m.n_reg = m.n_train + self.reg_offset
         self._reset_caches()
 
 
@@ -587,7 +607,7 @@ def certificate(model: RemovableModel, n_removed: int, retrained: bool,
         out["retrain_note"] = ("the removal would have exceeded the residual budget, so the "
                                "model was retrained on the remaining records with a fresh "
                                "perturbation: a new objective-perturbation release")
-        out["training_epsilon"] = training_epsilon(model.lam, model.s, model.n_train,
+        out["training_epsilon"] = training_epsilon(model.lam, model.s, model.reg_count,
                                                    model.train_delta, model.n_models)
     return out
 
@@ -605,7 +625,8 @@ def remove(model: RemovableModel, X, y, rows) -> tuple[RemovableModel, dict]:
 RELEASE_STREAM = 0x52454C  # names the private random stream of fresh releases ("REL")
 
 
-def fresh_release(model: RemovableModel, X, y, stream: Sequence[int] = ()) -> RemovableModel:
+def fresh_release(model: RemovableModel, X, y, stream: Sequence[int] = (),
+                  n_reg: int | None = None) -> RemovableModel:
     """What may go to someone who holds an earlier version of ``model``: a new
     objective-perturbation training on (X, y) (the remaining records) with a fresh b, minimised
     exactly from the same start (0) as any training.
@@ -613,13 +634,16 @@ def fresh_release(model: RemovableModel, X, y, stream: Sequence[int] = ()) -> Re
     Never a Newton update of a released model: its difference from the earlier release is a
     noiseless function of the removed records (Chen et al., CCS 2021). Given the data this
     release is the same function A(X, y, b) as a first training and independent of every
-    earlier release, so it is (training_epsilon(n = len(X)), train_delta)-DP on its own.
+    earlier release, so it is (training_epsilon(n = n_reg), train_delta)-DP on its own, with
+    ``n_reg`` the public planned count of the remaining records (default ``len(X)``).
     b comes from the OS (:func:`shared.randomness.secret_seed`; tests pin it); ``stream``
     names the release (model, version). Residual state: public constants only."""
     from .randomness import secret_seed
 
     X, y = _check_xy(X, y, len(model.classes))
-    W = _fit(X, y, model.n_models, model.lam, model.s, secret_seed(RELEASE_STREAM, *stream), 0)
+    n_reg = len(X) if n_reg is None else int(n_reg)
+    W = _fit(X, y, model.n_models, model.lam, model.s, secret_seed(RELEASE_STREAM, *stream), 0,
+             n_reg)
     taylor = np.full(model.n_models, GRAD_TOL)
     known = np.zeros_like(W)
     return RemovableModel(
@@ -628,7 +652,7 @@ def fresh_release(model: RemovableModel, X, y, stream: Sequence[int] = ()) -> Re
         residual_used=_combine(known, taylor), known_residual=known, taylor_residual=taylor,
         n_removed=model.n_removed, n_retrains=0,  # the owner copy's retrains are not public
         feature_pipeline=dict(model.feature_pipeline),
-        feature_source=dict(model.feature_source), noise_seed=None)
+        feature_source=dict(model.feature_source), noise_seed=None, n_reg=n_reg)
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -742,12 +766,15 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
     from .data import TABLE
     from .private_metrics import LAPLACE, metrics_sigma
     from .private_metrics import privacy_report as metrics_report
+    from .specs import n_train_records
     from .training import split_indices
 
     classes = list(meta.labels)
     n_models = 1 if len(classes) == 2 else len(classes)
     X, y, pipeline, cols = job_features(spec, data, meta, extractor)
-    tr, te = split_indices(y, spec.test_fraction, spec.seed)
+    tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
+    # the regulariser and the price use the planned count, public; the realised one is not
+    n_plan = n_train_records(meta.n_records, spec.test_fraction)
     if progress is not None:
         progress(0, 1)
     # b from OS entropy: the spec's seed is the researcher's, and knowing b undoes the privacy
@@ -755,23 +782,24 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
                             spec.removal_epsilon, spec.removal_delta, seed=None,
                             train_delta=spec.delta, feature_pipeline=pipeline,
                             feature_source=extractor_source(extractor) if extractor else
-                            {"kind": "public", "features": spec.features})
+                            {"kind": "public", "features": spec.features}, n_reg=n_plan)
     if progress is not None:
         progress(1, 1)
-    eps_train = training_epsilon(spec.lam, spec.perturbation, len(tr), spec.delta, n_models)
+    eps_train = training_epsilon(spec.lam, spec.perturbation, n_plan, spec.delta, n_models)
     m_scale = metrics_sigma(spec, 1, LAPLACE)  # pure DP: training uses all of delta
     privacy = metrics_report(approx_dp_event(eps_train, spec.delta), m_scale, 1, spec.delta,
                              mechanism=LAPLACE)
     privacy.update(mechanism="objective_perturbation", lam=spec.lam,
-                   regulariser=spec.lam * len(tr), perturbation=spec.perturbation,
-                   n_models=n_models, n_train=int(len(tr)),
+                   regulariser=spec.lam * n_plan, perturbation=spec.perturbation,
+                   n_models=n_models, n_train=int(n_plan),
                    neighbouring="add/remove one record; the regulariser lam * n uses the public "
                                 "record count",
                    removal_budget=model.budget, removal_epsilon=spec.removal_epsilon,
                    removal_delta=spec.removal_delta)
     result = {
         # DP (priced above), or exact only on the public mock (shared.private_metrics)
-        "metrics": _metrics(model, X, y, tr, te, classes, m_scale, spec.seed),
+        "metrics": _metrics(model, X, y, tr, te, classes, m_scale, spec.seed, n_plan,
+                            meta.n_records - n_plan),
         "privacy": privacy,
         # fresh from training its residual state holds only public constants (0, GRAD_TOL)
         "removable_model": model.to_dict(),
@@ -783,13 +811,14 @@ def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = No
     return result
 
 
-def _metrics(model, X, y, tr, te, classes, sigma, seed) -> dict:
+def _metrics(model, X, y, tr, te, classes, sigma, seed, n_train, n_test) -> dict:
     """Test metrics through :mod:`shared.private_metrics` (Laplace of scale ``sigma``; exact on
     the mock)."""
     from .private_metrics import LAPLACE, NOISE_STREAM, release
 
     pred = predict(model, X[te]) if len(te) else np.zeros(0, dtype=np.int64)
-    return release(y[te], pred, classes, sigma, stream=(seed, NOISE_STREAM, 0), n_train=len(tr),
+    return release(y[te], pred, classes, sigma, stream=(seed, NOISE_STREAM, 0), n_train=n_train,
+                   n_test=n_test,
                    mock_extras=lambda: {"train_accuracy": _acc(model, X[tr], y[tr])},
                    mechanism=LAPLACE)
 

@@ -149,7 +149,7 @@ class DPALSpec(JobSpec):
         X, y, extra = _features(self, data, meta)
         from .training import split_indices
 
-        tr, te = split_indices(y, self.test_fraction, self.seed)
+        tr, te = split_indices(X, y, self.test_fraction, self.seed)  # per record (its own side)
         y_pool = y[tr]
         n_classes = len(meta.labels)
         hidden = HIDDEN if self.model == "mlp" else 0
@@ -189,7 +189,8 @@ class DPALSpec(JobSpec):
         last = out["rounds"][-1]
         metrics = {"test_accuracy": last["accuracy"], "test_auc": last["auc"],
                    "per_class_accuracy": last["per_class_accuracy"],
-                   "n_pool": int(len(tr)), "n_test": int(len(te)),
+                   # planned, public counts: the realised split sizes are private counts
+                   "n_pool": plan.n_pool, "n_test": meta.n_records - plan.n_pool,
                    "labelled": int(last["labelled"])}
         metrics.update({k: last[k] for k in ("evaluated_on", "test_accuracy_std") if k in last})
         return {"metrics": metrics, "privacy": privacy, "rounds": out["rounds"],

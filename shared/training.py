@@ -6,6 +6,7 @@ and the test metrics, released through the priced Gaussian histogram of
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from typing import Callable, Sequence
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,6 +27,7 @@ from .targets import noise_multiplier as target_noise_multiplier
 from .private_metrics import privacy_report as metrics_report
 from .dpsgd import noise_in_optimizer
 from .randomness import secret_seed
+from .specs import n_train_records
 
 PREPROCESSING = "row_l2_normalise"
 
@@ -87,17 +90,54 @@ def encode_labels(values, classes: Sequence) -> np.ndarray:
             from None
 
 
-def split_indices(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/test split, stratified by label when every class allows it.
+# Test-only switch: True restores the old stratified sklearn split (a function of the whole
+# dataset), so the neighbouring-datasets test can show that it catches it. Never set it elsewhere.
+_STRATIFIED_SPLIT_FOR_TESTS = False
 
-    The test size is ceil(n * test_fraction), as ``shared.specs.n_train_records`` assumes.
+
+def record_side(content: bytes, test_fraction: float, seed: int) -> bool:
+    """True iff the record whose bytes are ``content`` goes to the test split: a keyed hash
+    (BLAKE2b, key = the spec's seed) of its own content, read as a number in [0, 1), below
+    ``test_fraction``. A function of that record alone, so adding or removing one record never
+    moves another one across the split (neighbouring datasets keep neighbouring training sets)."""
+    h = hashlib.blake2b(content, digest_size=8, key=str(int(seed)).encode(), person=b"dp-split")
+    return int.from_bytes(h.digest(), "big") / 2.0 ** 64 < test_fraction
+
+
+def record_bytes(rows: np.ndarray, y: np.ndarray) -> list[bytes]:
+    """Each record's content as bytes: its row (features, or image pixels) and its label."""
+    rows, y = np.ascontiguousarray(rows), np.asarray(y)
+    if len(rows) != len(y):
+        raise ValueError(f"{len(rows)} rows but {len(y)} labels")
+    return [rows[i].tobytes() + b"|" + str(y[i].item()).encode() for i in range(len(y))]
+
+
+def split_indices(rows: np.ndarray, y: np.ndarray, test_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions: each record independently by :func:`record_side` of its own row
+    and label. The only place a job's split is decided.
+
+    The sizes are therefore random (Binomial(n, test_fraction) test records) and not public:
+    everything privacy-relevant (sampling rate, steps, regulariser, released counts) uses the
+    planned count ``shared.specs.n_train_records(n_records, test_fraction)`` instead.
     """
+    y = np.asarray(y)
     n = len(y)
     idx = np.arange(n)
     if test_fraction <= 0:
         return idx, idx[:0]
+    if _STRATIFIED_SPLIT_FOR_TESTS:
+        return _stratified_split(y, test_fraction, seed)
+    test = np.fromiter((record_side(b, test_fraction, seed) for b in record_bytes(rows, y)),
+                       dtype=bool, count=n)
+    return idx[~test], idx[test]
+
+
+def _stratified_split(y, test_fraction, seed):
+    """The old split (tests only): sklearn's stratified split, a function of all the labels."""
     from sklearn.model_selection import train_test_split
 
+    idx = np.arange(len(y))
     try:
         tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
     except ValueError:  # a class too small to stratify: fall back to a plain random split
@@ -121,15 +161,24 @@ def poisson_schedule(n_train: int, batch_size: int, epochs: int) -> tuple[float,
 
 def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                          noise_multiplier: float, clip_norm: float, learning_rate: float,
-                         batch_size: int, seed: int, device: torch.device | str = "cpu"):
+                         batch_size: int, seed: int, device: torch.device | str = "cpu",
+                         sample_rate: float | None = None, n_planned: int | None = None):
     """(module, optimizer, loader) from Opacus: per-sample clipping to ``clip_norm``, Gaussian
     noise of std ``noise_multiplier * clip_norm`` on the summed clipped gradients, Poisson
     sampling; sampling and noise secret (:mod:`shared.randomness`), streams named by ``seed``.
+
+    ``sample_rate``/``n_planned``: the planned (public) Poisson rate and training-record count.
+    A job passes them so that the rate, the steps and the gradient scaling are those the owner
+    priced, not functions of how many records the per-record split happened to put in training.
+    Default: the rate Opacus derives from ``len(X)`` and ``batch_size``.
     """
     device = torch.device(device)
+    n_planned = len(X) if n_planned is None else int(n_planned)
+    if sample_rate is None:
+        sample_rate, _ = poisson_schedule(n_planned, batch_size, 1)
     # Secret sampling and noise (shared.randomness): the researcher chose ``seed``.
-    loader = DataLoader(TensorDataset(X, y), batch_size=batch_size,
-                        generator=torch.Generator().manual_seed(secret_seed(seed, 0)))
+    loader = DPDataLoader(TensorDataset(X, y), sample_rate=sample_rate,
+                          generator=torch.Generator().manual_seed(secret_seed(seed, 0)))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -139,9 +188,11 @@ def make_private_trainer(model: torch.nn.Module, X: torch.Tensor, y: torch.Tenso
             module=model, optimizer=optimizer, data_loader=loader,
             # (noise_in_optimizer: a test-only hook can zero it; see shared.dpsgd)
             noise_multiplier=noise_in_optimizer(noise_multiplier), max_grad_norm=clip_norm,
-            poisson_sampling=True,
+            poisson_sampling=False,  # the loader above already samples at the planned rate
             noise_generator=torch.Generator(device=device).manual_seed(secret_seed(seed, 1)),
         )
+    # "mean" divides by the expected batch size: the planned one, not q * (realised count)
+    optimizer.expected_batch_size = max(1, int(n_planned * sample_rate))
     return module, optimizer, loader
 
 
@@ -165,6 +216,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def table_xy(df: pd.DataFrame, label: str, classes: Sequence | None = None,
+             feature_scales: dict | None = None):
+    """(X, y, feature columns, classes, preprocessing config) of a table job: X preprocessed
+    row by row (public map), y class indices. The split hashes these rows (split_indices)."""
+    cols = feature_columns(df, label)
+    classes = sorted(df[label].unique().tolist()) if classes is None else list(classes)
+    if len(classes) < 2:
+        raise ValueError(f"need at least two label values to classify, got {classes}")
+    prep = {"preprocessing": PREPROCESSING}
+    if feature_scales and all(c in feature_scales for c in cols):
+        prep = {"preprocessing": "public_scale",
+                "feature_scales": [float(feature_scales[c]) for c in cols]}
+    return preprocess(df[cols].to_numpy(), prep), encode_labels(df[label], classes), cols, \
+        classes, prep
+
+
 def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       device: torch.device | str | None = None,
                       classes: Sequence | None = None,
@@ -184,18 +251,11 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
     device = torch.device(device) if device is not None else default_device()
-    cols = feature_columns(df, spec.label)
-    classes = sorted(df[spec.label].unique().tolist()) if classes is None else list(classes)
-    if len(classes) < 2:
-        raise ValueError(f"need at least two label values to classify, got {classes}")
-    prep = {"preprocessing": PREPROCESSING}
-    if feature_scales and all(c in feature_scales for c in cols):
-        prep = {"preprocessing": "public_scale",
-                "feature_scales": [float(feature_scales[c]) for c in cols]}
-    X = preprocess(df[cols].to_numpy(), prep)
-    y = encode_labels(df[spec.label], classes)
-    tr, te = split_indices(y, spec.test_fraction, spec.seed)
-    n_train = len(tr)
+    X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales)
+    tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
+    # The schedule is planned from the public record count, exactly as the owner priced it
+    # (shared.specs): the realised split sizes are Binomial and never enter the mechanism.
+    n_train = n_train_records(len(y), spec.test_fraction)
 
     q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)
     # the spec's target (epsilon, mu or attack TPR), calibrated as the planner does (shared.targets)
@@ -211,7 +271,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     module, optimizer, loader = make_private_trainer(
         model, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), noise_multiplier=sigma,
         clip_norm=spec.clip_norm, learning_rate=spec.learning_rate, batch_size=spec.batch_size,
-        seed=spec.seed if sampling_seed is None else sampling_seed, device=device)
+        seed=spec.seed if sampling_seed is None else sampling_seed, device=device,
+        sample_rate=q, n_planned=n_train)
     if not (loader.sample_rate == q and len(loader) * spec.epochs == steps):
         raise RuntimeError("Opacus' loader disagrees with the accounted schedule")  # never ship
 
@@ -241,13 +302,13 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
         "model_config": config,
         # DP (priced above), or exact only on the public mock (shared.private_metrics)
         "metrics": _metrics(model, X, y, tr, te, classes, device, m_sigma,
-                            (spec.seed, NOISE_STREAM, metrics_index)),
+                            (spec.seed, NOISE_STREAM, metrics_index), n_train),
         "privacy": privacy,
     }
 
 
 @torch.no_grad()
-def _metrics(model, X, y, tr, te, classes, device, sigma, stream) -> dict:
+def _metrics(model, X, y, tr, te, classes, device, sigma, stream, n_planned) -> dict:
     def probs(idx):
         if len(idx) == 0:
             return np.zeros((0, len(classes)))
@@ -264,8 +325,8 @@ def _metrics(model, X, y, tr, te, classes, device, sigma, stream) -> dict:
         return out
 
     pred = p_te.argmax(1) if len(te) else np.zeros(0, dtype=int)
-    return release(y[te], pred, classes, sigma, stream=stream, n_train=len(tr),
-                   mock_extras=mock_extras)
+    return release(y[te], pred, classes, sigma, stream=stream, n_train=n_planned,
+                   n_test=len(y) - n_planned, mock_extras=mock_extras)
 
 
 def _accuracy(p: np.ndarray, y: np.ndarray) -> float | None:

@@ -126,7 +126,7 @@ class _Owner:
         review = F.affordable_forgets(self, spec.to_dict(), RESEARCHER, event_json)
         data, _ = read_private(row["path"])
         X, y, pipeline, _ = R.job_features(spec, data, meta)
-        tr, _ = split_indices(y, spec.test_fraction, spec.seed)
+        tr, _ = split_indices(X, y, spec.test_fraction, spec.seed)
         model = R.train_removable(X[tr], y[tr], [0, 1], LAM, S, 1.0, 1e-9, train_delta=job_delta,
                                   feature_pipeline=pipeline)
         rid = f"job-{job_delta:g}"

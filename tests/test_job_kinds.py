@@ -63,7 +63,10 @@ def test_active_learning_job_with_plan(site, tmp_path):
     assert all("epsilon_per_group" in r for r in result.rounds)
     # no record ids of real patients in what comes back
     assert set(result.raw) == {"metrics", "privacy", "rounds", "plan", "model_state",
-                               "model_config", "spec", "kind"}
+                               "model_config", "spec", "kind", "audit_head"}  # signed head
+    # the owner charged each record its own group's event (per-record ledger)
+    charges = site.ledger.record_histogram("bc", 569)
+    assert charges["classes"] >= 3 and sum(b["records"] for b in charges["bins"]) == 569
     assert isinstance(result.metrics["labelled"], int)
     assert result.privacy["training_epsilon"] <= 3.0  # + three DP evaluations, composed
     assert result.privacy["metrics"]["releases"] == 3

@@ -138,10 +138,11 @@ def binary_search(df: pd.DataFrame, meta: DatasetMeta) -> float:
     return (lo + hi) / 2
 
 
-def _target(df: pd.DataFrame) -> float:
-    from shared.training import encode_labels, split_indices
+def _target(df: pd.DataFrame, meta: DatasetMeta) -> float:
+    from shared.training import split_indices, table_xy
 
-    _, te = split_indices(encode_labels(df["diagnosis"], [0, 1]), 0.2, SCHEDULE["seed"])
+    X, y, *_ = table_xy(df, "diagnosis", [0, 1], meta.feature_scales)
+    _, te = split_indices(X, y, 0.2, SCHEDULE["seed"])
     test = df.iloc[te]
     return float(test.loc[test["diagnosis"] == 0, COLUMN].max())
 
@@ -150,7 +151,7 @@ def test_binary_search_attack_on_round_metrics(monkeypatch):
     from shared import training
 
     df, meta = bc()
-    target = _target(df)
+    target = _target(df, meta)
     assert target == 1761.0
     # the schedule's whole price, metrics included, stays what the ledger charges
     priced = planned_event(dict(SCHEDULE), meta)

@@ -201,6 +201,15 @@ def test_dpal_job_on_breast_cancer():
     assert 0 <= m["test_accuracy"] <= 1 and m["test_accuracy_std"] < 0.5
     text = str({k: v for k, v in res.items() if k != "model_state"})
     assert "indices" not in text and "asked" not in text
+    # per-record ledger: every record is in exactly one group, charged one of the job's
+    # possible events; owner-side only (stripped before release)
+    groups = res["_owner_record_groups"]
+    rows = sorted(r for g in groups for r in g["rows"])
+    assert rows == list(range(len(df)))
+    assert {g["event"] for g in groups} <= set(spec.record_events(meta))
+    from datasite.forget import public_result
+
+    assert "_owner_record_groups" not in public_result(res)
     from shared.models import build_from_config
     import io
     m = build_from_config(res["model_config"])

@@ -8,7 +8,8 @@ is only known to be (eps, delta)-DP (objective perturbation) use Laplace noise o
 b = 1 / metrics_epsilon instead (L1 sensitivity 1: pure DP, ``LaplaceDpEvent(b)``): a Gaussian
 needs delta of its own, and the training event already uses all of the job's delta. Accuracy and
 per-class accuracy are post-processing of the noisy histogram (free). Rates use the noisy cells
-only (accuracy = noisy correct / noisy total): each record's train/test side is drawn on its own
+only (accuracy = noisy correct / noisy total; the planned size should the noisy total fall
+below 1): each record's train/test side is drawn on its own
 (:func:`shared.training.split_indices`), so the realised test-split size is a count of private
 records, not public, and nothing is projected onto it. The ``n_train``/``n_test`` reported are the
 planned, public counts (``shared.specs.n_train_records``), not the realised ones.
@@ -166,9 +167,14 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
         noisy = counts + (rng.laplace(0.0, float(sigma), counts.shape) if mechanism == LAPLACE
                           else rng.normal(0.0, float(sigma), counts.shape))
     # No projection onto the realised n: it is a private count (module docstring).
-    rates = _rates(noisy, n, classes)
+    # accuracy = noisy correct / noisy total (post-processing); if the noise leaves the total
+    # below 1 (tiny test splits), divide by the planned, public test size instead
+    size = float(noisy.sum())
+    if size < 1 and n_test:
+        size = float(n_test)
+    rates = _rates(noisy, size, classes)
     a = rates["test_accuracy"] if rates["test_accuracy"] is not None else 0.5
-    size = max(float(noisy.sum()), 1.0)  # a noisy (DP) count: free post-processing
+    size = max(size, 1.0)
     out.update(rates, evaluated_on="private test split, with DP noise",
                mechanism=MECHANISM, noise=mechanism, noise_scale=float(sigma),
                # std of test_accuracy's noise (delta method for correct / total, k cells each)
@@ -179,12 +185,12 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
     return out
 
 
-def _rates(h: np.ndarray, n: int, classes) -> dict:
-    """Accuracy and per-class accuracy from a (class x [wrong, correct]) histogram, in [0, 1]."""
+def _rates(h: np.ndarray, total: float, classes) -> dict:
+    """Accuracy (correct / ``total``) and per-class accuracy from a (class x [wrong, correct])
+    histogram, in [0, 1]."""
     per = {}
     for i, c in enumerate(classes):
         size = h[i].sum()
         per[str(c)] = float(np.clip(h[i, 1] / size, 0, 1)) if size >= 1 else None
-    total = h.sum()  # == n exactly on the mock; the noisy total on private records
     acc = float(np.clip(h[:, 1].sum() / total, 0, 1)) if total >= 1 else None
     return {"test_accuracy": acc, "per_class_accuracy": per}

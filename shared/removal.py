@@ -405,12 +405,14 @@ def gradient_residual(model: RemovableModel, X, y) -> np.ndarray:
 
 
 def objective_gradient(model: RemovableModel, X, y, b: np.ndarray) -> np.ndarray:
-    """(d, K) gradient of the perturbed objective (lam * len(X) regulariser) at the weights."""
+    """(d, K) gradient of the perturbed objective at the weights: regulariser lam * (len(X) +
+    the model's public offset reg_count - n_train), i.e. lam * reg_count on its own records."""
     X = np.asarray(X, dtype=np.float64)
     ys = _signs(np.asarray(y), model.n_models)
     Z = X @ model.weights
     P = special.expit(-ys * Z)
-    return X.T @ (-ys * P) + model.lam * len(X) * model.weights + b
+    n_reg = len(X) + model.reg_count - model.n_train
+    return X.T @ (-ys * P) + model.lam * n_reg * model.weights + b
 
 
 # -- removal -----------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ def spec_from_dict(d: dict) -> Any:
 
 
 def n_train_records(n_records: int, test_fraction: float) -> int:
-    """Records left for training after the held-out split (the trainer splits the same way)."""
+    """The planned (public) training-record count after the held-out split. The split itself is
+    per record (``shared.training.split_indices``), so the realised count is Binomial and
+    private; every privacy-relevant quantity of a job (Poisson rate, steps, regulariser,
+    reported counts) uses this planned count instead."""
     n_test = int(math.ceil(n_records * test_fraction)) if test_fraction > 0 else 0
     return n_records - n_test
 

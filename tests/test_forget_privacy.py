@@ -116,6 +116,7 @@ class _Owner:
         from shared.data import DatasetMeta
         from shared.pricing import planned_event
         from shared.spec_removal import RemovalSpec
+        from shared.specs import n_train_records
         from shared.training import split_indices
 
         row = self.state.dataset("bc")
@@ -127,8 +128,10 @@ class _Owner:
         data, _ = read_private(row["path"])
         X, y, pipeline, _ = R.job_features(spec, data, meta)
         tr, _ = split_indices(X, y, spec.test_fraction, spec.seed)
+        # as the job does: the regulariser at the planned (public) count, not len(tr)
         model = R.train_removable(X[tr], y[tr], [0, 1], LAM, S, 1.0, 1e-9, train_delta=job_delta,
-                                  feature_pipeline=pipeline)
+                                  feature_pipeline=pipeline,
+                                  n_reg=n_train_records(meta.n_records, spec.test_fraction))
         rid = f"job-{job_delta:g}"
         self.ledger.reserve(rid, "bc", RESEARCHER, event_json)
         self.ledger.start(rid)
@@ -161,14 +164,19 @@ def test_each_update_is_priced_as_a_fresh_release(tmp_path):
     (out,) = report["models"]
     assert out["status"] == "updated"
     event = event_from_json(site.ledger.entry(f"{rid}:v1")["event_json"])
-    # exactly one more independent (eps_train(n - 1), job delta) release, no chaining terms
-    assert event.epsilon == pytest.approx(R.training_epsilon(LAM, S, n - 1, 1e-7))
+    # exactly one more independent (eps_train(n'), job delta) release, no chaining terms, with
+    # n' the planned (public) training count of the 568 records left, not the realised n - 1
+    from shared.specs import n_train_records
+
+    n_left = n_train_records(568, 0.2)
+    assert n_left != n - 1  # the per-record split's realised size is not the planned one
+    assert event.epsilon == pytest.approx(R.training_epsilon(LAM, S, n_left, 1e-7))
     assert event.delta == 1e-7
     # the researcher's certificate: a fresh DP release, no data-dependent residual numbers
     pub = out["released"]
     assert "fresh DP release" in pub["covers"] and "Newton" in pub["owner_copy"]
     assert not {"residual_used", "residual_bound", "budget_left"} & set(pub)
-    assert pub["n_train"] == n - 1
+    assert pub["n_train"] == n_left
     # the owner's copy kept here is the certified Newton update
     owner = R.RemovableModel.from_json(site.state.models_for("bc")[0]["model_json"])
     assert owner.n_train == n - 1 and owner.residual_used > R.GRAD_TOL

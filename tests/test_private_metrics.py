@@ -63,7 +63,10 @@ def test_release_noise_scale_and_randomness():
     draws = [PM.release(y, pred, [0, 1], 5.0, stream=(0, 3, 0)) for _ in range(400)]
     assert len({d["noisy_counts"]["0"]["correct"] for d in draws}) == 400
     accs = np.array([d["test_accuracy"] for d in draws])
-    assert accs.std() == pytest.approx(a["test_accuracy_std"], rel=0.2)  # sigma*sqrt(K/2)/n
+    # the reported std is a plug-in (delta method for noisy correct / noisy total, at the noisy
+    # accuracy): no projection onto the realised n_test, which is a private count
+    reported = np.median([d["test_accuracy_std"] for d in draws])
+    assert accs.std() == pytest.approx(reported, rel=0.2)
     assert abs(np.median(accs) - 0.9) < 0.02
     none = PM.release(y, pred, [0, 1], None, stream=(0, 3, 0))
     assert none["test_accuracy"] is None and "noisy_counts" not in none
@@ -152,7 +155,7 @@ def test_binary_search_attack_on_round_metrics(monkeypatch):
 
     df, meta = bc()
     target = _target(df, meta)
-    assert target == 1761.0
+    assert target == 1685.0  # under the per-record split (1761.0 under the old stratified one)
     # the schedule's whole price, metrics included, stays what the ledger charges
     priced = planned_event(dict(SCHEDULE), meta)
     assert epsilon(priced, DELTA) < 1.3

@@ -277,8 +277,13 @@ def test_spec_run_on_table():
     planned = shared.spec_removal.RemovalSpec.from_dict(spec).planned_event(meta)
     assert epsilon(event_from_json(out["privacy"]["event"]), 1e-4) <= epsilon(planned, 1e-4)
     tr = out["_owner_training_rows"]
-    assert len(tr) == 455 and len(set(tr)) == 455
+    # per-record split: a Binomial number of training rows; the regulariser and the reported
+    # counts use the planned, public 455 (shared.specs.n_train_records), never the realised one
+    assert len(set(tr)) == len(tr) and 400 < len(tr) < 510
+    assert out["privacy"]["n_train"] == m["n_train"] == 455 and m["n_test"] == 114
     model = R.RemovableModel.from_dict(out["removable_model"])
+    assert model.n_train == len(tr) and model.reg_count == 455
+    assert model.public_dict()["n_train"] == 455
     assert model.noise_seed is None and model.residual_used == pytest.approx(R.GRAD_TOL)
     # the torch Linear gives the same predictions as the removable model
     lin = build_from_config(out["model_config"])

@@ -322,8 +322,12 @@ class OwnerSite:
 
     def review(self, include_done: bool = False) -> list[dict]:
         out = []
+        from .rounds import refuse_if_ended
+
         for rid, req in self._syft_requests().items():
             info = self.describe_request(rid, req)
+            if info["kind"] == "fed_round":
+                refuse_if_ended(self, rid, req, info)
             if include_done or info["state"] in ("pending", "ran", "failed"):
                 out.append(info)
         return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import SiteError
 
 SERVING = "serving"
+ENDED = ("stopped", "released", "denied", "failed")  # a schedule in these serves no more rounds
 
 
 def rounds_done(own: dict) -> int:
@@ -117,6 +118,20 @@ def _refuse(site, rid, req, researcher, reason: str) -> None:
     site.state.claim_for_run(rid, dataset=None, researcher=researcher, func_name=None,
                              spec_json=None)
     site.state.set_state(rid, "denied", reason=reason)
+
+
+def refuse_if_ended(site, rid: str, req, info: dict) -> bool:
+    """Refuse a round that arrived after its schedule ended (no round server will ever run it);
+    True if refused. Rounds are submitted as the previous one completes, so one can arrive
+    just after the owner stopped the schedule."""
+    schedule = site.state.request(str((info.get("spec") or {}).get("schedule", "")))
+    if info["state"] != "pending" or schedule is None or schedule["state"] not in ENDED:
+        return False
+    why = json.loads(schedule["summary_json"] or "{}").get("ended") or schedule["state"]
+    _refuse(site, rid, req, info["researcher"], "the site stopped participating in schedule "
+            f"{schedule['request_id'][:8]} ({why})")
+    info["state"] = "denied"
+    return True
 
 
 def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> None:

@@ -10,6 +10,7 @@ import ast
 import hashlib
 import json
 import linecache
+import threading
 
 _TEMPLATE = '''@sy.syft_function_single_use(data=asset)
 def {func_name}(data):
@@ -41,13 +42,20 @@ def render(spec: dict) -> str:
     )
 
 
+# CPython 3.11.7's AST constructor keeps a process-global recursion counter: two threads building
+# ASTs at once raise "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905).
+# An owner process reviews from several threads (and tests run two sites' owners in one process).
+_AST_LOCK = threading.Lock()
+
+
 def recognise(source: str) -> dict | None:
     """Return the spec if ``source`` is exactly a rendered template, else None."""
     try:
-        tree = ast.parse(source)
-        fn = tree.body[0]
-        call = fn.body[-1].value  # return run_job(<spec>, data)
-        spec = ast.literal_eval(call.args[0])
+        with _AST_LOCK:
+            tree = ast.parse(source)
+            fn = tree.body[0]
+            call = fn.body[-1].value  # return run_job(<spec>, data)
+            spec = ast.literal_eval(call.args[0])
     except (SyntaxError, IndexError, AttributeError, ValueError, TypeError):
         return None
     if not isinstance(spec, dict) or "kind" not in spec:
@@ -64,5 +72,6 @@ def compile_function(source: str, namespace: dict):
     filename = f"<dp-datasite-job-{hashlib.sha256(source.encode()).hexdigest()[:12]}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), namespace)
-    name = ast.parse(source).body[0].name
+    with _AST_LOCK:
+        name = ast.parse(source).body[0].name
     return namespace[name]

@@ -87,7 +87,7 @@ def test_differencing_attack_on_a_noiseless_update_through_the_workflow(site_wit
     site.forget("breast_cancer", target)
     (update,) = removable.updates()
     rank, cos = _differencing(original, update.raw["removable_model"], real, present, target)
-    assert rank == 0 and cos > 0.99
+    assert rank == 0 and cos > 0.95  # seen 0.984-0.99999994: b is fresh from the OS each run
 
 
 def test_forget_updates_the_model_and_reaches_the_researcher(site_with_models, demo_files):
@@ -134,7 +134,7 @@ def test_forget_updates_the_model_and_reaches_the_researcher(site_with_models, d
     assert not {"residual_used", "residual_bound", "budget_left"} & set(update.certificate)
     assert "fresh DP release" in repr(update)
     # the attack of the test above, on what is released now: the recovered vector is noise
-    # (|cos| <= 0.46 over 2,300 simulated forgets; a Newton update gives > 0.99)
+    # (|cos| <= 0.46 over 2,300 simulated forgets; a Newton update gives > 0.98)
     _, cos = _differencing(held.raw["removable_model"], update.raw["removable_model"], real,
                               present, target)
     assert cos < 0.9

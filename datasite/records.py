@@ -255,25 +255,9 @@ class HistoryAccountant:
 
     def _rdp_vector(self, ev: str):
         if ev not in self._rdp:
-            from dp_accounting.rdp import RdpAccountant
+            from shared.accounting import event_from_json, rdp_curve
 
-            from shared.accounting import RDP_ORDERS, _contains_approx, event_from_json
-
-            event = event_from_json(ev)
-            vec = None
-            if not _contains_approx(event):
-                acc = RdpAccountant(orders=list(RDP_ORDERS))
-                import logging
-
-                absl = logging.getLogger("absl")
-                level = absl.level
-                absl.setLevel(logging.ERROR)
-                try:
-                    acc.compose(event)
-                finally:
-                    absl.setLevel(level)
-                vec = np.array(acc._rdp, dtype=np.float64)  # pylint: disable=protected-access
-            self._rdp[ev] = vec
+            self._rdp[ev] = rdp_curve(event_from_json(ev))
         return self._rdp[ev]
 
     # -- the database cache of fine PLDs -------------------------------------------------------

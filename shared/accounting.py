@@ -14,10 +14,11 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 import attr
+import numpy as np
 import dp_accounting
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant, common, privacy_loss_distribution
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp import RdpAccountant, rdp_privacy_accountant
 
 # Wide RDP order grid: Opacus' grid stops at 63, which is loose at small epsilon (ALGORITHMS.md 1).
 RDP_ORDERS: tuple[float, ...] = tuple(
@@ -181,10 +182,9 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
 _pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
 
 
-def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float | None:
-    """Epsilon at ``delta`` by the RDP accountant over the wide order grid (looser, cheaper);
-    None for events RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
-    _check_delta(delta)
+def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:
+    """The event's RDP at each of RDP_ORDERS (composition adds these vectors); None for events
+    RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
     if _contains_approx(event):
         return None
     acc = RdpAccountant(orders=list(RDP_ORDERS))
@@ -195,9 +195,19 @@ def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float | None:
     absl_logger.setLevel(logging.ERROR)
     try:
         acc.compose(event)
-        return float(acc.get_epsilon(delta))
     finally:
         absl_logger.setLevel(level)
+    return np.array(acc._rdp, dtype=np.float64)  # pylint: disable=protected-access
+
+
+def epsilon_rdp(event: dp_accounting.DpEvent, delta: float) -> float | None:
+    """Epsilon at ``delta`` by the RDP accountant over the wide order grid (looser, cheaper);
+    None for events RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
+    _check_delta(delta)
+    curve = rdp_curve(event)
+    if curve is None:
+        return None
+    return float(rdp_privacy_accountant.compute_epsilon(list(RDP_ORDERS), curve, delta)[0])
 
 
 def compose_epsilon(event_jsons: Iterable[str], delta: float) -> float:

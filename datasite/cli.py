@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from shared.display import escape, escape_block, escape_lines
+
 from .config import DEFAULT_PORT, SiteError, init_site, open_site
 
 
@@ -47,8 +49,8 @@ def cmd_upload(args) -> None:
                               labels=args.labels, npz=args.npz, schema=args.schema,
                               mock=args.mock, description=args.description or "",
                               budget_epsilon=args.budget_eps, delta=args.delta)
-    print(f"Uploaded {meta.name}: {meta.kind}, {meta.n_records} records, labels {meta.labels}; "
-          "mock published, real data kept on this machine.")
+    print(f"Uploaded {escape(meta.name)}: {meta.kind}, {meta.n_records} records, labels "
+          f"{escape(meta.labels)}; mock published, real data kept on this machine.")
 
 
 def cmd_schema_draft(args) -> None:
@@ -66,9 +68,19 @@ def cmd_schema_draft(args) -> None:
 
 
 def cmd_budget(args) -> None:
-    _site(args).set_budget(args.dataset, args.epsilon, args.delta, researcher=args.researcher or "")
+    site = _site(args)
+    if args.disclose_remaining is not None:
+        site.disclose_dataset_left(args.disclose_remaining == "yes")
+        print("Researchers' budget notes now " + ("show each dataset's exact remaining budget "
+              "(which reveals what the others spent)." if args.disclose_remaining == "yes" else
+              "show only whether each dataset can still pay for their share."))
+    if args.dataset is None and args.epsilon is None:
+        return
+    if args.dataset is None or args.epsilon is None:
+        raise SiteError("Give the dataset and --epsilon (and --delta for a dataset budget).")
+    site.set_budget(args.dataset, args.epsilon, args.delta, researcher=args.researcher or "")
     who = args.researcher or "the dataset"
-    print(f"Budget for {who} on {args.dataset}: eps={args.epsilon:g}")
+    print(f"Budget for {escape(who)} on {escape(args.dataset)}: eps={args.epsilon:g}")
 
 
 def cmd_ledger(args) -> None:
@@ -83,7 +95,7 @@ def cmd_ledger(args) -> None:
         raise SiteError(f"No budget or ledger for dataset {args.dataset!r} on {args.name}.")
     if args.plot:
         plot(site.ledger, args.plot)
-    print(json.dumps(rep, indent=2, default=str) if args.json else render(rep))
+    print(json.dumps(rep, indent=2, default=str) if args.json else _report(render(rep)))
 
 
 def cmd_users_add(args) -> None:
@@ -95,76 +107,97 @@ def cmd_users_add(args) -> None:
             raise SiteError("The passwords differ.")
     site = _site(args)
     site.add_user(args.email, password, name=args.full_name)
-    print(f"Registered researcher {args.email} on {args.name}.")
+    print(f"Registered researcher {escape(args.email)} on {escape(args.name)}.")
     if args.dataset:
         site.set_budget(args.dataset, args.budget_eps, researcher=args.email)
-        print(f"Budget for {args.email} on {args.dataset}: eps={args.budget_eps:g}")
+        print(f"Budget for {escape(args.email)} on {escape(args.dataset)}: "
+              f"eps={args.budget_eps:g}")
 
 
 def cmd_review(args) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # PySyft prints chatter on stdout
         items = _site(args).review(include_done=args.all)
-    if args.json:
+    if args.json:  # json.dumps escapes control and non-ASCII characters itself
         print(json.dumps(items, indent=2, default=str))
         return
     if not items:
         print("No pending requests.")
     for it in items:
-        print(f"Request {it['request_id'][:8]}  [{it['state']}]  from {it['researcher']}  "
-              f"submitted {it['submitted']}")
-        print(f"  dataset: {it['dataset']}   job: {it['kind']}")
-        if it["template"]:
-            print("  code: recognised dp-datasite job template (only the spec differs)")
-            for k, v in sorted(it["spec"].items()):
-                print(f"    {k} = {v}")
-            print(f"  checks against the real data: {it['validation']}")
-            if it.get("note"):
-                print(f"  {it['note']}")
-            cost = it.get("cost")
-            if cost:
-                rdp = cost.get("epsilon_rdp")
-                print(f"  privacy cost (computed here from the spec): eps={cost['epsilon']:.3f} "
-                      f"at delta={cost['delta']:g}"
-                      + (f" (RDP {rdp:.3f})" if rdp is not None else " (PLD only)"))
-                tpr = cost.get("tpr_bound") or {}
-                if tpr:
-                    mu = cost.get("mu")
-                    print(f"  membership-attack bound: TPR <= {tpr.get('0.001', 1):.3f} / "
-                          f"{tpr.get('0.01', 1):.3f} / {tpr.get('0.1', 1):.3f} at FPR 0.1/1/10%"
-                          + (f"; mu-GDP {mu:.3f}" if mu is not None else ""))
-                b = cost["budget"]
-                if b is None:
-                    print("  budget: NONE SET for this dataset -- `datasite budget` before running")
-                else:
-                    print(f"  dataset budget {b['dataset_budget']:g}: spent {b['dataset_spent']:.3f}"
-                          f" -> {b['dataset_after']:.3f} after this job")
-                    if b["researcher_budget"] is not None:
-                        print(f"  researcher budget {b['researcher_budget']:g}: spent "
-                              f"{b['researcher_spent']:.3f} -> {b['researcher_after']:.3f}")
-                    print("  fits the budgets" if b["fits"] else "  DOES NOT FIT: run will refuse")
-                if cost.get("forgets"):
-                    print(f"  {cost['forgets']['message']}")
-        else:
-            print("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it:")
-            for line in it["code"].splitlines():
-                print(f"    | {line}")
-        print()
+        print_request(it)
+
+
+def print_request(it: dict, file=None) -> None:
+    """One request of ``datasite review``. Everything the researcher chose (names, spec fields,
+    custom code, and error messages quoting them) goes through :mod:`shared.display`, so no
+    escape sequence, newline or bidi override can rewrite what the owner reads."""
+    def out(line: str = "") -> None:
+        print(line, file=file or sys.stdout)
+
+    unregistered = "" if it.get("registered", True) else " (NOT a registered researcher)"
+    out(f"Request {escape(str(it['request_id'])[:8])}  [{escape(it['state'])}]  from "
+        f"{escape(it['researcher'])}{unregistered}  submitted {escape(it['submitted'])}")
+    out(f"  dataset: {escape(it['dataset'])}   job: {escape(it['kind'])}")
+    if it["template"]:
+        out("  code: recognised dp-datasite job template (only the spec differs)")
+        for k, v in sorted(it["spec"].items(), key=lambda kv: repr(kv[0])):
+            out(f"    {escape(k)} = {escape(v)}")
+        out(f"  checks against the real data: {escape(it['validation'], 1000)}")
+        if it.get("note"):
+            out(f"  {escape(it['note'])}")
+        if it.get("cost_error"):
+            out(f"  privacy cost: NOT PRICED -- {escape(it['cost_error'], 1000)}")
+        cost = it.get("cost")
+        if cost:
+            rdp = cost.get("epsilon_rdp")
+            out(f"  privacy cost (computed here from the spec): eps={cost['epsilon']:.3f} "
+                f"at delta={cost['delta']:g}"
+                + (f" (RDP {rdp:.3f})" if rdp is not None else " (PLD only)"))
+            tpr = cost.get("tpr_bound") or {}
+            if tpr:
+                mu = cost.get("mu")
+                out(f"  membership-attack bound: TPR <= {tpr.get('0.001', 1):.3f} / "
+                    f"{tpr.get('0.01', 1):.3f} / {tpr.get('0.1', 1):.3f} at FPR 0.1/1/10%"
+                    + (f"; mu-GDP {mu:.3f}" if mu is not None else ""))
+            b = cost["budget"]
+            if b is None:
+                out("  budget: NONE SET for this dataset -- `datasite budget` before running")
+            else:
+                out(f"  dataset budget {b['dataset_budget']:g}: spent {b['dataset_spent']:.3f}"
+                    f" -> {b['dataset_after']:.3f} after this job")
+                if b["researcher_budget"] is not None:
+                    out(f"  researcher budget {b['researcher_budget']:g}: spent "
+                        f"{b['researcher_spent']:.3f} -> {b['researcher_after']:.3f}")
+                out("  fits the budgets" if b["fits"] else "  DOES NOT FIT: run will refuse")
+            if cost.get("forgets"):
+                out(f"  {escape(cost['forgets']['message'], 1000)}")
+    elif it.get("code") is None:  # not a code request, or one the tools could not read
+        if it.get("request_type"):
+            out(f"  request: {escape(it['request_type'], 1000)}")
+        out(f"  {escape(it.get('validation') or 'no code to show', 1000)}")
+    else:
+        out("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it "
+            "(control characters shown as \\x.. escapes; all of it: --json):")
+        for line in escape_lines(it["code"]):
+            out(f"    | {line}")
+        if it.get("validation"):
+            out(f"  {escape(it['validation'], 1000)}")
+    out()
 
 
 def cmd_run(args) -> None:
     summary = _site(args).run(args.request, progress=not args.quiet)
     print(json.dumps(summary, indent=2, default=str))
-    print(f"Release it with: datasite release {args.name} {args.request}")
+    print(f"Release it with: datasite release {escape(args.name)} {escape(args.request)}")
 
 
 def cmd_release(args) -> None:
     _site(args).release(args.request)
-    print(f"Released request {args.request} to its researcher.")
+    print(f"Released request {escape(args.request)} to its researcher.")
 
 
 def cmd_stop(args) -> None:
     summary = _site(args).stop(args.request)
-    print(f"Stopped schedule {args.request} after {summary['rounds_done']} round(s); "
+    print(f"Stopped schedule {escape(args.request)} after {summary['rounds_done']} round(s); "
           "the rounds not run were refunded.")
 
 
@@ -173,23 +206,26 @@ def cmd_forget(args) -> None:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
-    print(f"Record {report['record']} removed from {report['dataset']} for good.")
+    print(f"Record {report['record']} removed from {escape(report['dataset'])} for good.")
     for m in report["models"]:
         c = m["certificate"]
         if m["status"] == "withdrawn":
-            print(f"  model {m['request'][:8]} ({m['researcher']}): WITHDRAWN -- {m['reason']}")
+            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): WITHDRAWN -- "
+                  f"{escape(m['reason'], 1000)}")
         else:
             r = m["released"]
             own = ("retrained with fresh noise (residual budget was used up)" if c["retrained"]
                    else f"certified Newton update, residual {c['residual_used']:.3g} of "
                         f"{c['budget']:.3g} used (eps={c['eps']:g}, delta={c['delta']:g})")
-            print(f"  model {m['request'][:8]} ({m['researcher']}): fresh DP release v{m['version']}"
+            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): fresh DP "
+                  f"release v{m['version']}"
                   f" sent (eps={r['training_epsilon']:.3g}, delta={r['delta']:g}, "
                   f"{r['n_train']} records); owner's copy: {own}")
     if not report["models"]:
         print("  no removal-enabled model was trained on this record")
     for d in report["dp_models"]:
-        print(f"  DP model {d['request'][:8]} ({d['researcher']}), not updated: {d['guarantee']}")
+        print(f"  DP model {escape(d['request'][:8])} ({escape(d['researcher'])}), not updated: "
+              f"{escape(d['guarantee'], 1000)}")
 
 
 def cmd_audit(args) -> None:
@@ -197,12 +233,17 @@ def cmd_audit(args) -> None:
 
     report = _site(args).audit(args.dataset, load_spec(args.job), canaries=args.canaries,
                                confidence=args.confidence)
-    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    print(json.dumps(report, indent=2, default=str) if args.json else _report(render(report)))
+
+
+def _report(text: str) -> str:
+    """A rendered multi-line report, every line made safe and none left out."""
+    return escape_block(text, max_lines=10**9, max_line_chars=10**6)
 
 
 def cmd_deny(args) -> None:
     _site(args).deny(args.request, args.reason)
-    print(f"Denied request {args.request}: {args.reason}")
+    print(f"Denied request {escape(args.request)}: {escape(args.reason, 1000)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,10 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_users_add)
 
     s = cmd("budget", cmd_budget, "set a dataset's (or a researcher's) privacy budget")
-    s.add_argument("dataset")
-    s.add_argument("--epsilon", type=float, required=True)
+    s.add_argument("dataset", nargs="?", default=None)
+    s.add_argument("--epsilon", type=float, default=None)
     s.add_argument("--delta", type=float, default=None, help="dataset budgets only")
     s.add_argument("--researcher", default=None, help="email: a researcher's share")
+    s.add_argument("--disclose-remaining", choices=("yes", "no"), default=None,
+                   help="tell researchers each dataset's exact remaining budget (default no: "
+                        "only whether it can still pay for their share)")
 
     s = cmd("ledger", cmd_ledger, "budgets, spend and history")
     s.add_argument("--dataset", default=None)
@@ -310,14 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import private_umask; private_umask()  # noqa: E702 (files it writes: owner-only)
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except SiteError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except SiteError as e:  # messages may quote a researcher's spec: shown escaped
+        print(f"error: {escape_block(str(e), 50, 2000)}", file=sys.stderr)
         return 2
     except ValueError as e:  # IngestError and SpecError are ValueErrors with user-facing text
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {escape_block(str(e), 50, 2000)}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,6 +8,11 @@ Layout of ``~/.dp-datasite/NAME`` (or ``--home`` / ``$DATASITE_HOME``)::
     private/             0700; real datasets, never given to the PySyft server
     results/             0700; job results waiting for the owner's release
     server.pid, server.log
+
+The whole home is the owner's alone: the home and ``~/.dp-datasite`` are 0700, and every
+datasite process writes with umask 077 (``private_umask``); ``secure_home`` tightens a home
+written by an older version. syft/syft.db holds PySyft's copy of the signing key and every
+user's keys, so nothing under the home may be readable by another local user.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import json
 import os
 import secrets
 import stat
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +36,8 @@ ENV_VARS = (
 
 DEFAULT_PORT = 8080
 ROOT_EMAIL = "owner@dp-datasite.org"
+# What a datasite process masks off every file and folder it creates: nothing for group/other.
+PRIVATE_UMASK = 0o077
 
 
 class SiteError(RuntimeError):
@@ -53,6 +61,86 @@ def default_home(name: str) -> Path:
     if base:
         return Path(base)
     return Path.home() / ".dp-datasite" / name
+
+
+def private_umask() -> int:
+    """Set this process's umask to 077 (kept stricter if it already was); return the old one.
+
+    Every datasite process calls it (the CLI, ``init_site``, whoever opens a home, the job
+    runner) and passes it to the processes it spawns, so nothing it writes is readable by
+    another local user even for the moment before a chmod.
+    """
+    old = os.umask(PRIVATE_UMASK)
+    os.umask(old | PRIVATE_UMASK)
+    return old
+
+
+def _sites_base() -> Path | None:
+    try:
+        return (Path.home() / ".dp-datasite").absolute()
+    except RuntimeError:  # no $HOME and no passwd entry: there is no default base
+        return None
+
+
+def secure_home(site: "SiteHome | Path") -> int:
+    """Make a datasite home the owner's alone; return how many paths had to be tightened.
+
+    Sets umask 077 for this process, then makes the home (and ``~/.dp-datasite`` when the home
+    lies in it) 0700, every folder under it 0700 and every file owner-only (0644 -> 0600).
+    Symlinks are neither followed nor changed. A home written by an older version (0755 folders,
+    0644 files, syft/syft.db with the signing key among them) is fixed with one message on
+    stderr; nothing is printed when nothing changed.
+    """
+    private_umask()
+    root = Path(site.root if isinstance(site, SiteHome) else site).absolute()
+    tightened = 0
+    failed: list[str] = []
+
+    def tighten(path: str, st: os.stat_result, is_dir: bool) -> None:
+        nonlocal tightened
+        if not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            return
+        try:
+            os.chmod(path, 0o700 if is_dir else stat.S_IMODE(st.st_mode) & 0o700)
+            tightened += 1
+        except FileNotFoundError:  # the running server replaced it meanwhile
+            pass
+        except OSError as e:
+            failed.append(f"{path} ({e.strerror})")
+
+    tops = [root]
+    if root.parent == _sites_base():
+        tops.insert(0, root.parent)
+    for top in tops:
+        tighten(str(top), top.stat(), True)
+    if failed:
+        raise SiteError(f"Cannot make the datasite home private: {'; '.join(failed)}. Other users "
+                        f"of this machine could read its keys; run `chmod 700 {root}` as the "
+                        "owner of the home (the user who ran `datasite init`).")
+    def unreadable(e: OSError) -> None:
+        failed.append(f"{e.filename} ({e.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):  # never through a symlink
+                tighten(path, st, stat.S_ISDIR(st.st_mode))
+    if tightened:
+        print(f"dp-datasite: tightened permissions of {tightened} files and folders under {root} "
+              "(they were readable by other users); a datasite home is now 0700 and its files "
+              "0600.", file=sys.stderr)
+    if failed:  # the home itself is 0700 by now, so these are reachable by its owner only
+        print(f"dp-datasite: could not make these private: {'; '.join(failed)}; run "
+              f"`chmod -R go-rwx {root}` as the owner of those files.", file=sys.stderr)
+    _SECURED.add(str(root))
+    return tightened
+
+
+_SECURED: set[str] = set()  # homes this process has secured already (``SiteHome.load``)
 
 
 @dataclass
@@ -106,6 +194,8 @@ class SiteHome:
                 f"No datasite at {self.root}. Create it with `datasite init NAME` "
                 "(or pass the right --home)."
             )
+        if str(self.root.absolute()) not in _SECURED:  # once per process: whoever opens a home
+            secure_home(self)
         cfg = SiteConfig(**json.loads(self.config_file.read_text()))
         if os.environ.get("DATASITE_DB_URL"):
             cfg.db_url = os.environ["DATASITE_DB_URL"]
@@ -188,10 +278,11 @@ def init_site(
             raise SiteError("The root password must have at least 12 characters.")
     else:
         password = secrets.token_urlsafe(24)
-    site.root.mkdir(parents=True, exist_ok=True)
-    for d in (site.secrets, site.private, site.results):
+    private_umask()  # also makes the parents mkdir creates (~/.dp-datasite) 0700
+    site.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secure_home(site)  # the folder may have existed (a volume's mount point, an empty dir)
+    for d in (site.secrets, site.private, site.results, site.syft_dir):
         _private_dir(d)
-    site.syft_dir.mkdir(exist_ok=True)
     _write_secret(site.key_file, key_hex)
     _write_secret(site.password_file, password)
     site.save(SiteConfig(name=name, server_uid=uuid4().hex, port=port, db_url=db_url))

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .config import SiteError, SiteHome
+from .config import PRIVATE_UMASK, SiteError, SiteHome, secure_home
 
 
 def free_port() -> int:
@@ -56,6 +56,7 @@ def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
        foreground: bool = False, timeout: float = 180.0) -> str:
     """Start the server (detached unless ``foreground``); return its URL once it answers."""
     cfg = site.load()
+    secure_home(site)  # a home from an older version (0755/0644) is fixed before the server runs
     port = port or cfg.port
     if port != cfg.port:
         cfg.port = port
@@ -72,9 +73,11 @@ def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
            "--host", host, "--port", str(port)]
     if foreground:
         os.execv(sys.executable, cmd)
-    log = open(site.log_file, "ab")
+    log = os.fdopen(os.open(site.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    # the server writes syft.db (which holds the signing key) and blob files: owner-only
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=str(Path.cwd()))
+                            start_new_session=True, cwd=str(Path.cwd()), umask=PRIVATE_UMASK)
+    log.close()  # the child has its own copy
     site.pid_file.write_text(f"{proc.pid} {port}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

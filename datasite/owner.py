@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,11 +20,16 @@ from typing import Any
 from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta, published_description
 from shared.template import recognise
 
-from . import lifecycle
+from . import inbox, lifecycle
 from .config import SiteError, SiteHome, open_site
 from .ledger import Ledger, LedgerError
 from .state import loads, open_state
 from .storage import remove_private, write_private
+
+
+DISCLOSE_DATASET_LEFT = "disclose_dataset_left"
+PRICE_TIMEOUT_S = 120.0  # one request's pricing; beyond this it is refused, not waited for
+PRICE_MEMORY_MB = 4096
 
 
 class OwnerSite:
@@ -147,9 +153,11 @@ class OwnerSite:
     # -- budgets -----------------------------------------------------------------------------
     def set_budget(self, dataset: str, epsilon: float, delta: float | None = None,
                    researcher: str = "") -> None:
-        """The dataset's total budget (eps, delta), or a researcher's share of it."""
+        """The dataset's total budget (eps, delta), or a registered researcher's share of it."""
         if self.state.dataset(dataset) is None:
             raise SiteError(f"No dataset {dataset!r} on {self.name}.")
+        if researcher:
+            researcher = self._registered(researcher)
         if not researcher and delta is None:
             raise SiteError("A dataset budget needs --delta as well as --epsilon.")
         if delta is not None and not researcher:
@@ -164,19 +172,36 @@ class OwnerSite:
         self.publish_budgets([researcher] if researcher else None)
 
     def budgets_for(self, researcher: str, _dataset_left: dict | None = None) -> dict:
-        """What a researcher may know: per dataset, the budget left to the dataset and to them."""
+        """What a researcher may know: per dataset, their own budget left and whether the
+        dataset can still pay for it. The dataset's exact remaining budget reveals what other
+        researchers spent, so it is shown only where the owner opted in (`disclose_dataset_left`)."""
         dataset_left = _dataset_left if _dataset_left is not None else self._dataset_left()
+        disclose = self.state.setting(DISCLOSE_DATASET_LEFT) == "yes"
         out = {}
         for b in self.ledger.all_budgets():
             if b["researcher"]:
                 continue
             ds = b["dataset"]
-            left = {"dataset_left": dataset_left[ds], "delta": b["delta"], "researcher_left": None}
+            left = {"delta": b["delta"], "researcher_left": None}
             own = self.ledger.budget(ds, researcher)
             if own:
                 left["researcher_left"] = own["epsilon"] - self.ledger.spent(ds, researcher)["epsilon"]
+            # one bit: can the dataset still pay for all this researcher may spend (or, with
+            # no share of their own, for anything at all)?
+            need = left["researcher_left"]
+            left["dataset_can_pay"] = bool(dataset_left[ds] >= need - 1e-9 if need is not None
+                                           else dataset_left[ds] > 1e-9)
+            if disclose:
+                left["dataset_left"] = dataset_left[ds]
             out[ds] = left
         return out
+
+    def disclose_dataset_left(self, yes: bool) -> None:
+        """Opt in (or out) to telling every researcher each dataset's exact remaining budget
+        (which reveals how much the others spent)."""
+        self.state.set_setting(DISCLOSE_DATASET_LEFT, "yes" if yes else "no")
+        self.ledger.log("disclosure", None, {DISCLOSE_DATASET_LEFT: bool(yes)})
+        self.publish_budgets()
 
     def _dataset_left(self) -> dict[str, float]:
         return {b["dataset"]: b["epsilon"] - self.ledger.spent(b["dataset"])["epsilon"]
@@ -211,14 +236,6 @@ class OwnerSite:
         meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
         return event_to_json(planned_event(spec, meta))
 
-    def record_events(self, spec: dict) -> list[str] | None:
-        """The events one record may receive from a job (per-record ledger; None: all pay the
-        planned event)."""
-        from shared.pricing import record_events
-
-        meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
-        return record_events(spec, meta)
-
     def _record_charges(self, own: dict, result: dict) -> list[tuple] | None:
         """A result's owner-only record groups, as (record ids, event) for the ledger."""
         import numpy as np
@@ -234,10 +251,14 @@ class OwnerSite:
     # -- users -------------------------------------------------------------------------------
     def add_user(self, email: str, password: str, name: str | None = None,
                  institution: str = "") -> None:
+        email = email.strip().lower()  # one identity per address, whatever its case
+        if not _EMAIL.fullmatch(email):
+            raise SiteError(f"{email!r} is not an e-mail address (name@host, at most 254 "
+                            "characters, no spaces or control characters).")
         if len(password) < 8:
             raise SiteError("Choose a password of at least 8 characters for the researcher.")
-        existing = [u.email for u in self.client.users.get_all()]
-        if email in existing:
+        existing = {str(u.email).lower() for u in self.client.users.get_all()}
+        if email in existing or email in self.state.researcher_keys():
             raise SiteError(f"{email} is already registered on {self.name}.")
         res = self.client.users.create(email=email, name=name or email.split("@")[0],
                                        password=password, password_verify=password,
@@ -251,6 +272,14 @@ class OwnerSite:
         with contextlib.redirect_stdout(sys.stderr):
             as_user = sy.login(url=self.url, email=email, password=password)
         self.state.add_researcher(email, str(as_user.verify_key))
+
+    def _registered(self, researcher: str) -> str:
+        """The registered identity named by ``researcher`` (an e-mail given at `users add`)."""
+        who = researcher.strip().lower()
+        if who not in self.state.researcher_keys():
+            raise SiteError(f"{researcher!r} is not a researcher registered on {self.name}; "
+                            f"register them with `datasite users add {self.name} EMAIL`.")
+        return who
 
     # -- requests ----------------------------------------------------------------------------
     def _syft_requests(self) -> dict[str, Any]:
@@ -266,29 +295,40 @@ class OwnerSite:
         return matches[0], reqs[matches[0]]
 
     def describe_request(self, request_id: str, req=None, with_cost: bool = True) -> dict:
-        """Who asked what, whether the code is a recognised template, and its spec."""
+        """Who asked what (the registered identity behind the request's key), whether the code
+        is a recognised template, and its spec. Requests without code, or from identities the
+        owner did not register, are described as such and can only be denied."""
         if req is None:
             request_id, req = self._syft_request(request_id)
-        code = req.code
-        source = code.raw_code
-        spec = recognise(source)
-        user = req.requesting_user_email
+        code = inbox.code_of(req)
+        spec = recognise(code.raw_code) if code is not None else None
+        user = inbox.sender_identity(self.state, req)
         own = self.state.request(request_id) or {}
+        status = getattr(getattr(req, "status", None), "name", "UNKNOWN")
         info = {
             "request_id": request_id,
-            "researcher": user,
-            "submitted": str(req.request_time),
-            "function": code.service_func_name,
+            "researcher": user or inbox.shown_sender(self.state, req),
+            "registered": user is not None,
+            "submitted": str(getattr(req, "request_time", "")),
+            "function": code.service_func_name if code is not None else None,
             "template": spec is not None,
-            "kind": spec.get("kind") if spec else "custom",
-            "dataset": spec.get("dataset") if spec else _asset_names(code),
+            "kind": (spec.get("kind") if spec else "custom") if code is not None else inbox.NOT_CODE,
+            "dataset": spec.get("dataset") if spec else (_asset_names(code) if code else None),
             "spec": spec,
-            "server_status": req.status.name.lower(),
-            "state": own.get("state") or ("denied" if req.status.name == "REJECTED" else "pending"),
+            "server_status": status.lower(),
+            "state": own.get("state") or ("denied" if status == "REJECTED" else "pending"),
             "validation": None,
         }
-        if spec is None:
-            info["code"] = source
+        if code is None:
+            info["code"] = None
+            info["request_type"] = inbox.change_summary(req)
+            info["validation"] = ("not a code request: dp-datasite runs only job requests; "
+                                  f"deny it with `datasite deny {self.name} {request_id[:8]}`")
+        elif spec is None:
+            info["code"] = code.raw_code
+        elif user is None:
+            info["validation"] = ("sent by an identity this site did not register (`datasite "
+                                  "users add`); it cannot run")
         else:
             info["validation"] = self._validate(spec)
             if spec.get("kind") == "fed_round":
@@ -297,20 +337,49 @@ class OwnerSite:
                                 "run by the schedule's round server")
             elif info["validation"] == "ok" and with_cost and info["state"] == "pending":
                 # a decided request's cost is in the ledger; pricing it again is wasted seconds
-                info["cost"] = self._quote(request_id, spec, user)
+                try:
+                    info["cost"] = self._quote(request_id, spec, user)
+                except SiteError as e:
+                    info["cost_error"] = str(e)
         return info
+
+    def _priced(self, request_id: str, spec: dict) -> tuple[str, list[str] | None]:
+        """The request's event (and per-record alternatives), priced once in a bounded worker
+        and cached; SiteError if pricing failed or went past its time or memory limit."""
+        from shared.accounting import AccountingError
+        from shared.specs import SpecError
+
+        from .pricing_worker import PricingError, price_bounded
+
+        spec_json = json.dumps(spec, sort_keys=True)
+        cached = self.state.cached_price(request_id, spec_json)
+        if cached is None:
+            meta_json = self.state.dataset(spec["dataset"])["meta_json"]
+            try:
+                event_json, alternatives = price_bounded(
+                    spec, meta_json, timeout_s=PRICE_TIMEOUT_S, memory_mb=PRICE_MEMORY_MB)
+            except (PricingError, SpecError, AccountingError) as e:
+                self.state.save_price(request_id, spec_json, error=str(e))
+                raise SiteError(f"Pricing request {request_id[:8]} failed: {e}") from None
+            self.state.save_price(request_id, spec_json, event_json=event_json,
+                                  record_events_json=json.dumps(alternatives))
+            cached = self.state.cached_price(request_id, spec_json)
+        if cached["error"]:
+            raise SiteError(f"Pricing request {request_id[:8]} failed: {cached['error']} "
+                            "(deny it; a request is priced once)")
+        return cached["event_json"], json.loads(cached["record_events_json"] or "null")
 
     def _quote(self, request_id: str, spec: dict, researcher: str) -> dict:
         from shared.accounting import event_from_json, privacy_report
 
-        event_json = self.price(spec)
+        event_json, alternatives = self._priced(request_id, spec)
         budget = self.ledger.budget(spec["dataset"])
         delta = budget["delta"] if budget else spec.get("delta", 1e-5)
         cost = {k: v for k, v in privacy_report(event_from_json(event_json), delta).items()
                 if k != "event"}
         if budget:
             cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json,
-                                               alternatives=self.record_events(spec))
+                                               alternatives=alternatives)
             self.ledger.estimate(request_id, spec["dataset"], researcher, event_json)
             if spec.get("kind") == "removal_logreg" and cost["budget"]["fits"]:
                 from .forget import affordable_forgets  # each forget is a priced release
@@ -325,9 +394,18 @@ class OwnerSite:
         from .rounds import refuse_if_ended
 
         for rid, req in self._syft_requests().items():
-            info = self.describe_request(rid, req)
-            if info["kind"] == "fed_round":
-                refuse_if_ended(self, rid, req, info)
+            try:
+                info = self.describe_request(rid, req)
+                if info["kind"] == "fed_round":
+                    refuse_if_ended(self, rid, req, info)
+            except Exception as e:  # one request the tools cannot read must not hide the rest
+                info = {"request_id": rid, "researcher": inbox.shown_sender(self.state, req),
+                        "registered": inbox.sender_identity(self.state, req) is not None,
+                        "submitted": "", "function": None, "template": False,
+                        "kind": "unreadable", "dataset": None, "spec": None, "code": None,
+                        "request_type": inbox.change_summary(req), "state": "pending",
+                        "server_status": "", "validation": f"could not be read: "
+                        f"{type(e).__name__}: {e}"[:500]}
             if include_done or info["state"] in ("pending", "ran", "failed"):
                 out.append(info)
         return out
@@ -347,11 +425,27 @@ class OwnerSite:
         return "ok"
 
     def run(self, request_id: str, progress: bool = True) -> dict:
-        """Run a recognised job once on the real data; keep the result for review."""
+        """Run a recognised job once on the real data; keep the result for review.
+
+        The request's run lock is held throughout, so a second owner process (or a second
+        `datasite run`) can neither run it again nor mistake the live run for a crashed one."""
         request_id, req = self._syft_request(request_id)
+        with self.state.run_lock(request_id) as locked:
+            if not locked:
+                raise SiteError(f"Request {request_id[:8]} is being run by another owner process "
+                                "right now; wait for it, then see `datasite review --all`.")
+            return self._run_locked(request_id, req, progress)
+
+    def _run_locked(self, request_id: str, req, progress: bool) -> dict:
         info = self.describe_request(request_id, req, with_cost=False)
         if info["state"] == "denied":
             raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
+        if info["kind"] == inbox.NOT_CODE:
+            raise SiteError(f"Request {request_id[:8]} is not a code request "
+                            f"({info['request_type']}); deny it with `datasite deny`.")
+        if not info["registered"]:
+            raise SiteError(f"Request {request_id[:8]} comes from {info['researcher']}, not a "
+                            "researcher registered with `datasite users add`; deny it.")
         if info["spec"] is None:
             raise SiteError(
                 f"Request {request_id[:8]} is custom code, not a dp-datasite job template. "
@@ -377,9 +471,10 @@ class OwnerSite:
                             f"(state: {self.state.request(request_id)['state']}); "
                             "a job runs at most once.")
         try:
-            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], self.price(spec),
-                                alternatives=self.record_events(spec))
-        except LedgerError as e:
+            event_json, alternatives = self._priced(request_id, spec)
+            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], event_json,
+                                alternatives=alternatives)
+        except (LedgerError, SiteError) as e:
             self.state.set_state(request_id, "failed", reason=str(e))
             raise SiteError(str(e)) from None
         self.ledger.start(request_id)
@@ -499,6 +594,16 @@ class OwnerSite:
             raise SiteError(f"Request {request_id[:8]} was already released; it cannot be denied.")
         import syft as sy
 
+        if inbox.code_of(req) is None:
+            # PySyft's deny of a non-code request would *undo* its changes (e.g. tear down a
+            # worker pool); the owner only wants it gone: delete it, and say so in the log.
+            res = self.client.api.services.request.delete_by_uid(uid=req.id)
+            if isinstance(res, sy.SyftError):
+                raise SiteError(f"Deny failed: {res.message}")
+            self.ledger.log("deny", request_id, {"reason": reason, "request_type":
+                                                 inbox.change_summary(req), "deleted": True})
+            self.state.set_state(request_id, "denied", reason=reason)
+            return
         res = req.deny(reason=reason)
         if isinstance(res, sy.SyftError):
             raise SiteError(f"Deny failed: {res.message}")
@@ -516,6 +621,9 @@ class OwnerSite:
     def executions(self, request_id: str | None = None) -> int:
         """How many times any job (or this request) touched the private data."""
         return self.state.execution_count(request_id)
+
+
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.-]{1,189}")
 
 
 def _asset_names(code) -> str:

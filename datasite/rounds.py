@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .config import SiteError
+from .inbox import sender_identity
 
 SERVING = "serving"
 ENDED = ("stopped", "released", "denied", "failed")  # a schedule in these serves no more rounds
@@ -80,7 +81,10 @@ def _round_for(req, schedule_id: str) -> dict | None:
     """The spec of ``req`` if it is a round request of this schedule, else None."""
     from shared.template import recognise
 
-    spec = recognise(req.code.raw_code) or {}
+    from .inbox import code_of
+
+    code = code_of(req)  # a request without code is no round of anything
+    spec = (recognise(code.raw_code) if code is not None else None) or {}
     return spec if spec.get("kind") == "fed_round" and spec.get("schedule") == schedule_id \
         else None
 
@@ -98,7 +102,7 @@ def _serve_pending(site, schedule_id: str, own: dict) -> bool:
         handled = True
         done = rounds_done(site.state.request(schedule_id))
         problem = None
-        if req.requesting_user_email != own["researcher"]:
+        if sender_identity(site.state, req) != own["researcher"]:
             problem = "only the researcher whose schedule was approved can send its rounds"
         elif round_spec.get("dataset") != spec["dataset"]:
             problem = f"the schedule runs on {spec['dataset']}, not {round_spec.get('dataset')}"
@@ -148,9 +152,13 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
         _run_subprocess(job, row["path"], result_path, progress=False)
     except BaseException as e:
         site.state.finish_execution(execution, "failed")
+        # the job's log stays with the owner: a traceback can quote private values
+        site.ledger.log("round_failed", schedule_id, {"round": r, "round_request": rid,
+                                                      "error": str(e)[-2000:]})
         reason = f"round {r} failed at the datasite; the site stopped participating"
         _refuse(site, rid, req, researcher, reason)
-        finish(site, schedule_id, reason=f"round {r} failed: {str(e)[-500:]}")
+        finish(site, schedule_id, reason=f"round {r} failed at the datasite (the owner has "
+                                         "the details)")
         return
     site.state.finish_execution(execution, "ok")
     with open(result_path, "rb") as f:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from shared.runner import run_job
 
+from .config import private_umask
 from .storage import read_private
 
 
 def main(argv: list[str] | None = None) -> int:
+    private_umask()  # the result is the owner's alone until released, whoever spawned us
     args = argv or sys.argv[1:]
     spec_json, dataset_dir, result_file = args[:3]
     context = None

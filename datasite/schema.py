@@ -9,12 +9,13 @@ ranges as found would be exactly the non-DP disclosure the schema exists to prev
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from shared.data import TABLE, DatasetMeta
+from shared.data import TABLE, DatasetMeta, formula_like
 from shared.schema import DRAFT_KEY, SchemaError, meta_from_schema, normalise
 
 DRAFT_HEADER = """\
@@ -105,8 +106,28 @@ def draft(path, label: str | None = None, labels: str | None = None) -> dict:
     return out
 
 
+def formula_notes(columns, label: str | None = None, class_names: dict | None = None) -> list:
+    """Owner notes on published names a spreadsheet would run as a formula (OWASP CSV
+    injection): researchers may export the mock or results and open them in Excel."""
+    named = [("column", c) for c in columns] + [("label column", label)] + [
+        (f"name of class {k}", v) for k, v in (class_names or {}).items()]
+    return [f"{what} {name!r} starts with {name[:1]!r}, which spreadsheets run as a formula "
+            "when a CSV holding it is opened; it is published as is (dp-datasite's own CSV "
+            "exports quote it, other tools will not): rename it in the data and the schema "
+            "unless it must stay" for what, name in named if formula_like(name)]
+
+
 def draft_text(path, label: str | None = None, labels: str | None = None) -> str:
-    return DRAFT_HEADER + to_yaml(draft(path, label, labels))
+    """The draft schema as YAML with its warning header; formula-like names are flagged in the
+    header and on stderr."""
+    schema = draft(path, label, labels)
+    notes = formula_notes(schema.get("columns", {}), label)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    # ASCII only: a line break inside a name (even U+2028) must not end the comment early
+    flags = "".join(f"# WARNING: {n.encode('ascii', 'backslashreplace').decode()}\n"
+                    for n in notes)
+    return DRAFT_HEADER + flags + to_yaml(schema)
 
 
 # -- checking the data at upload -----------------------------------------------------------------
@@ -234,6 +255,7 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
         payload, notes = apply_images(payload, schema, Path(images or npz).name), []
     check_count(loaded.n_records, schema, Path(table or images or npz).name)
     meta = meta_from_schema(schema, name, description)
+    notes += formula_notes(meta.features, meta.label if table else None, meta.class_names)
     # as many mock records as declared (capped): a job's batch size must fit the mock too
     mock = synthetic_mock(meta, n=min(meta.n_records, 2000), seed=seed)
     return payload, meta, mock, notes

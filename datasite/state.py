@@ -6,16 +6,20 @@ private data (the proof that nothing ran twice).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from datetime import datetime, timezone
 
 from sqlalchemy import (Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text,
-                        create_engine, event, func, insert, select, update)
+                        create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Engine
 
 from .config import SiteHome
 
 metadata = MetaData()
+
+RUN_LOCK = True  # tests switch it off to show two concurrent runs would both execute
 
 datasets = Table(
     "dpds_datasets", metadata,
@@ -59,6 +63,24 @@ models = Table(
     Column("version", Integer, nullable=False),
     Column("status", String(20), nullable=False),     # active, withdrawn
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Owner's choices that outlive a process (e.g. what budget notes disclose).
+settings = Table(
+    "dpds_settings", metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# One price per request: pricing a spec can take seconds, and a review must not redo it.
+prices = Table(
+    "dpds_prices", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("spec_json", Text, nullable=False),      # the spec that was priced
+    Column("event_json", Text),                     # None when pricing failed
+    Column("record_events_json", Text),             # per-record alternatives, or None
+    Column("error", Text),                          # why pricing failed
+    Column("priced_at", DateTime(timezone=True), nullable=False),
 )
 
 executions = Table(
@@ -200,9 +222,83 @@ class State:
         with self.engine.begin() as c:
             c.execute(insert(researchers).values(email=email, verify_key=verify_key))
 
+    def researcher_by_key(self, verify_key: str) -> str | None:
+        """The identity the owner registered for a PySyft verify key (None: not registered).
+
+        Budgets, notes and requests are bound to this, never to the e-mail a user shows now."""
+        with self.engine.connect() as c:
+            row = c.execute(select(researchers.c.email)
+                            .where(researchers.c.verify_key == verify_key)).first()
+        return row[0] if row else None
+
     def researcher_keys(self) -> dict[str, str]:
         with self.engine.connect() as c:
             return {r.email: r.verify_key for r in c.execute(select(researchers))}
+
+    # settings
+    def setting(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(settings.c.value).where(settings.c.key == key)).first()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(settings.delete().where(settings.c.key == key))
+            c.execute(insert(settings).values(key=key, value=value))
+
+    # prices
+    def cached_price(self, request_id: str, spec_json: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(prices).where(prices.c.request_id == request_id)).mappings().first()
+        return dict(row) if row and row["spec_json"] == spec_json else None
+
+    def save_price(self, request_id: str, spec_json: str, event_json: str | None = None,
+                   record_events_json: str | None = None, error: str | None = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(prices.delete().where(prices.c.request_id == request_id))
+            c.execute(insert(prices).values(request_id=request_id, spec_json=spec_json,
+                                            event_json=event_json, error=error,
+                                            record_events_json=record_events_json,
+                                            priced_at=now()))
+
+    # one execution at a time per request
+    @contextlib.contextmanager
+    def run_lock(self, request_id: str):
+        """Hold a request's run lock for as long as it runs; yields False if another process
+        holds it. PostgreSQL (advisory lock) or the OS (flock, for SQLite) frees it when its
+        holder dies, so a crashed run can be recovered and a live one never is."""
+        if not RUN_LOCK:
+            yield True
+            return
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(),
+                                 "big", signed=True)
+            with self.engine.connect() as c:
+                got = bool(c.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+                c.commit()
+                try:
+                    yield got
+                finally:
+                    if got:
+                        c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        c.commit()
+            return
+        import fcntl
+        import os
+
+        locks = self.home.root / "locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(locks / f"{hashlib.sha256(request_id.encode()).hexdigest()[:32]}.lock",
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+            except BlockingIOError:
+                got = False
+            yield got
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     # executions on private data
     def start_execution(self, request_id: str, dataset: str) -> int:

@@ -91,7 +91,8 @@ def delete_records(path: Path, ids: list[int]) -> DatasetMeta:
 
 def _atomic(target: Path, write) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as f:
+    # 0600 whatever the caller's umask: these are the real records
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())

@@ -1,9 +1,12 @@
 """Connecting to a datasite and browsing its datasets (mock data and metadata only)."""
 from __future__ import annotations
 
+import csv
 import json
 import urllib.request
+import warnings
 
+from shared.display import escape
 from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta, parse_published
 
 from .errors import ConnectError, ResearcherError
@@ -51,15 +54,30 @@ class RemoteDataset:
     def mock(self):
         return self._asset.mock
 
+    def save_mock_csv(self, path) -> None:
+        """Write a table dataset's mock to a CSV file that is safe to open in a spreadsheet.
+
+        Column names come from the data owner; any that a spreadsheet would run as a formula
+        (starting with = + - @, tab or CR) are written with a leading single quote.
+        """
+        from shared.data import TABLE, csv_safe_frame
+
+        if self.meta.kind != TABLE:
+            raise ResearcherError(f"{self.name} is an image dataset; only table mocks are "
+                                  "written as CSV (use .mock['images'] and .mock['labels']).")
+        # text cells quoted: pandas leaves a bare CR unquoted, which would split the row
+        csv_safe_frame(self.mock).to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+
     def __repr__(self) -> str:
         m = self.meta
         shape = m.image_shape if m.image_shape else f"{len(m.features)} features"
         b = self.budget or {}
         left = (f", eps left: {b['researcher_left']:.2f} for you" if b.get("researcher_left")
                 is not None else "") + (f", {b['dataset_left']:.2f} for the dataset"
-                                       if b.get("dataset_left") is not None else "")
-        return (f"<dataset {m.name}: {m.kind}, {m.n_records} records, {shape}, "
-                f"labels {m.labels}{left}>")
+                                       if b.get("dataset_left") is not None else "") + (
+            ", the dataset's budget is spent" if b.get("dataset_can_pay") is False else "")
+        return escape(f"<dataset {m.name}: {m.kind}, {m.n_records} records, {shape}, "
+                      f"labels {m.labels}{left}>", 1000)
 
 
 class DatasetCatalog(dict):
@@ -113,8 +131,15 @@ class Site:
         budgets = self.budgets()
         out = DatasetCatalog()
         for ds in self.client.datasets.get_all():
-            meta = parse_published(ds.description.text if hasattr(ds.description, "text")
-                                   else str(ds.description))
+            try:
+                meta = parse_published(ds.description.text if hasattr(ds.description, "text")
+                                       else str(ds.description))
+            except (ValueError, TypeError) as e:  # one unreadable dataset must not hide the rest
+                warnings.warn(f"Dataset {ds.name!r} on {self.name}: its published metadata cannot "
+                              f"be read ({type(e).__name__}: {str(e)[:200]}); it is left out. "
+                              "Ask the data owner to re-publish it with the current dp-datasite.",
+                              stacklevel=2)
+                continue
             if meta is None:
                 continue  # not published by dp-datasite
             out[ds.name] = RemoteDataset(meta, ds.assets[0], budgets.get(ds.name))
@@ -131,4 +156,4 @@ class Site:
         return JobRequest.find(self, request_id)
 
     def __repr__(self) -> str:
-        return f"<datasite {self.name} at {self.url} as {self.email}>"
+        return f"<datasite {escape(str(self.name))} at {escape(self.url)} as {escape(self.email)}>"

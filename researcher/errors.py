@@ -1,4 +1,5 @@
 """Errors a researcher sees, each saying what to do next."""
+from shared.display import escape
 
 
 class ResearcherError(RuntimeError):
@@ -11,7 +12,9 @@ class ConnectError(ResearcherError):
 
 class JobDenied(ResearcherError):
     def __init__(self, request_id: str, reason: str):
-        super().__init__(f"The data owner denied request {request_id[:8]}: {reason}")
+        # the reason is someone else's text: shown with control characters made visible
+        super().__init__(f"The data owner denied request {request_id[:8]}: "
+                         f"{escape(str(reason), 1000)}")
         self.reason = reason
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from shared.display import escape
 from shared.template import compile_function, func_name_for, recognise, render
 
 from .errors import JobDenied, JobTimeout, ResearcherError
@@ -129,7 +130,7 @@ class JobRequest:
         return self._result
 
     def __repr__(self) -> str:
-        return f"<request {self.id[:8]} {self.func_name} on {self.site.name}>"
+        return f"<request {self.id[:8]} {escape(self.func_name)} on {escape(str(self.site.name))}>"
 
 
 class ModelUpdate:
@@ -161,5 +162,5 @@ class ModelUpdate:
     def __repr__(self) -> str:
         c = self.certificate  # a fresh DP release; the owner's Newton copy is never sent
         what = (f"fresh DP release eps={c['training_epsilon']:.3g}" if self.status == "updated"
-                else self.reason)
+                else escape(str(self.reason), 500))
         return f"<model update v{self.version}: {self.status}, {what}>"

@@ -1,6 +1,8 @@
 """A released job result: model, metrics and privacy report, usable without syft."""
 from __future__ import annotations
 
+from shared.display import escape
+
 
 class JobResult:
     def __init__(self, raw: dict):
@@ -71,5 +73,5 @@ class JobResult:
 
     def __repr__(self) -> str:
         p = self.privacy
-        return (f"<{self.kind} result: metrics {self.metrics}, "
+        return (f"<{escape(str(self.kind))} result: metrics {escape(str(self.metrics), 2000)}, "
                 f"eps={p.get('epsilon')} at delta={p.get('delta')}>")

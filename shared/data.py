@@ -62,15 +62,58 @@ def power_of_ten_scale(max_abs: float) -> float:
     return float(10.0 ** math.ceil(math.log10(max_abs)))
 
 
+# Characters escaped as \uXXXX in the published JSON. They only ever occur inside JSON strings
+# (column names, descriptions...), where the escape decodes to the same text: a backtick could
+# close the Markdown fence early, and < > & could open HTML where the description is rendered.
+_FENCE_SAFE = str.maketrans({c: f"\\u{ord(c):04x}" for c in "`<>&"})
+
+
 def published_description(meta: DatasetMeta) -> str:
-    """A dataset's public description: the owner's prose plus machine-readable metadata."""
-    return f"{meta.description}\n\n{_META_FENCE}\n{meta.to_json()}\n```\n"
+    """A dataset's public description: the owner's prose plus machine-readable metadata.
+
+    The metadata is one line of ASCII JSON without backticks or ``< > &``, so any column name
+    or description round-trips exactly through :func:`parse_published`.
+    """
+    body = json.dumps(asdict(meta), sort_keys=True, ensure_ascii=True).translate(_FENCE_SAFE)
+    return f"{meta.description}\n\n{_META_FENCE}\n{body}\n```\n"
 
 
 def parse_published(text: str) -> DatasetMeta | None:
-    """The metadata in a description written by ``published_description`` (else None)."""
-    start = text.find(_META_FENCE)
+    """The metadata in a description written by ``published_description`` (else None).
+
+    Raises ValueError if the fenced metadata is not valid (e.g. written by another tool).
+    """
+    start = text.rfind(_META_FENCE)  # ours is appended last, whatever the owner's prose says
     if start < 0:
         return None
-    body = text[start + len(_META_FENCE):].split("```", 1)[0]
-    return DatasetMeta.from_json(body.strip())
+    # raw_decode reads exactly one JSON value: nothing inside it can end the block early
+    body, _ = json.JSONDecoder().raw_decode(text[start + len(_META_FENCE):].lstrip())
+    if not isinstance(body, dict):
+        raise ValueError("the dp-datasite metadata block is not a JSON object")
+    return DatasetMeta(**body)
+
+
+# Leading characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection).
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_like(text) -> bool:
+    """Whether ``text`` is a string a spreadsheet would run as a formula if it were a CSV cell."""
+    return isinstance(text, str) and text.startswith(CSV_FORMULA_PREFIXES)
+
+
+def csv_safe(value):
+    """``value`` made inert for spreadsheets: a formula-like string gets a leading single quote
+    (the OWASP CSV-injection defence); anything else is returned unchanged."""
+    return "'" + value if formula_like(value) else value
+
+
+def csv_safe_frame(df):
+    """A copy of DataFrame ``df`` with :func:`csv_safe` applied to its column names and text
+    cells, for ``to_csv(..., quoting=csv.QUOTE_NONNUMERIC)`` (quoted, as OWASP advises; pandas
+    would leave a bare CR unquoted); numbers (negative ones included) are left as they are."""
+    out = df.rename(columns=csv_safe)
+    for c in out.columns:
+        if out[c].dtype == object or str(out[c].dtype) == "string":
+            out[c] = out[c].map(csv_safe)
+    return out

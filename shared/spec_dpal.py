@@ -14,12 +14,15 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from . import spec_bounds as bounds
 from .data import IMAGES, TABLE, DatasetMeta
+from .display import brief
+from .spec_images import BACKBONE_NAMES
 from .specs import DEFAULT_METRICS_EPSILON, JobSpec, SpecError, n_train_records, register
 
 DPAL_MODELS = ("logreg", "mlp", "head")
 HIDDEN = 32
-MAX_ROUNDS = 20
+MAX_ROUNDS = bounds.DPAL_ROUNDS_MAX
 _PLAN_CACHE: dict = {}
 
 
@@ -55,42 +58,61 @@ class DPALSpec(JobSpec):
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON  # all rounds' test metrics together
 
     def validate(self, meta: DatasetMeta | None = None) -> "DPALSpec":
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_spec(self) -> None:
         from .acquisition import ACQUISITIONS
         from .dpal_plan import ACCOUNTANTS, MODES
 
         self._check_types()
         self._require_positive("epsilon")
+        bounds.check_privacy(self.epsilon, {})
         self._require_delta()
+        self._check_common()
+        bounds.check_text("label", self.label)
         if not (0 <= self.eps_selection < self.epsilon):
             raise SpecError(f"eps_selection must be in [0, epsilon), got {self.eps_selection}; "
                             "a quarter of epsilon is typical")
         if self.acquisition not in ACQUISITIONS:
-            raise SpecError(f"unknown acquisition {self.acquisition!r}; choose one of "
+            raise SpecError(f"unknown acquisition {brief(self.acquisition)}; choose one of "
                             f"{list(ACQUISITIONS)}")
         if self.acquisition != "random" and self.eps_selection <= 0:
             raise SpecError(f"acquisition {self.acquisition!r} reads the records: give "
                             "eps_selection > 0, or use acquisition='random'")
         if self.mode not in MODES:
-            raise SpecError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+            raise SpecError(f"mode must be one of {list(MODES)}, got {brief(self.mode)}")
         if self.accountant not in ACCOUNTANTS:
             raise SpecError(f"accountant must be one of {list(ACCOUNTANTS)}, "
-                            f"got {self.accountant!r}")
+                            f"got {brief(self.accountant)}")
         if self.model not in DPAL_MODELS:
-            raise SpecError(f"unknown model {self.model!r}; choose one of {list(DPAL_MODELS)}")
+            raise SpecError(f"unknown model {brief(self.model)}; choose one of "
+                            f"{list(DPAL_MODELS)}")
+        # checked on tables too (where it is unused): every field is shown to the owner
+        if self.backbone not in BACKBONE_NAMES:
+            raise SpecError(f"unknown backbone {brief(self.backbone)}; choose one of "
+                            f"{list(BACKBONE_NAMES)}")
         if not (1 <= len(self.query_sizes) <= MAX_ROUNDS) or not all(
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1
                 for k in self.query_sizes):
-            raise SpecError(f"query_sizes must be 1..{MAX_ROUNDS} integers >= 1, "
-                            f"got {self.query_sizes}")
-        self._require_at_least_one("start_size", "batch_size")
-        self._require_positive("epochs_per_round", "clip_norm", "learning_rate")
+            raise SpecError(f"query_sizes must be 1..{MAX_ROUNDS} integers >= 1 (one per "
+                            "round; planning prices every round and group), "
+                            f"got {brief(self.query_sizes)}")
+        for k in self.query_sizes:
+            bounds.check_int("each of query_sizes", k, 1, bounds.DPAL_SIZE_MAX)
+        self._require_at_least_one("start_size")
+        bounds.check_int("start_size", self.start_size, 1, bounds.DPAL_SIZE_MAX)
+        self._require_positive("epochs_per_round")
+        bounds.check_number("epochs_per_round", self.epochs_per_round, 0, bounds.EPOCHS_MAX,
+                            lo_open=True)
         if not (self.score_bound >= 0 and math.isfinite(self.score_bound)):
             raise SpecError(f"score_bound must be >= 0 (0: natural bound), got {self.score_bound}")
+        bounds.check_number("score_bound", self.score_bound, 0, bounds.SCORE_BOUND_MAX,
+                            why="0: the score's natural bound")
         self._check_test_fraction(allow_zero=False)
         self._check_metrics_epsilon()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         from .backbones import BACKBONES
@@ -121,6 +143,23 @@ class DPALSpec(JobSpec):
         if self.batch_size > self.start_size:
             raise SpecError(f"batch_size={self.batch_size} exceeds start_size="
                             f"{self.start_size}; choose at most the start set's size")
+        # the last round trains on every labelled record: the lowest naive rate
+        bounds.check_sample_rate(need, self.batch_size, f"{self.KIND}'s last round")
+        bounds.check_steps(self.naive_steps(), self.KIND)
+        n_features = (bounds.backbone_dim(self.backbone, meta.image_shape or [1, 1])
+                      if meta.kind == IMAGES else len(meta.features))
+        bounds.check_model_size(bounds.table_params(self.model, n_features, len(meta.labels),
+                                                    HIDDEN), self.batch_size,
+                                f"model {self.model!r}")
+
+    def naive_steps(self) -> int:
+        """DP-SGD steps of the plan before step amplification (``shared.dpal_plan``'s exact
+        rounding: round(epochs * labelled / batch) per round); amplification adds some."""
+        labelled, total = self.start_size, 0
+        for k in [0] + list(self.query_sizes):
+            labelled += k
+            total += max(1, int(round(self.epochs_per_round * labelled / self.batch_size)))
+        return total
 
     def planned_event(self, meta: DatasetMeta):
         """The worst group's event (see the module docstring), composed with the DP test

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from . import spec_bounds as bounds
 from .data import DatasetMeta
 from .specs import DPSGDTableSpec, JobSpec, SpecError, n_train_records, register
 
-MAX_ROUNDS = 100
+MAX_ROUNDS = bounds.FED_ROUNDS_MAX
 
 
 @register
@@ -33,13 +34,22 @@ class FedScheduleSpec(DPSGDTableSpec):
     round: int = 0
     init_state: str = ""
 
-    def validate(self, meta: DatasetMeta | None = None) -> "FedScheduleSpec":
-        super().validate(meta)
+    def _check_spec(self) -> None:
+        super()._check_spec()
         if not 1 <= self.rounds <= MAX_ROUNDS:
             raise SpecError(f"rounds must be between 1 and {MAX_ROUNDS}, got {self.rounds}")
         if not 0 <= self.round < self.rounds:
             raise SpecError(f"round must be in [0, {self.rounds}), got {self.round}")
-        return self
+        # the datasite sets it when it runs a round: base64 weights, never free text
+        bounds.check_init_state(self.init_state)
+
+    def _rounds_priced(self) -> int:
+        return self.rounds
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        super()._check_meta(meta)
+        _check_state_size(self.init_state, bounds.table_params(
+            self.model, len(meta.features), len(meta.labels), self.hidden))
 
     def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps per round, noise multiplier for all rounds)."""
@@ -97,14 +107,21 @@ class FedRoundSpec(JobSpec):
     init_state: str = ""
 
     def validate(self, meta: DatasetMeta | None = None) -> "FedRoundSpec":
-        self._check_types()
-        if not self.schedule:
-            raise SpecError("schedule must name the approved schedule request")
-        if self.round < 0:
-            raise SpecError(f"round must be >= 0, got {self.round}")
+        self._check_spec()
         if meta is not None:
             self._check_dataset(meta)
         return self
+
+    def _check_spec(self) -> None:
+        self._check_types()
+        bounds.check_dataset(self.dataset)
+        if not self.schedule:
+            raise SpecError("schedule must name the approved schedule request")
+        bounds.check_request_id("schedule", self.schedule)
+        if self.round < 0:
+            raise SpecError(f"round must be >= 0, got {self.round}")
+        bounds.check_int("round", self.round, 0, MAX_ROUNDS - 1)
+        bounds.check_init_state(self.init_state)
 
     def planned_event(self, meta: DatasetMeta):
         raise SpecError("a round is priced as part of its schedule, not on its own")
@@ -112,3 +129,11 @@ class FedRoundSpec(JobSpec):
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         raise SpecError("a round runs as part of its approved schedule (the datasite's round "
                         "server builds the round's job)")
+
+
+def _check_state_size(init_state: str, params: int) -> None:
+    """``init_state`` is no longer than the base64 of ``params`` float32 weights plus framing."""
+    limit = 4 * ((4 * params + 2**16) // 3 + 1)
+    if len(init_state) > limit:
+        raise SpecError(f"init_state is {len(init_state)} characters long; weights of a model "
+                        f"with {params:,} parameters take at most {limit}")

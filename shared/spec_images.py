@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from . import spec_bounds as bounds
 from .data import IMAGES, DatasetMeta
+from .display import brief
 from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
                     n_train_records, register)
 
@@ -51,35 +53,44 @@ class DPSGDImageSpec(JobSpec):
 
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDImageSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_spec(self) -> None:
         from .targets import check_target
 
         self._check_types()
         check_target(self.target, self.epsilon)
+        bounds.check_privacy(self.epsilon, self.target)
         self._require_delta()
+        self._check_common()
         if self.model not in IMAGE_MODELS:
-            raise SpecError(f"unknown model {self.model!r}; choose one of {list(IMAGE_MODELS)}")
-        if self.model == "head" and self.backbone not in BACKBONE_NAMES:
-            raise SpecError(f"unknown backbone {self.backbone!r}; choose one of "
+            raise SpecError(f"unknown model {brief(self.model)}; choose one of "
+                            f"{list(IMAGE_MODELS)}")
+        # checked whatever the model: every field is shown to the owner
+        if self.backbone not in BACKBONE_NAMES:
+            raise SpecError(f"unknown backbone {brief(self.backbone)}; choose one of "
                             f"{list(BACKBONE_NAMES)}")
         if self.hidden < 0:
             raise SpecError(f"hidden must be >= 0 (0: linear head), got {self.hidden}")
+        bounds.check_int("hidden", self.hidden, 0, bounds.HIDDEN_MAX, why="0: linear head")
         if self.width < 0:
             raise SpecError(f"width must be >= 0 (0: the model's default), got {self.width}")
-        self._require_at_least_one("epochs", "batch_size")
+        bounds.check_int("width", self.width, 0, bounds.WIDTH_MAX, why="0: the model's default")
         if self.physical_batch_size < 0:
             raise SpecError("physical_batch_size must be >= 0 (0: the whole batch at once), "
                             f"got {self.physical_batch_size}")
-        self._require_positive("clip_norm", "learning_rate")
+        bounds.check_int("physical_batch_size", self.physical_batch_size, 0,
+                         bounds.BATCH_SIZE_MAX, why="0: the whole batch at once")
         if not 0 <= self.momentum < 1:
             raise SpecError(f"momentum must be in [0, 1), got {self.momentum}")
         self._check_test_fraction()
         self._check_metrics_epsilon()
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise SpecError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
-                            f"got {self.grad_sample_mode!r}")
-        if meta is not None:
-            self._check_meta(meta)
-        return self
+                            f"got {brief(self.grad_sample_mode)}")
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != IMAGES:
@@ -94,7 +105,13 @@ class DPSGDImageSpec(JobSpec):
                             f"are {shape[0]}x{shape[1]}; use model 'head'")
         if len(meta.labels) < 2:
             raise SpecError(f"dataset {meta.name!r} has fewer than two labels: nothing to classify")
-        check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+        n = check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+        bounds.check_sample_rate(n, self.batch_size, self.KIND)
+        bounds.check_steps(bounds.dpsgd_steps(n, self.batch_size, self.epochs), self.KIND)
+        params = bounds.image_params(self.model, shape, len(meta.labels), self.width,
+                                     self.hidden, self.backbone)
+        bounds.check_model_size(params, min(self.physical_batch_size or self.batch_size,
+                                            self.batch_size), f"model {self.model!r}")
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from . import spec_bounds as bounds
 from .data import IMAGES, TABLE, DatasetMeta
+from .display import brief
 from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
                     n_train_records, register)
 from .spec_images import BACKBONE_NAMES
@@ -62,21 +64,33 @@ class RemovalSpec(JobSpec):
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON
 
     def validate(self, meta: DatasetMeta | None = None) -> "RemovalSpec":
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_spec(self) -> None:
         self._check_types()
         self._require_positive("lam", "perturbation", "removal_epsilon")
+        bounds.check_number("lam", self.lam, bounds.LAM_MIN, bounds.LAM_MAX)
+        bounds.check_number("perturbation", self.perturbation, bounds.PERTURBATION_MIN,
+                            bounds.PERTURBATION_MAX,
+                            why="below it the training epsilon's loss term is too wide to price")
+        bounds.check_number("removal_epsilon", self.removal_epsilon, 0,
+                            bounds.REMOVAL_EPSILON_MAX, lo_open=True)
         self._require_delta()
-        if not 0 < self.removal_delta < 1:
-            raise SpecError(f"removal_delta must be in (0, 1), got {self.removal_delta}")
+        self._require_delta("removal_delta")
+        self._check_common()
+        bounds.check_text("label", self.label, allow_empty=True)
         if self.features not in FEATURES:
-            raise SpecError(f"unknown features {self.features!r}; choose one of {list(FEATURES)}")
+            raise SpecError(f"unknown features {brief(self.features)}; choose one of "
+                            f"{list(FEATURES)}")
         self._check_test_fraction()
         self._check_metrics_epsilon()
         if (self.features == DP_EXTRACTOR) != bool(self.extractor):
             raise SpecError("features='dp_extractor' needs extractor=<request id of a released "
                             "DP-SGD job on this dataset>, and extractor is only used with it")
-        if meta is not None:
-            self._check_meta(meta)
-        return self
+        bounds.check_request_id("extractor", self.extractor, allow_empty=True)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         self._check_dataset(meta)
@@ -96,6 +110,15 @@ class RemovalSpec(JobSpec):
         if len(meta.labels) < 2:
             raise SpecError(f"need at least two label values, dataset has {meta.labels}")
         check_training_size(meta.n_records, self.test_fraction, self.delta)
+        if self.features in BACKBONE_NAMES:
+            n_features = bounds.backbone_dim(self.features, meta.image_shape or [1, 1])
+        elif self.features == "table":
+            n_features = len(meta.features)
+        else:  # the extractor's penultimate layer: an MLP's hidden units
+            n_features = bounds.HIDDEN_MAX
+        # one (features + intercept) weight vector per one-vs-rest model; no per-sample grads
+        bounds.check_model_size(self.n_models(meta) * (n_features + 1), 1,
+                                f"removal model on {self.features!r} features")
 
     def n_models(self, meta: DatasetMeta) -> int:
         return 1 if len(meta.labels) == 2 else len(meta.labels)

@@ -10,7 +10,9 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+from . import spec_bounds as bounds
 from .data import TABLE, DatasetMeta
+from .display import brief
 
 MODELS = ("logreg", "mlp")
 MAX_TEST_FRACTION = 0.5
@@ -32,7 +34,8 @@ def register(cls: type) -> type:
 
 
 def spec_from_dict(d: dict) -> Any:
-    """Build the spec of whatever kind ``d["kind"]`` names (not yet validated against data)."""
+    """Build the spec of whatever kind ``d["kind"]`` names, every field checked against its
+    bounds (``shared.spec_bounds``); not yet validated against the dataset's metadata."""
     if not isinstance(d, dict):
         raise SpecError(f"a spec must be a dict, got {type(d).__name__}")
     kind = d.get("kind")
@@ -78,17 +81,25 @@ class JobSpec:
         d = dict(d)
         kind = d.pop("kind", cls.KIND)
         if kind != cls.KIND:
-            raise SpecError(f"spec kind is {kind!r}, expected {cls.KIND!r}")
+            raise SpecError(f"spec kind is {brief(kind)}, expected {cls.KIND!r}")
         known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(d) - known)
+        unknown = sorted((k for k in d if k not in known), key=repr)
         if unknown:
-            raise SpecError(f"unknown spec field(s) {unknown}; allowed: {sorted(known)}")
+            raise SpecError(f"unknown spec field(s) {brief(unknown)}; allowed: {sorted(known)}")
         missing = [f.name for f in fields(cls)
                    if f.init and f.default is MISSING and f.default_factory is MISSING
                    and f.name not in d]
         if missing:
             raise SpecError(f"spec is missing required field(s) {missing}")
-        return cls(**d)
+        spec = cls(**d)
+        # A spec read from a dict (the owner's and the runner's path) is checked at once for
+        # everything the metadata is not needed for; researchers' builders call validate().
+        spec._check_spec()
+        return spec
+
+    def _check_spec(self) -> None:
+        """The checks that need no dataset metadata (each kind adds its fields' bounds)."""
+        self._check_types()
 
     def _check_types(self) -> None:
         """Every field has its declared plain type (bools are not accepted as numbers)."""
@@ -98,7 +109,7 @@ class JobSpec:
             if want is None:
                 raise TypeError(f"{type(self).__name__}.{f.name}: unsupported field type {f.type}")
             if (isinstance(v, bool) and f.type != "bool") or not isinstance(v, want):
-                raise SpecError(f"{f.name} must be {f.type}, got {v!r}")
+                raise SpecError(f"{f.name} must be {f.type}, got {brief(v)}")
             if isinstance(v, float) and math.isnan(v):
                 raise SpecError(f"{f.name} is NaN; give a number")
 
@@ -114,9 +125,36 @@ class JobSpec:
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def _require_delta(self) -> None:
-        if not 0 < self.delta < 1:
-            raise SpecError(f"delta must be in (0, 1), got {self.delta}; typical: 1e-5")
+    def _require_delta(self, field: str = "delta") -> None:
+        v = getattr(self, field)
+        if not 0 < v < 1:
+            raise SpecError(f"{field} must be in (0, 1), got {v}; typical: 1e-5")
+        if v > bounds.DELTA_MAX:
+            raise SpecError(f"{field}={v:g} is too large: allowed [{bounds.DELTA_MIN:g}, "
+                            f"{bounds.DELTA_MAX:g}] (above 1% the guarantee fails too often to "
+                            "mean anything); typical: 1e-5, below 1 / number of records")
+        bounds.check_number(field, v, bounds.DELTA_MIN, bounds.DELTA_MAX,
+                            why="below it the accountant cannot price it reliably")
+
+    def _check_common(self) -> None:
+        """Fields most kinds share: dataset, seed, and (if the kind has them) the training
+        schedule's numbers."""
+        bounds.check_dataset(self.dataset)
+        if hasattr(self, "seed"):
+            bounds.check_int("seed", self.seed, 0, bounds.SEED_MAX)
+        if hasattr(self, "epochs"):
+            self._require_at_least_one("epochs")
+            bounds.check_int("epochs", self.epochs, 1, bounds.EPOCHS_MAX,
+                             why=f"the whole job is also held to {bounds.STEPS_MAX} steps")
+        if hasattr(self, "batch_size"):
+            self._require_at_least_one("batch_size")
+            bounds.check_int("batch_size", self.batch_size, 1, bounds.BATCH_SIZE_MAX)
+        if hasattr(self, "clip_norm"):
+            self._require_positive("clip_norm", "learning_rate")
+            bounds.check_number("clip_norm", self.clip_norm, 0, bounds.CLIP_NORM_MAX,
+                                lo_open=True)
+            bounds.check_number("learning_rate", self.learning_rate, 0,
+                                bounds.LEARNING_RATE_MAX, lo_open=True)
 
     def _check_test_fraction(self, allow_zero: bool = True) -> None:
         """The held-out split: at most half the records (0: none, no metrics where allowed)."""
@@ -130,10 +168,13 @@ class JobSpec:
         if not (self.metrics_epsilon >= 0 and math.isfinite(self.metrics_epsilon)):
             raise SpecError(f"metrics_epsilon must be a finite number >= 0 (0: no metrics on "
                             f"private records), got {self.metrics_epsilon}")
+        bounds.check_number("metrics_epsilon", self.metrics_epsilon, 0,
+                            bounds.METRICS_EPSILON_MAX, why="0: no metrics on private records")
 
     def _check_dataset(self, meta: DatasetMeta) -> None:
         if self.dataset != meta.name:
-            raise SpecError(f"spec names dataset {self.dataset!r} but it runs on {meta.name!r}")
+            raise SpecError(f"spec names dataset {brief(self.dataset)} but it runs on "
+                            f"{meta.name!r}")
 
     # -- what each kind implements -------------------------------------------------------------
     def validate(self, meta: DatasetMeta | None = None):
@@ -179,22 +220,31 @@ class DPSGDTableSpec(JobSpec):
     # -- validation ----------------------------------------------------------------------------
     def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_spec(self) -> None:
         from .targets import check_target
 
         self._check_types()
         check_target(self.target, self.epsilon)
+        bounds.check_privacy(self.epsilon, self.target)
         self._require_delta()
+        self._check_common()
+        bounds.check_text("label", self.label)
         if self.model not in MODELS:
-            raise SpecError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
-        self._require_at_least_one("epochs", "batch_size")
-        self._require_positive("clip_norm", "learning_rate")
+            raise SpecError(f"unknown model {brief(self.model)}; choose one of {list(MODELS)}")
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
+        bounds.check_int("hidden", self.hidden, 1, bounds.HIDDEN_MAX)
         self._check_test_fraction()
         self._check_metrics_epsilon()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
+
+    def _rounds_priced(self) -> int:
+        """How many times the schedule runs (a federated schedule prices all its rounds)."""
+        return 1
 
     def planned_event(self, meta: DatasetMeta):
         """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
@@ -223,7 +273,13 @@ class DPSGDTableSpec(JobSpec):
         if self.label != meta.label:
             raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                             f"not {self.label!r}")
-        check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+        n = check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+        bounds.check_sample_rate(n, self.batch_size, self.KIND)
+        bounds.check_steps(bounds.dpsgd_steps(n, self.batch_size, self.epochs)
+                           * self._rounds_priced(), self.KIND)
+        bounds.check_model_size(bounds.table_params(self.model, len(meta.features),
+                                                    len(meta.labels), self.hidden),
+                                self.batch_size, f"model {self.model!r}")
 
 
 def check_training_size(n_records: int, test_fraction: float, delta: float,

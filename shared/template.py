@@ -10,6 +10,7 @@ import ast
 import hashlib
 import json
 import linecache
+import re
 import threading
 
 _TEMPLATE = '''@sy.syft_function_single_use(data=asset)
@@ -31,6 +32,10 @@ def _canonical(value):
 
 def func_name_for(spec: dict) -> str:
     """A stable, unique function name: the job kind plus a hash of the spec."""
+    kind = spec["kind"]
+    # the kind becomes part of an identifier the owner's tools show: lower-case words only
+    if not (isinstance(kind, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", kind)):
+        raise ValueError(f"job kind must be a short lower-case name, got {kind!r:.60}")
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     return f"dpjob_{spec['kind']}_{digest}"
 

@@ -127,3 +127,155 @@ def test_no_self_signup(live_site):
         res = e
     users = [u.email for u in live_site.client.users.get_all()]
     assert "eve@x.org" not in users, res
+
+
+# -- identity: budgets, notes and requests belong to the key registered at `users add` --------
+def test_a_renamed_researcher_still_pays_from_her_own_budget(live_site, monkeypatch):
+    """Attack: a researcher with eps=1 left changes the e-mail on her account (PySyft allows it
+    unless the server refuses; here the owner's admin does it for her, as a stand-in for any way
+    an account's e-mail could change) and submits an eps=4 job. Her budget line must still
+    apply: the review binds the request to the verify key registered at `users add`."""
+    from datasite import inbox
+
+    email, password = RESEARCHER
+    live_site.set_budget("breast_cancer", 1.0, researcher=email)
+    admin = live_site.client
+    user = next(u for u in admin.users.get_all() if u.email == email)
+    admin.users.update(uid=user.id, email="mallory@evil.org")
+    try:
+        site = researcher.connect(live_site.url, "mallory@evil.org", password)
+        req = _submit(site, epsilon=4.0, seed=11)
+
+        def review():
+            return next(i for i in live_site.review() if i["request_id"] == req.id)
+
+        info = review()
+        assert info["researcher"] == email and info["registered"]
+        assert info["cost"]["budget"]["researcher_budget"] == 1.0
+        assert not info["cost"]["budget"]["fits"]
+        with pytest.raises(SiteError, match="budget"):
+            live_site.run(req.id, progress=False)
+        assert live_site.executions(req.id) == 0
+
+        live_site.deny(req.id, reason="test")
+
+        # the same attack against the old, e-mail-keyed lookup: no researcher line, "fits"
+        monkeypatch.setattr(inbox, "sender_identity", lambda state, r: r.requesting_user_email)
+        req = _submit(site, epsilon=4.0, seed=12)
+        info = review()
+        assert info["researcher"] == "mallory@evil.org"
+        assert info["cost"]["budget"]["researcher_budget"] is None and info["cost"]["budget"]["fits"]
+        monkeypatch.undo()
+        live_site.deny(req.id, reason="test")
+    finally:
+        admin.users.update(uid=user.id, email=email)
+        live_site.set_budget("breast_cancer", 100.0, researcher=email)
+
+
+def test_unregistered_identities_and_case_variants_are_refused(live_site):
+    """Attack: register a case variant of a researcher's address (to appear as her in reviews),
+    or send a request from an account the owner never registered with `users add`."""
+    with pytest.raises(SiteError, match="already registered"):
+        live_site.add_user(RESEARCHER[0].upper(), "another-password-1")
+    with pytest.raises(SiteError, match="not a researcher registered"):
+        live_site.set_budget("breast_cancer", 1.0, researcher="ghost@uni.edu")
+    # an account created behind the owner's tools (raw PySyft admin call) is not an identity
+    admin = live_site.client
+    admin.users.create(email="ghost@uni.edu", name="ghost", password="ghost-password-1",
+                       password_verify="ghost-password-1")
+    site = researcher.connect(live_site.url, "ghost@uni.edu", "ghost-password-1")
+    req = _submit(site, seed=13)
+    info = next(i for i in live_site.review() if i["request_id"] == req.id)
+    assert not info["registered"] and "UNREGISTERED" in info["researcher"]
+    assert "cost" not in info and "did not register" in info["validation"]
+    with pytest.raises(SiteError, match="not a researcher registered"):
+        live_site.run(req.id, progress=False)
+    assert live_site.executions(req.id) == 0
+    live_site.deny(req.id, reason="unknown sender")
+
+
+# -- one request the tools do not understand must not disable them ---------------------------
+def test_a_request_without_code_is_listed_and_can_be_denied(live_site):
+    """Attack: leave a request that carries no code (a worker-pool request; the server now
+    refuses those from researchers, but one may predate the hardening). `review`, `run`,
+    `deny` and the federated round server used to crash on `raw_code` of a SyftError."""
+    from syft.custom_worker.config import DockerWorkerConfig
+
+    from datasite import rounds
+
+    admin = live_site.client
+    admin.api.services.worker_pool.create_image_and_pool_request(
+        pool_name="evil", num_workers=1, tag="evil:1",
+        config=DockerWorkerConfig(dockerfile="FROM python:3.11\nRUN echo hi\n"))
+    rid, req = next((k, r) for k, r in live_site._syft_requests().items()
+                    if "CreateCustomWorkerPoolChange" in str([type(c).__name__ for c in r.changes]))
+    items = {i["request_id"]: i for i in live_site.review()}
+    assert items[rid]["kind"] == "not_code" and "WorkerPool" in items[rid]["request_type"]
+    assert rounds._round_for(req, "any-schedule") is None  # the round server skips it
+    with pytest.raises(SiteError, match="not a code request"):
+        live_site.run(rid, progress=False)
+    live_site.deny(rid, reason="dp-datasite does not create worker pools")
+    assert rid not in live_site._syft_requests()  # deleted, never applied
+    assert rid not in {i["request_id"] for i in live_site.review()}
+
+
+def test_one_request_that_cannot_be_priced_does_not_stop_the_review(live_site, monkeypatch):
+    """Attack: a request whose pricing fails (or runs out of time/memory in the bounded
+    worker). The review reports it, per request, and goes on; each request is priced once."""
+    from datasite import pricing_worker
+
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    bad, good = _submit(site, epochs=3, seed=14), _submit(site, seed=15)
+    calls = []
+    real = pricing_worker.price_bounded
+
+    def flaky(spec, meta_json, **kw):
+        calls.append(spec["epochs"])
+        if spec["epochs"] == 3:
+            raise pricing_worker.PricingError("went past its time limit")
+        return real(spec, meta_json, **kw)
+
+    monkeypatch.setattr(pricing_worker, "price_bounded", flaky)
+    for _ in range(2):
+        items = {i["request_id"]: i for i in live_site.review()}
+        assert "time limit" in items[bad.id]["cost_error"] and "cost" not in items[bad.id]
+        assert items[good.id]["cost"]["epsilon"] > 0
+    assert sorted(calls) == [2, 3]  # priced once each, not once per review
+    for r in (bad, good):
+        live_site.deny(r.id, reason="test")
+
+
+# -- one execution per request, enforced by the database --------------------------------------
+@pytest.mark.parametrize("delay", [0.0, 0.5, 2.0])
+def test_concurrent_runs_execute_a_request_once(live_site, delay):
+    """Attack (on the owner's own tools): two `datasite run` of the same request, the second
+    started `delay` seconds after the first. The second used to take the first's live run for
+    a crashed one, refund its reservation and run again (executions = 2)."""
+    import threading
+    import time
+
+    from datasite.owner import OwnerSite
+
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    req = _submit(site, epochs=1, seed=20 + int(10 * delay))
+    live_site.describe_request(req.id)  # priced before the race, as after a review
+    outcomes = []
+
+    def run(wait):
+        time.sleep(wait)
+        try:
+            OwnerSite(live_site.home).run(req.id, progress=False)
+            outcomes.append("ran")
+        except SiteError as e:
+            outcomes.append(str(e))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (0.0, delay)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert outcomes.count("ran") == 1, outcomes
+    assert any("another owner process" in o or "already ran" in o for o in outcomes), outcomes
+    assert live_site.executions(req.id) == 1
+    assert live_site.ledger.entry(req.id)["state"] == "running"  # the live run kept its reservation
+    live_site.deny(req.id, reason="test")

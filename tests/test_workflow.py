@@ -64,10 +64,16 @@ def test_submit_run_release_and_restart(live_site, demo_files):
     acc = (pd.Series(predict(model, result.raw["model_config"], real)) == real["diagnosis"]).mean()
     assert acc > 0.8
 
-    # the researcher sees the budget left, as the owner's ledger computes it
+    # the researcher learns whether the dataset can still pay, not what the others spent ...
     left = site.datasets["breast_cancer"].budget
     spent = live_site.ledger.spent("breast_cancer")["epsilon"]
-    assert left["dataset_left"] == pytest.approx(50.0 - spent)
+    assert "dataset_left" not in left and left["dataset_can_pay"] is True
+    # ... unless the owner opts in to disclose the remaining budget, as the ledger computes it
+    live_site.disclose_dataset_left(True)
+    try:
+        assert site.datasets["breast_cancer"].budget["dataset_left"] == pytest.approx(50.0 - spent)
+    finally:
+        live_site.disclose_dataset_left(False)
     assert result.privacy["epsilon"] <= spent + 1e-9
     # ... and the ledger's signed audit head, checked against the one sent with the result
     from shared.audit_chain import check_head

@@ -279,3 +279,33 @@ def test_concurrent_runs_execute_a_request_once(live_site, delay):
     assert live_site.executions(req.id) == 1
     assert live_site.ledger.entry(req.id)["state"] == "running"  # the live run kept its reservation
     live_site.deny(req.id, reason="test")
+
+
+def test_a_failed_round_tells_the_researcher_no_log(tmp_path, monkeypatch):
+    """Attack: make a federated round fail so that the job's stderr (a traceback can quote
+    private values) comes back in the deny reasons. The researcher learns the round failed;
+    the log goes to the owner's audit record only."""
+    from types import SimpleNamespace
+
+    from datasite import owner, rounds
+
+    secret = "Traceback ... ValueError: record 17 has mean_area=2501.0"
+
+    def failing_job(*a, **k):
+        raise SiteError(f"The job failed (exit 1):\n{secret}")
+
+    told, logged = [], []
+    monkeypatch.setattr(owner, "_run_subprocess", failing_job)
+    monkeypatch.setattr(rounds, "_refuse", lambda site, rid, req, who, reason: told.append(reason))
+    monkeypatch.setattr(rounds, "finish", lambda site, sid, reason: told.append(reason))
+    state = SimpleNamespace(dataset=lambda name: {"path": str(tmp_path)},
+                            claim_for_run=lambda *a, **k: True,
+                            start_execution=lambda *a: 1, finish_execution=lambda *a: None)
+    site = SimpleNamespace(state=state, home=SimpleNamespace(results=tmp_path),
+                           ledger=SimpleNamespace(log=lambda *a: logged.append(a)))
+    req = SimpleNamespace(code=SimpleNamespace(service_func_name="round_fn"))
+    rounds._run_round(site, "schedule-1", {"dataset": "bc", "rounds": 3}, "alice@uni.edu",
+                      "round-req", req, {"init_state": ""}, 0)
+    assert len(told) == 2 and all("round 0 failed" in r for r in told)
+    assert not any(secret in r or "Traceback" in r for r in told)
+    assert any(secret in str(entry) for entry in logged)  # the owner keeps the details

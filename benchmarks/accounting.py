@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/accounting.py [--repeats 3] [--sizes 10 100 1000]
 
 (1) Pricing one DP-SGD request: shared.pricing.planned_event on a realistic spec (it calibrates
-    sigma) and shared.accounting.privacy_report (eps, RDP, TPR bounds, mu-GDP) of the result.
+    sigma) and shared.reporting.privacy_report (eps, RDP, TPR bounds, mu-GDP) of the result.
 (2) Checking a ledger of N = 10, 100, 1,000 committed jobs on a temporary SQLite site: a mix of
     five DP-SGD configurations (researchers re-run similar jobs), timing Ledger.quote (what
     review does), Ledger.spent, and one full reserve -> start -> commit of a new job. The
@@ -66,7 +66,8 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 def _ledger(base: Path, n_jobs: int, events: list[str], eps_of: dict[str, float], seed: int):
     """A fresh SQLite site whose ledger holds ``n_jobs`` committed jobs drawn from ``events``."""
     from datasite.config import init_site
-    from datasite.ledger import Ledger, entries
+    from datasite.ledger import Ledger
+    from datasite.ledger_tables import entries
     from datasite.state import State, engine_for, now
 
     site = init_site(f"b{n_jobs}", home=base / f"site-{n_jobs}-{uuid.uuid4().hex[:6]}")
@@ -94,8 +95,8 @@ def main() -> None:
 
     import dp_accounting
 
-    from shared.accounting import (_PLD_CACHE, epsilon, event_from_json, event_to_json,
-                                   privacy_report)
+    from shared.accounting import _PLD_CACHE, epsilon, event_from_json, event_to_json
+    from shared.reporting import privacy_report
     from shared.pricing import planned_event
 
     def cold(fn):  # no help from the PLD cache: every timed call starts from nothing

@@ -37,7 +37,8 @@ def _timed(fn):
 
 def build(base: Path, n_jobs: int, n_records: int, dpal_share: float, seed: int = 0):
     from datasite.config import init_site
-    from datasite.ledger import Ledger, charges, entries
+    from datasite.ledger import Ledger
+    from datasite.ledger_tables import charges, entries
     from datasite.state import now, open_state
     from shared.accounting import dpsgd_event, event_to_json
     from shared.dpal_plan import make_plan

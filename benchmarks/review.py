@@ -59,7 +59,7 @@ def main() -> None:
                 r.submit(jobs.DPSGD(dataset="bc", label="diagnosis", epsilon=1.0 + 0.1 * i,
                                     delta=1e-5, epochs=2 + i % 5, batch_size=64, seed=i))
         meta = DatasetMeta.from_json(site.state.dataset("bc")["meta_json"])
-        pending = [recognise(code_of(req).raw_code) for req in site._syft_requests().values()]
+        pending = [recognise(code_of(req).raw_code) for req in site.syft_requests().values()]
         t_base, _ = _timed(lambda: [(planned_event(s, meta), record_events(s, meta))
                                     for s in pending])
         t_first, items = _timed(site.review)

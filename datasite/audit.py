@@ -44,17 +44,17 @@ def run_audit(site, dataset: str, spec: dict, canaries: int = 1000,
                         "fix its \"dataset\" field or audit that dataset.")
     spec = {**spec, "dataset": dataset}
     data, meta = read_private(Path(row["path"]))
-    site.ledger.record("privacy_audit_start", None, {
+    site.ledger.log("privacy_audit_start", None, {
         "dataset": dataset, "spec": spec, "canaries": canaries, "confidence": confidence,
         "note": "owner-only audit run: not a release, no budget charged"})
     try:
         report = audit_job(spec, data, meta, canaries=canaries, confidence=confidence,
                            progress=progress)
     except BaseException as e:
-        site.ledger.record("privacy_audit_failed", None, {"dataset": dataset,
-                                                          "error": str(e)[-500:]})
+        site.ledger.log("privacy_audit_failed", None, {"dataset": dataset,
+                                                       "error": str(e)[-500:]})
         raise
-    site.ledger.record("privacy_audit", None, {
+    site.ledger.log("privacy_audit", None, {
         k: report[k] for k in ("dataset", "kind", "canaries", "included", "guesses", "correct",
                                "confidence", "epsilon_lower_bound", "claimed_epsilon", "delta",
                                "violation", "released", "charged")})

@@ -111,7 +111,7 @@ def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
 
     from shared.accounting import event_from_json, event_to_json
     from shared.data import DatasetMeta
-    from shared.specs import n_train_records, spec_from_dict
+    from shared.jobs import n_train_records, spec_from_dict
 
     job = spec_from_dict(spec)
     meta = DatasetMeta.from_json(site.state.dataset(job.dataset)["meta_json"])
@@ -192,8 +192,8 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
 
     meta = delete_records(path, [record_id])
     site.state.update_dataset_meta(dataset, meta.to_json())  # n_records prices later jobs
-    site.ledger.record("forget", None, {"dataset": dataset, "record": record_id,
-                                        "models": [m["request_id"] for m in affected]})
+    site.ledger.log("forget", None, {"dataset": dataset, "record": record_id,
+                                     "models": [m["request_id"] for m in affected]})
     report = {"dataset": dataset, "record": record_id, "models": [],
               "dp_models": _dp_models(site, dataset)}
     for m, (owner_copy, released, cert) in zip(affected, updates):
@@ -207,7 +207,7 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     import hashlib
 
     from shared.removal import RemovableModel, job_features
-    from shared.specs import n_train_records, spec_from_dict
+    from shared.jobs import n_train_records, spec_from_dict
 
     spec = spec_from_dict(json.loads(m["spec_json"]))
     extractor = None
@@ -276,7 +276,7 @@ def _shortfall(site, dataset: str, researcher: str, event_json: str) -> tuple[st
 def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: dict) -> dict:
     """Price the update in the ledger, record the certificates, and tell the researcher."""
     from shared.accounting import event_to_json
-    from shared.specs import spec_from_dict
+    from shared.jobs import spec_from_dict
 
     from .ledger import LedgerError
 
@@ -299,7 +299,7 @@ def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: d
         out.update(status="withdrawn", reason=(
             f"the update could not be paid for: {why}. `datasite review` shows before "
             "training how many forgets the budgets can pay for"))
-        site.ledger.record("removal_certificate", m["request_id"], out)
+        site.ledger.log("removal_certificate", m["request_id"], out)
         _notify(site, m, {**_public(out), "certificate": {
             "withdrawn": True, "covers": "no weights were sent: the model is withdrawn",
             **{k: public_cert[k] for k in ("owner_copy", "n_removed_total", "feature_source")}}})
@@ -308,7 +308,7 @@ def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: d
     site.ledger.commit(entry_id, event_json)
     site.ledger.released(entry_id)
     out.update(status="updated", ledger_entry=entry_id)
-    site.ledger.record("removal_certificate", m["request_id"], out)
+    site.ledger.log("removal_certificate", m["request_id"], out)
     _notify(site, m, {**_public(out), **_released_model(spec, released)})
     site.publish_budgets([m["researcher"]])
     return out

@@ -15,58 +15,15 @@ from collections import Counter
 
 import numpy as np
 
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, insert,
-                        select, update)
+from sqlalchemy import insert, select, update
 
 from . import audit_log, records
 from .audit_log import AuditLog
+from .ledger_tables import budgets, charges, charges_digest, entries, metadata  # noqa: F401
 from .state import State, migrate, now
-
-metadata = MetaData()
-
-budgets = Table(
-    "dpds_budgets", metadata,
-    Column("dataset", String(200), primary_key=True),
-    Column("researcher", String(320), primary_key=True),  # "" = the dataset's own budget
-    Column("epsilon", Float, nullable=False),
-    Column("delta", Float, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-entries = Table(
-    "dpds_ledger", metadata,
-    Column("request_id", String(64), primary_key=True),
-    Column("dataset", String(200), nullable=False),
-    Column("researcher", String(320), nullable=False),
-    # estimated | reserved | running | committed | released | refunded | denied
-    Column("state", String(20), nullable=False),
-    Column("event_json", Text, nullable=False),       # the reserved (planned) event
-    Column("realised_json", Text),                     # what the job reports it ran
-    Column("epsilon", Float, nullable=False),          # of the event alone, at the dataset delta
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-# Which records received which event (owner-side only; never released): per request, parts of
-# kind "all" (every record), "ids" (record_ids: JSON list) or, while it runs, "alt" (each record
-# will receive one of these events).
-charges = Table(
-    "dpds_charges", metadata,
-    Column("request_id", String(64), primary_key=True),
-    Column("part", Integer, primary_key=True, autoincrement=False),
-    Column("kind", String(8), nullable=False),
-    Column("event_json", Text, nullable=False),
-    Column("record_ids", Text),
-)
 
 SPENDING = ("reserved", "running", "committed", "released")
 MAX_CANDIDATES = 50_000
-
-
-def charges_digest(rows) -> str:
-    """What the audit chain records of a request's parts: [(kind, event, ids)] -> sha256."""
-    canon = sorted([k, e, sorted(i) if i is not None else None] for k, e, i in rows)
-    return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
 
 
 class LedgerError(RuntimeError):
@@ -428,16 +385,12 @@ class Ledger:
                                                                         budgets.c.researcher)).mappings()]
 
     # -- audit log -------------------------------------------------------------------------------
-    def record(self, action: str, request_id: str | None, payload: dict,
-               actor: str = "owner") -> None:
-        """Append an audit entry that moves no budget (a round released, a removal certificate)."""
-        with self.engine.begin() as c:
-            self._audit(c, actor, action, request_id, payload)
-
     def _audit(self, c, actor: str, action: str, request_id: str | None, payload: dict) -> None:
         self.audit_log.append(c, actor, action, request_id, payload)
 
     def log(self, action: str, request_id: str | None, payload: dict, actor: str = "owner") -> None:
+        """Append an audit entry that moves no budget (a denial, a round released, a removal
+        certificate)."""
         with self.engine.begin() as c:
             self._audit(c, actor, action, request_id, payload)
 

@@ -10,6 +10,8 @@ import json
 
 from sqlalchemy import select
 
+from .ledger_tables import budgets, charges, charges_digest, entries
+
 LEDGER_STATES = ("estimated", "reserved", "running", "committed", "released", "refunded",
                  "denied")
 
@@ -48,8 +50,6 @@ class Replay:
 
     def compare(self, c) -> str | None:
         """The first table row that differs from the replayed chain (None: all match)."""
-        from .ledger import budgets, charges, charges_digest, entries
-
         seen = set()
         for b in c.execute(select(budgets).order_by(budgets.c.dataset, budgets.c.researcher)):
             key = (b.dataset, b.researcher)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from shared.template import recognise
 
 from . import inbox, lifecycle
 from .config import SiteError, SiteHome, open_site
+from .execution import process_alive, run_job_subprocess
 from .ledger import Ledger, LedgerError
 from .state import loads, open_state
 from .storage import remove_private, write_private
@@ -282,11 +280,11 @@ class OwnerSite:
         return who
 
     # -- requests ----------------------------------------------------------------------------
-    def _syft_requests(self) -> dict[str, Any]:
+    def syft_requests(self) -> dict[str, Any]:
         return {r.id.to_string(): r for r in self.client.requests.get_all()}
 
-    def _syft_request(self, request_id: str):
-        reqs = self._syft_requests()
+    def syft_request(self, request_id: str):
+        reqs = self.syft_requests()
         matches = [k for k in reqs if k.startswith(request_id)]
         if len(matches) != 1:
             known = ", ".join(k[:8] for k in reqs) or "none"
@@ -299,7 +297,7 @@ class OwnerSite:
         is a recognised template, and its spec. Requests without code, or from identities the
         owner did not register, are described as such and can only be denied."""
         if req is None:
-            request_id, req = self._syft_request(request_id)
+            request_id, req = self.syft_request(request_id)
         code = inbox.code_of(req)
         spec = recognise(code.raw_code) if code is not None else None
         user = inbox.sender_identity(self.state, req)
@@ -347,7 +345,7 @@ class OwnerSite:
         """The request's event (and per-record alternatives), priced once in a bounded worker
         and cached; SiteError if pricing failed or went past its time or memory limit."""
         from shared.accounting import AccountingError
-        from shared.specs import SpecError
+        from shared.jobs import SpecError
 
         from .pricing_worker import PricingError, price_bounded
 
@@ -370,7 +368,8 @@ class OwnerSite:
         return cached["event_json"], json.loads(cached["record_events_json"] or "null")
 
     def _quote(self, request_id: str, spec: dict, researcher: str) -> dict:
-        from shared.accounting import event_from_json, privacy_report
+        from shared.accounting import event_from_json
+        from shared.reporting import privacy_report
 
         event_json, alternatives = self._priced(request_id, spec)
         budget = self.ledger.budget(spec["dataset"])
@@ -393,7 +392,7 @@ class OwnerSite:
         out = []
         from .rounds import refuse_if_ended
 
-        for rid, req in self._syft_requests().items():
+        for rid, req in self.syft_requests().items():
             try:
                 info = self.describe_request(rid, req)
                 if info["kind"] == "fed_round":
@@ -412,7 +411,7 @@ class OwnerSite:
 
     def _validate(self, spec: dict) -> str:
         """'ok' or the reason the spec cannot run here -- checked against the REAL metadata."""
-        from shared.specs import SpecError, spec_from_dict
+        from shared.jobs import SpecError, spec_from_dict
 
         try:
             job = spec_from_dict(spec)
@@ -429,7 +428,7 @@ class OwnerSite:
 
         The request's run lock is held throughout, so a second owner process (or a second
         `datasite run`) can neither run it again nor mistake the live run for a crashed one."""
-        request_id, req = self._syft_request(request_id)
+        request_id, req = self.syft_request(request_id)
         with self.state.run_lock(request_id) as locked:
             if not locked:
                 raise SiteError(f"Request {request_id[:8]} is being run by another owner process "
@@ -486,9 +485,9 @@ class OwnerSite:
         result_path = self.home.results / f"{request_id}.pkl"
         execution = self.state.start_execution(request_id, spec["dataset"])
         try:
-            _run_subprocess(spec, row["path"], result_path, progress, context=context,
-                            on_start=lambda pid: self.state.set_state(request_id, "running",
-                                                                      runner_pid=pid))
+            run_job_subprocess(spec, row["path"], result_path, progress, context=context,
+                               on_start=lambda pid: self.state.set_state(request_id, "running",
+                                                                         runner_pid=pid))
         except BaseException as e:
             self.state.finish_execution(execution, "failed")
             self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
@@ -526,7 +525,7 @@ class OwnerSite:
         own = self.state.request(request_id)
         if not own or own["state"] != "running":
             return
-        if own["runner_pid"] and _alive(own["runner_pid"]):
+        if own["runner_pid"] and process_alive(own["runner_pid"]):
             raise SiteError(f"Request {request_id[:8]} is running now (pid {own['runner_pid']}).")
         if own["result_path"] and Path(own["result_path"]).exists():
             return
@@ -537,7 +536,7 @@ class OwnerSite:
 
     def release(self, request_id: str) -> dict:
         """Send a run's result back to the researcher."""
-        request_id, req = self._syft_request(request_id)
+        request_id, req = self.syft_request(request_id)
         own = self.state.request(request_id)
         if own is None or own["state"] not in ("ran", "released"):
             state = own["state"] if own else "pending"
@@ -588,7 +587,7 @@ class OwnerSite:
     def deny(self, request_id: str, reason: str) -> None:
         if not reason or not reason.strip():
             raise SiteError("Say why with --reason: the researcher sees it.")
-        request_id, req = self._syft_request(request_id)
+        request_id, req = self.syft_request(request_id)
         own = self.state.request(request_id)
         if own and own["state"] == "released":
             raise SiteError(f"Request {request_id[:8]} was already released; it cannot be denied.")
@@ -637,45 +636,3 @@ def summarise(result: dict) -> dict:
     """What the owner sees before releasing: metrics and privacy, no model bytes."""
     return {"kind": result.get("kind"), "metrics": result.get("metrics"),
             "privacy": {k: v for k, v in (result.get("privacy") or {}).items() if k != "event"}}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _run_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
-                    on_start=None, context: dict | None = None) -> None:
-    from tqdm import tqdm
-
-    cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), dataset_dir, str(result_path)]
-    if context:
-        cmd.append(json.dumps(context))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)
-    if on_start is not None:
-        on_start(proc.pid)
-    bar = None
-    for line in proc.stdout:
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "progress" in msg and progress:
-            done, total = msg["progress"]
-            if bar is None:
-                bar = tqdm(total=total, desc=f"job {spec['kind']}", unit="step")
-            bar.update(done - bar.n)  # tqdm throttles redraws itself
-    code = proc.wait()
-    errfile.seek(0)
-    err = errfile.read()
-    if bar is not None:
-        bar.close()
-    if code != 0 or not result_path.exists():
-        raise SiteError(f"The job failed (exit {code}):\n{err[-3000:]}")

@@ -1,6 +1,6 @@
 """Pricing a researcher's spec in a child process with a memory cap and a deadline.
 
-The spec bounds (``shared.spec_bounds``) keep pricing to seconds, but pricing runs before the
+The spec bounds (``shared.jobs.bounds``) keep pricing to seconds, but pricing runs before the
 owner has looked at anything, on the owner's machine, through third-party numerics (PLD FFTs):
 this is the second wall. ``price_bounded`` sends the spec to a pricing server (``python -m
 datasite.pricing_worker``, started once, with torch and the accountants imported) which forks
@@ -26,7 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from shared.accounting import AccountingError
-from shared.specs import SpecError
+from shared.jobs import SpecError
 
 # How long the server may take to start and import the pricing modules (first call only).
 STARTUP_TIMEOUT_S = 300.0

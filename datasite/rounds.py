@@ -2,11 +2,11 @@
 
 ``OwnerSite.run`` on a ``fed_dpsgd_table`` schedule reserves all R rounds in the ledger, tells the
 researcher the schedule is approved, and starts this round server in the background:
-``python -m datasite.rounds SITE_HOME SCHEDULE_ID``. For each round it waits for the researcher's
-``fed_round`` request carrying the global model, trains from it on the private data (in the
-job subprocess, recorded as an execution) and releases the local model. After the last round it
-commits the schedule's spend. ``datasite stop NAME SCHEDULE`` ends it early: the rounds that ran
-are committed and the rest refunded.
+``python -m datasite.round_server SITE_HOME SCHEDULE_ID`` (which calls ``serve``). For each round
+it waits for the researcher's ``fed_round`` request carrying the global model, trains from it on
+the private data (in the job subprocess, recorded as an execution) and releases the local model.
+After the last round it commits the schedule's spend. ``datasite stop NAME SCHEDULE`` ends it
+early: the rounds that ran are committed and the rest refunded.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .config import SiteError
+from .execution import process_alive, run_job_subprocess
 from .inbox import sender_identity
 
 SERVING = "serving"
@@ -32,7 +33,8 @@ def rounds_done(own: dict) -> int:
 def start_schedule(site, request_id: str, req, info: dict) -> dict:
     """Approve a schedule: (already reserved and started in the ledger by the caller) tell the
     researcher, and start the round server. Returns the owner's summary."""
-    from shared.accounting import event_from_json, privacy_report
+    from shared.accounting import event_from_json
+    from shared.reporting import privacy_report
 
     spec = info["spec"]
     budget = site.ledger.budget(spec["dataset"])
@@ -54,7 +56,8 @@ def _spawn(home: Path, request_id: str) -> int:
     import subprocess
 
     log = open(Path(home) / f"rounds-{request_id[:8]}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "datasite.rounds", str(home), request_id],
+    proc = subprocess.Popen([sys.executable, "-m", "datasite.round_server", str(home),
+                             request_id],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     return proc.pid
@@ -93,7 +96,7 @@ def _serve_pending(site, schedule_id: str, own: dict) -> bool:
     """Handle the round requests waiting for this schedule; True if any was handled."""
     spec = json.loads(own["spec_json"])
     handled = False
-    for rid, req in site._syft_requests().items():
+    for rid, req in site.syft_requests().items():
         if req.status.name != "PENDING" or site.state.request(rid) is not None:
             continue
         round_spec = _round_for(req, schedule_id)
@@ -139,8 +142,6 @@ def refuse_if_ended(site, rid: str, req, info: dict) -> bool:
 
 
 def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> None:
-    from .owner import _run_subprocess
-
     job = dict(spec, round=r, init_state=round_spec.get("init_state", ""))
     row = site.state.dataset(spec["dataset"])
     site.state.claim_for_run(rid, dataset=spec["dataset"], researcher=researcher,
@@ -149,7 +150,7 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
     result_path = site.home.results / f"{rid}.pkl"
     execution = site.state.start_execution(rid, spec["dataset"])
     try:
-        _run_subprocess(job, row["path"], result_path, progress=False)
+        run_job_subprocess(job, row["path"], result_path, progress=False)
     except BaseException as e:
         site.state.finish_execution(execution, "failed")
         # the job's log stays with the owner: a traceback can quote private values
@@ -175,7 +176,7 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
     summary = json.loads(own["summary_json"] or "{}")
     summary["rounds_done"] = r + 1
     site.state.set_state(schedule_id, SERVING, summary_json=json.dumps(summary))
-    site.ledger.record("round_released", schedule_id, {"round": r, "round_request": rid})
+    site.ledger.log("round_released", schedule_id, {"round": r, "round_request": rid})
     if r + 1 >= spec["rounds"]:
         finish(site, schedule_id, reason="all rounds done")
 
@@ -201,7 +202,7 @@ def finish(site, schedule_id: str, reason: str) -> dict:
     """End a schedule: commit the rounds that ran (refund the rest) and deny its waiting rounds."""
     from shared.accounting import event_to_json
     from shared.data import DatasetMeta
-    from shared.specs import spec_from_dict
+    from shared.jobs import spec_from_dict
 
     own = site.state.request(schedule_id)
     if own is None or own["state"] != SERVING:
@@ -221,7 +222,7 @@ def finish(site, schedule_id: str, reason: str) -> dict:
     summary.update(rounds_done=done, ended=reason)
     site.state.set_state(schedule_id, final, reason=reason, summary_json=json.dumps(summary),
                          runner_pid=None)
-    for rid, req in site._syft_requests().items():
+    for rid, req in site.syft_requests().items():
         mine = site.state.request(rid)
         # waiting rounds, and a round whose job was cut short by the stop
         if req.status.name == "PENDING" and (mine is None or mine["state"] not in (
@@ -234,15 +235,13 @@ def finish(site, schedule_id: str, reason: str) -> dict:
 
 def stop(site, schedule_id: str) -> dict:
     """The owner ends participation: stop the round server, commit what ran, refund the rest."""
-    from .owner import _alive
-
-    schedule_id, _ = site._syft_request(schedule_id)
+    schedule_id, _ = site.syft_request(schedule_id)
     own = site.state.request(schedule_id)
     if own is None or own["state"] != SERVING:
         raise SiteError(f"Request {schedule_id[:8]} is not a schedule being served "
                         f"(state: {own['state'] if own else 'pending'}).")
     pid = own["runner_pid"]
-    if pid and _alive(pid):
+    if pid and process_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)  # the server and any round job it started
         except ProcessLookupError:
@@ -253,22 +252,7 @@ def stop(site, schedule_id: str) -> dict:
                     break
             except ChildProcessError:
                 pass
-            if not _alive(pid):
+            if not process_alive(pid):
                 break
             time.sleep(0.1)
     return finish(site, schedule_id, reason="stopped by the data owner")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .config import SiteHome
-    from .owner import OwnerSite
-
-    home, schedule_id = (argv or sys.argv[1:])[:2]
-    site = OwnerSite(SiteHome(Path(home)))
-    state = serve(site, schedule_id)
-    print(json.dumps({"schedule": schedule_id, "final_state": state}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

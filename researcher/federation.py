@@ -67,7 +67,7 @@ class Federation:
         from tqdm.auto import tqdm
 
         from shared.federated import average_states, load_state, state_to_text
-        from shared.spec_federated import FedRoundSpec, FedScheduleSpec
+        from shared.jobs.federated import FedRoundSpec, FedScheduleSpec
 
         base = {k: v for k, v in job.spec.to_dict().items() if k != "kind"}
         schedule = _Spec(FedScheduleSpec(**base, rounds=rounds))

@@ -1,4 +1,4 @@
-"""Job builders for notebooks. Each wraps a validated spec from ``shared.specs``.
+"""Job builders for notebooks. Each wraps a validated spec from ``shared.jobs``.
 
 Every builder checks its arguments at once (``SpecError`` says what to change), runs on the
 dataset's mock data with ``run_on_mock(site)`` through the very code the datasite runs, and is
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from shared.data import DatasetMeta
 from shared.runner import run_job
-from shared.spec_dpal import DPALSpec
-from shared.spec_images import DPSGDImageSpec
-from shared.spec_removal import RemovalSpec
-from shared.spec_stats import DPStatsSpec
-from shared.specs import DPSGDTableSpec, SpecError
+from shared.jobs.dpal import DPALSpec
+from shared.jobs.dpsgd_images import DPSGDImageSpec
+from shared.jobs.removal import RemovalSpec
+from shared.jobs.stats import DPStatsSpec
+from shared.jobs import DPSGDTableSpec, SpecError
 from shared.targets import Target, privacy_fields  # noqa: F401  (jobs.Target for users)
 
 
@@ -88,7 +88,7 @@ class DPActiveLearning(_Job):
     def plan(self, site):
         """The schedule the datasite will price: per round, steps, each group's sampling rate
         and planned epsilon (computed from the published metadata)."""
-        from shared.spec_dpal import plan_for
+        from shared.jobs.dpal import plan_for
 
         return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
 
@@ -99,7 +99,7 @@ def ActiveLearning(dataset: str, epsilon: float | None = None, delta: float | No
                    **options) -> DPActiveLearning:
     """The design card's spelling of :class:`DPActiveLearning`: ``start`` labelled records, then
     ``queries`` (one size per round; ``rounds`` must match if given)."""
-    from shared.specs import SpecError
+    from shared.jobs import SpecError
 
     if rounds is not None and rounds != len(queries):
         raise SpecError(f"rounds={rounds} but {len(queries)} query sizes were given: give one "

@@ -330,26 +330,3 @@ def event_from_json(text: str) -> dp_accounting.DpEvent:
         raise AccountingError("JSON does not describe a DpEvent")
     return event
 
-
-# -- report ------------------------------------------------------------------------------------
-def privacy_report(event: dp_accounting.DpEvent, delta: float) -> dict:
-    """What the owner and researcher see: PLD epsilon (the guarantee), RDP cross-check, event,
-    and the attack risk and Gaussian DP of the event's trade-off curve (:mod:`shared.reporting`):
-
-    ``tpr_bound``: {"0.001", "0.01", "0.1"} -> the largest true-positive rate of any membership
-    attack at that false-positive rate; ``tpr_bound_eps_delta``: the same bound from (eps, delta)
-    alone; ``mu``: the mechanism is mu-GDP at every FPR of the grid in ``mu_fpr_range`` (None: no
-    finite mu fits); ``mu_fit_error``: max |G_mu - curve| there (0 = exactly Gaussian).
-    """
-    from .reporting import risk_report  # reporting imports this module
-
-    eps = epsilon(event, delta)
-    report = {
-        "epsilon": eps,
-        "delta": float(delta),
-        "epsilon_rdp": epsilon_rdp(event, delta),
-        "accountant": "pld",
-        "event": event_to_json(event),
-    }
-    report.update(risk_report(event, eps, delta))
-    return report

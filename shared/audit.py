@@ -37,7 +37,7 @@ from .audit_bound import guess_and_bound
 from .data import TABLE, DatasetMeta
 from .pricing import planned_event
 from .randomness import secret_seed
-from .specs import SpecError, spec_from_dict
+from .jobs import SpecError, spec_from_dict
 
 AUDITABLE_KINDS = ("dpsgd_table", "dpal")
 DEFAULT_CANARIES = 1000
@@ -195,7 +195,7 @@ def _run_dpal(spec, aug, aug_meta, n_real, progress) -> dict:
     """The DP-AL loop (shared.dpal.run_dpal) with canaries in the pool (they may be labelled)."""
     from .dpal import run_dpal
     from .models import build_model
-    from .spec_dpal import HIDDEN, _features, plan_for
+    from .jobs.dpal import HIDDEN, _features, plan_for
     from .training import split_indices
 
     job = _audit_spec(spec)

@@ -7,6 +7,7 @@ An *images* payload is a dict ``{"images": uint8 array (N, H, W) or (N, H, W, C)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -117,3 +118,12 @@ def csv_safe_frame(df):
         if out[c].dtype == object or str(out[c].dtype) == "string":
             out[c] = out[c].map(csv_safe)
     return out
+
+
+def n_train_records(n_records: int, test_fraction: float) -> int:
+    """The planned (public) training-record count after the held-out split. The split itself is
+    per record (``shared.training.split_indices``), so the realised count is Binomial and
+    private; every privacy-relevant quantity of a job (Poisson rate, steps, regulariser,
+    reported counts) uses this planned count instead."""
+    n_test = int(math.ceil(n_records * test_fraction)) if test_fraction > 0 else 0
+    return n_records - n_test

@@ -19,11 +19,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .accounting import event_to_json, privacy_report
+from .accounting import event_to_json
 from .acquisition import natural_bound, select
 from .dpal_plan import Plan, group_event
 from .private_metrics import NOISE_STREAM
 from .randomness import secret_seed
+from .reporting import privacy_report
 
 Progress = Callable[[int, int], None]
 

@@ -22,7 +22,7 @@ from .dpsgd import DPTrainer
 from .models import HeadOnBackbone, build_model, model_config
 from .private_metrics import NOISE_STREAM, metrics_sigma, release
 from .private_metrics import privacy_report as metrics_report
-from .specs import n_train_records
+from .data import n_train_records
 from .training import encode_labels, split_indices
 
 PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dp_accounting
 
 from .data import DatasetMeta
-from .specs import spec_from_dict
+from .jobs import spec_from_dict
 
 
 def planned_event(spec: dict, meta: DatasetMeta) -> dp_accounting.DpEvent:

@@ -12,7 +12,7 @@ only (accuracy = noisy correct / noisy total; the planned size should the noisy 
 below 1): each record's train/test side is drawn on its own
 (:func:`shared.training.split_indices`), so the realised test-split size is a count of private
 records, not public, and nothing is projected onto it. The ``n_train``/``n_test`` reported are the
-planned, public counts (``shared.specs.n_train_records``), not the realised ones.
+planned, public counts (``shared.data.n_train_records``), not the realised ones.
 
 Not released on private records: train accuracy (a second release from the training records,
 on top of DP-SGD, for a number the test accuracy already answers) and AUC (its sensitivity is
@@ -121,7 +121,7 @@ def privacy_report(training_event, sigma: float | None, releases: int, delta: fl
     """The job's privacy report over training + metrics, with each part's share beside it.
     ``done``: metric releases actually made (default ``releases``)."""
     from .accounting import epsilon, event_to_json
-    from .accounting import privacy_report as report
+    from .reporting import privacy_report as report
 
     done = releases if done is None else done
     out = report(with_metrics(training_event, sigma, done, mechanism), delta)

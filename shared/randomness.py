@@ -27,10 +27,6 @@ def secret_seed(*stream: int) -> int:
     return (int(words[0]) << 31 | int(words[1])) & (2**63 - 1)
 
 
-def is_pinned() -> bool:
-    return _PINNED.get() is not None
-
-
 @contextmanager
 def pinned_randomness(seed: int):
     """Make private randomness a function of ``seed`` (mock runs, tests; never the datasite)."""

@@ -212,7 +212,7 @@ class RemovableModel:
     feature_source: dict = field(default_factory=lambda: {"kind": "public"})
     noise_seed: int | None = None  # tests/benchmarks only: None = b from OS entropy
     # the public count in the regulariser, Lambda = lam * n_reg: a job's planned training-record
-    # count (shared.specs.n_train_records), never the realised split size; None: n_train
+    # count (shared.data.n_train_records), never the realised split size; None: n_train
     n_reg: int | None = None
 
     @property
@@ -395,13 +395,6 @@ def predict(model: RemovableModel, X) -> np.ndarray:
     """Predicted class positions (indices into ``model.classes``)."""
     z = decision_function(model, X)
     return (z[:, 0] > 0).astype(np.int64) if model.n_models == 1 else z.argmax(1)
-
-
-def gradient_residual(model: RemovableModel, X, y) -> np.ndarray:
-    """(K,) norms of grad of the UNperturbed objective at the weights on (X, y): a test helper.
-    With b kept aside, |grad L_b(w)| = |this gradient + b|; tests that know b use
-    :func:`objective_gradient`."""
-    return np.linalg.norm(objective_gradient(model, X, y, np.zeros_like(model.weights)), axis=0)
 
 
 def objective_gradient(model: RemovableModel, X, y, b: np.ndarray) -> np.ndarray:
@@ -762,13 +755,13 @@ def table_model_state(model: "RemovableModel", cols: list, pipeline: dict) -> tu
 
 
 def run_removal_job(spec, data, meta, progress=None, extractor: dict | None = None) -> dict:
-    """Run a validated :class:`shared.spec_removal.RemovalSpec` on a table (DataFrame) or an
+    """Run a validated :class:`shared.jobs.removal.RemovalSpec` on a table (DataFrame) or an
     image payload; see that module for the result's keys."""
     from .accounting import approx_dp_event
     from .data import TABLE
     from .private_metrics import LAPLACE, metrics_sigma
     from .private_metrics import privacy_report as metrics_report
-    from .specs import n_train_records
+    from .data import n_train_records
     from .training import split_indices
 
     classes = list(meta.labels)

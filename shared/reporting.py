@@ -15,6 +15,7 @@ References: Dong, Roth, Su, "Gaussian differential privacy" (JRSS-B 2022), Prop.
 Gomez, Kulynych, Kaissis et al., arXiv 2503.10945; Kulynych et al., arXiv 2407.02191. The CLT
 approximation of mu for DP-SGD is never used here: it is not a bound in either direction.
 
+:func:`privacy_report` puts these beside the PLD epsilon (the guarantee) and the RDP cross-check.
 Also: :func:`calibrate_noise_for`, the DP-SGD noise multiplier for a target eps (at delta), mu,
 or attack TPR at a given FPR.
 """
@@ -28,7 +29,8 @@ import numpy as np
 from scipy.stats import norm
 
 from .accounting import (PLD_RTOL, SIGMA_MAX, AccountingError, calibrate_noise, dpsgd_event,
-                         pld_of, refinement_intervals)
+                         epsilon as pld_epsilon, epsilon_rdp, event_to_json, pld_of,
+                         refinement_intervals)
 
 REPORT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)
 
@@ -235,6 +237,27 @@ def risk_report(event: dp_accounting.DpEvent, epsilon: float, delta: float) -> d
                    mu=mu, mu_fit_error=err)
     out["mu_fpr_range"] = [MU_ALPHA_MIN, MU_ALPHA_MAX]
     return out
+
+
+def privacy_report(event: dp_accounting.DpEvent, delta: float) -> dict:
+    """What the owner and researcher see: PLD epsilon (the guarantee), RDP cross-check, event,
+    and the attack risk and Gaussian DP of the event's trade-off curve:
+
+    ``tpr_bound``: {"0.001", "0.01", "0.1"} -> the largest true-positive rate of any membership
+    attack at that false-positive rate; ``tpr_bound_eps_delta``: the same bound from (eps, delta)
+    alone; ``mu``: the mechanism is mu-GDP at every FPR of the grid in ``mu_fpr_range`` (None: no
+    finite mu fits); ``mu_fit_error``: max |G_mu - curve| there (0 = exactly Gaussian).
+    """
+    eps = pld_epsilon(event, delta)
+    report = {
+        "epsilon": eps,
+        "delta": float(delta),
+        "epsilon_rdp": epsilon_rdp(event, delta),
+        "accountant": "pld",
+        "event": event_to_json(event),
+    }
+    report.update(risk_report(event, eps, delta))
+    return report
 
 
 # -- calibration -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from .data import TABLE, DatasetMeta
 from .private_metrics import mock_evaluation
 from .randomness import pinned_randomness
 from .schema import clip_table
-from .specs import spec_from_dict
+from .jobs import spec_from_dict
 
 
 def run_job(spec_dict: dict, data, meta: DatasetMeta,

@@ -39,7 +39,8 @@ import dp_accounting
 import numpy as np
 import pandas as pd
 
-from .accounting import approx_dp_event, privacy_report
+from .accounting import approx_dp_event
+from .reporting import privacy_report
 
 QUERY_TYPES = ("count", "sum", "mean", "histogram", "quantile")
 _COMMON_KEYS = {"type", "epsilon", "delta", "column", "name"}
@@ -405,12 +406,6 @@ def queries_event(queries: list, delta: float,
                   columns: dict[str, Any] | None = None) -> dp_accounting.DpEvent:
     """The DpEvent of running ``queries`` (pure accounting: builds the measurements, no data)."""
     return _compose(compile_queries(queries, delta, columns))
-
-
-def pure_epsilon(queries: list, delta: float) -> float | None:
-    """Sum of the query epsilons when every query is pure DP (the delta=0 guarantee), else None."""
-    qs = validate_queries(queries, delta)
-    return None if any(q["delta"] > 0 for q in qs) else sum(q["epsilon"] for q in qs)
 
 
 # -- noise intervals ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ TARGET_KINDS = {"mu": ("mu",), "tpr": ("tpr", "fpr")}
 
 
 def _spec_error(msg: str):
-    from .specs import SpecError  # specs imports the job kinds that import this module
+    from .errors import SpecError
 
     return SpecError(msg)
 

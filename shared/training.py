@@ -27,7 +27,7 @@ from .targets import noise_multiplier as target_noise_multiplier
 from .private_metrics import privacy_report as metrics_report
 from .dpsgd import noise_in_optimizer
 from .randomness import secret_seed
-from .specs import n_train_records
+from .data import n_train_records
 
 PREPROCESSING = "row_l2_normalise"
 
@@ -119,7 +119,7 @@ def split_indices(rows: np.ndarray, y: np.ndarray, test_fraction: float,
 
     The sizes are therefore random (Binomial(n, test_fraction) test records) and not public:
     everything privacy-relevant (sampling rate, steps, regulariser, released counts) uses the
-    planned count ``shared.specs.n_train_records(n_records, test_fraction)`` instead.
+    planned count ``shared.data.n_train_records(n_records, test_fraction)`` instead.
     """
     y = np.asarray(y)
     n = len(y)
@@ -254,7 +254,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales)
     tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
     # The schedule is planned from the public record count, exactly as the owner priced it
-    # (shared.specs): the realised split sizes are Binomial and never enter the mechanism.
+    # (shared.jobs): the realised split sizes are Binomial and never enter the mechanism.
     n_train = n_train_records(len(y), spec.test_fraction)
 
     q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)

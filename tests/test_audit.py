@@ -14,7 +14,7 @@ from shared.audit import audit_job
 from shared.audit_bound import epsilon_lower_bound, guess_and_bound, p_value
 from shared.data import TABLE, DatasetMeta
 from shared.randomness import pinned_randomness
-from shared.specs import SpecError
+from shared.jobs import SpecError
 
 torch.set_num_threads(1)
 
@@ -147,9 +147,9 @@ def test_datasite_audit_command_logs_and_charges_nothing(bc, tmp_path, monkeypat
     site.state.add_dataset("bc", TABLE, meta.to_json(), str(path))
     site.ledger.set_budget("bc", 8.0, 1e-5)
     logged = []
-    real_record = Ledger.record
-    monkeypatch.setattr(Ledger, "record", lambda self, action, rid, payload, **kw: (
-        logged.append((action, payload)), real_record(self, action, rid, payload, **kw))[1])
+    real_log = Ledger.log
+    monkeypatch.setattr(Ledger, "log", lambda self, action, rid, payload, **kw: (
+        logged.append((action, payload)), real_log(self, action, rid, payload, **kw))[1])
     spec_file = tmp_path / "job.json"
     spec_file.write_text(json.dumps({k: v for k, v in DPSGD.items() if k != "dataset"}))
     rc = cli.main(["audit", "auditsite", "bc", "--home", str(home.root), "--job", str(spec_file),

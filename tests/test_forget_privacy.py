@@ -115,8 +115,8 @@ class _Owner:
         from shared.accounting import event_to_json
         from shared.data import DatasetMeta
         from shared.pricing import planned_event
-        from shared.spec_removal import RemovalSpec
-        from shared.specs import n_train_records
+        from shared.jobs.removal import RemovalSpec
+        from shared.jobs import n_train_records
         from shared.training import split_indices
 
         row = self.state.dataset("bc")
@@ -166,7 +166,7 @@ def test_each_update_is_priced_as_a_fresh_release(tmp_path):
     event = event_from_json(site.ledger.entry(f"{rid}:v1")["event_json"])
     # exactly one more independent (eps_train(n'), job delta) release, no chaining terms, with
     # n' the planned (public) training count of the 568 records left, not the realised n - 1
-    from shared.specs import n_train_records
+    from shared.jobs import n_train_records
 
     n_left = n_train_records(568, 0.2)
     assert n_left != n - 1  # the per-record split's realised size is not the planned one

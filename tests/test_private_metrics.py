@@ -20,7 +20,7 @@ from shared.accounting import epsilon
 from shared.data import DatasetMeta, power_of_ten_scale
 from shared.pricing import planned_event
 from shared.randomness import pinned_randomness
-from shared.specs import SpecError
+from shared.jobs import SpecError
 
 DELTA = 1e-5
 COLUMN = "mean area"
@@ -77,7 +77,7 @@ def test_release_noise_scale_and_randomness():
 
 
 def test_test_fraction_is_bounded():
-    from shared.specs import DPSGDTableSpec
+    from shared.jobs import DPSGDTableSpec
 
     base = dict(dataset="bc", label="diagnosis", epsilon=1.0, delta=DELTA)
     with pytest.raises(SpecError, match=r"test_fraction must be in \[0, 0.5\]"):

@@ -84,7 +84,7 @@ def test_out_of_bounds_values_are_clipped_inside_jobs(neighbours):
     """Clipping to the declared bounds: an extreme value enters a job as the bound itself (the
     public scale alone would clip it only to [-10000, 10000], a range the owner never declared)."""
     from shared.removal import job_features
-    from shared.spec_removal import RemovalSpec
+    from shared.jobs.removal import RemovalSpec
 
     payload, meta, _, notes = prepare("bc", schema_path(neighbours["base"]),
                                       table=neighbours["changed"])

@@ -207,7 +207,7 @@ def test_a_request_without_code_is_listed_and_can_be_denied(live_site):
     admin.api.services.worker_pool.create_image_and_pool_request(
         pool_name="evil", num_workers=1, tag="evil:1",
         config=DockerWorkerConfig(dockerfile="FROM python:3.11\nRUN echo hi\n"))
-    rid, req = next((k, r) for k, r in live_site._syft_requests().items()
+    rid, req = next((k, r) for k, r in live_site.syft_requests().items()
                     if "CreateCustomWorkerPoolChange" in str([type(c).__name__ for c in r.changes]))
     items = {i["request_id"]: i for i in live_site.review()}
     assert items[rid]["kind"] == "not_code" and "WorkerPool" in items[rid]["request_type"]
@@ -215,7 +215,7 @@ def test_a_request_without_code_is_listed_and_can_be_denied(live_site):
     with pytest.raises(SiteError, match="not a code request"):
         live_site.run(rid, progress=False)
     live_site.deny(rid, reason="dp-datasite does not create worker pools")
-    assert rid not in live_site._syft_requests()  # deleted, never applied
+    assert rid not in live_site.syft_requests()  # deleted, never applied
     assert rid not in {i["request_id"] for i in live_site.review()}
 
 
@@ -287,7 +287,7 @@ def test_a_failed_round_tells_the_researcher_no_log(tmp_path, monkeypatch):
     the log goes to the owner's audit record only."""
     from types import SimpleNamespace
 
-    from datasite import owner, rounds
+    from datasite import rounds
 
     secret = "Traceback ... ValueError: record 17 has mean_area=2501.0"
 
@@ -295,7 +295,7 @@ def test_a_failed_round_tells_the_researcher_no_log(tmp_path, monkeypatch):
         raise SiteError(f"The job failed (exit 1):\n{secret}")
 
     told, logged = [], []
-    monkeypatch.setattr(owner, "_run_subprocess", failing_job)
+    monkeypatch.setattr(rounds, "run_job_subprocess", failing_job)
     monkeypatch.setattr(rounds, "_refuse", lambda site, rid, req, who, reason: told.append(reason))
     monkeypatch.setattr(rounds, "finish", lambda site, sid, reason: told.append(reason))
     state = SimpleNamespace(dataset=lambda name: {"path": str(tmp_path)},

@@ -7,8 +7,8 @@ import dp_accounting
 import pytest
 
 from shared.accounting import (AccountingError, calibrate_noise, compose_epsilon, dpsgd_event,
-                               epsilon, epsilon_rdp, event_from_json, event_to_json,
-                               privacy_report)
+                               epsilon, epsilon_rdp, event_from_json, event_to_json)
+from shared.reporting import privacy_report
 
 REF = dpsgd_event(0.01, 1.0, 1000)  # ALGORITHMS.md section 1
 

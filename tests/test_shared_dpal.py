@@ -171,8 +171,8 @@ def test_dpal_job_on_breast_cancer():
     from datasite.demo_data import breast_cancer_frame
     from shared.data import TABLE, DatasetMeta, power_of_ten_scale
     from shared.runner import run_job
-    from shared.specs import SpecError
-    from shared.spec_dpal import DPALSpec, plan_for
+    from shared.jobs import SpecError
+    from shared.jobs.dpal import DPALSpec, plan_for
 
     df = breast_cancer_frame()
     cols = [c for c in df.columns if c != "diagnosis"]

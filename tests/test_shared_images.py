@@ -10,8 +10,8 @@ import torch
 from datasite.demo_data import make_synthetic_cxr
 from shared.accounting import event_to_json
 from shared.data import DatasetMeta
-from shared.specs import SpecError
-from shared.spec_images import BACKBONE_NAMES, GRAD_SAMPLE_MODES, IMAGE_MODELS, DPSGDImageSpec
+from shared.jobs import SpecError
+from shared.jobs.dpsgd_images import BACKBONE_NAMES, GRAD_SAMPLE_MODES, IMAGE_MODELS, DPSGDImageSpec
 
 torch.set_num_threads(1)
 

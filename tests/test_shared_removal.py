@@ -1,4 +1,4 @@
-"""Certified removal (shared.removal, shared.spec_removal): small synthetic problems, fast."""
+"""Certified removal (shared.removal, shared.jobs.removal): small synthetic problems, fast."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import pytest
 from shared import removal as R
 from shared.accounting import epsilon as pld_epsilon
 from shared.data import DatasetMeta
-from shared.specs import SpecError
+from shared.jobs import SpecError
 
 
 def _data(n=600, d=12, n_classes=2, seed=0):
@@ -231,7 +231,7 @@ def _table_meta(df, scales=True):
 def test_spec_validation_and_planned_event():
     from datasite.demo_data import breast_cancer_frame
     from shared.accounting import epsilon
-    from shared.spec_removal import RemovalSpec
+    from shared.jobs.removal import RemovalSpec
 
     df = breast_cancer_frame()
     meta = _table_meta(df)
@@ -265,7 +265,7 @@ def test_spec_run_on_table():
     from shared.runner import run_job
     from shared.training import preprocess
 
-    import shared.spec_removal  # noqa: F401  (registers the kind)
+    import shared.jobs.removal  # noqa: F401  (registers the kind)
 
     df = breast_cancer_frame()
     meta = _table_meta(df)
@@ -274,11 +274,11 @@ def test_spec_run_on_table():
     m = out["metrics"]  # Laplace-noised (pure DP): the training event uses all of delta
     assert m["noise"] == "laplace" and out["privacy"]["metrics"]["epsilon"] == pytest.approx(0.5, rel=1e-3)
     assert m["test_accuracy"] > 0.8 - 4 * m["test_accuracy_std"]
-    planned = shared.spec_removal.RemovalSpec.from_dict(spec).planned_event(meta)
+    planned = shared.jobs.removal.RemovalSpec.from_dict(spec).planned_event(meta)
     assert epsilon(event_from_json(out["privacy"]["event"]), 1e-4) <= epsilon(planned, 1e-4)
     tr = out["_owner_training_rows"]
     # per-record split: a Binomial number of training rows; the regulariser and the reported
-    # counts use the planned, public 455 (shared.specs.n_train_records), never the realised one
+    # counts use the planned, public 455 (shared.data.n_train_records), never the realised one
     assert len(set(tr)) == len(tr) and 400 < len(tr) < 510
     assert out["privacy"]["n_train"] == m["n_train"] == 455 and m["n_test"] == 114
     model = R.RemovableModel.from_dict(out["removable_model"])

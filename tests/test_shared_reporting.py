@@ -11,9 +11,9 @@ import pytest
 from dp_accounting.pld import PLDAccountant
 from scipy.stats import norm
 
-from shared.accounting import AccountingError, calibrate_noise, dpsgd_event, pld_of, privacy_report
+from shared.accounting import AccountingError, calibrate_noise, dpsgd_event, pld_of
 from shared.reporting import (EPS_GRID, MU_ALPHAS, REPORT_FPRS, TradeOff, calibrate_noise_for,
-                              fit_mu, gaussian_tradeoff, privacy_profile, tpr_bound,
+                              fit_mu, gaussian_tradeoff, privacy_profile, privacy_report, tpr_bound,
                               tpr_bound_eps_delta, tradeoff_curve, tradeoff_from_pld,
                               tradeoff_from_profile)
 

@@ -1,4 +1,4 @@
-"""shared.specs: serialisation, the kind registry, and validation messages."""
+"""shared.jobs: serialisation, the kind registry, and validation messages."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from shared.data import DatasetMeta
-from shared.specs import DPSGDTableSpec, SpecError, spec_from_dict
+from shared.jobs import DPSGDTableSpec, SpecError, spec_from_dict
 
 META = DatasetMeta(name="bc", kind="table", n_records=569, label="diagnosis", labels=[0, 1])
 

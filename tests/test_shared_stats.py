@@ -1,4 +1,4 @@
-"""shared.stats / shared.spec_stats: DP statistics with OpenDP as a job kind."""
+"""shared.stats / shared.jobs.stats: DP statistics with OpenDP as a job kind."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from dp_accounting import dp_event
 from shared.accounting import (ApproxDpEvent, approx_dp_event, epsilon, event_from_json,
                                event_to_json)
 from shared.data import DatasetMeta
-from shared.spec_stats import DPStatsSpec, meta_columns
-from shared.specs import SpecError, spec_from_dict
+from shared.jobs.stats import DPStatsSpec, meta_columns
+from shared.jobs import SpecError, spec_from_dict
 from shared.stats import (OTHER, StatsError, compile_queries, noise_halfwidth, queries_event,
                           run_queries, validate_queries)
 

@@ -19,7 +19,7 @@ from shared.data import DatasetMeta
 from shared.models import build_model
 from shared.results import load_model, predict, predict_proba
 from shared.runner import run_job
-from shared.specs import DPSGDTableSpec, SpecError
+from shared.jobs import DPSGDTableSpec, SpecError
 
 EPS, DELTA = 3.0, 1e-5
 # Row-L2 features need more steps and a larger rate than the spec defaults (see the report).
@@ -261,7 +261,7 @@ def test_mlp_runs():
 
 def test_shared_never_imports_syft_datasite_researcher():
     # a fresh interpreter: other tests in this session may have imported them legitimately
-    code = ("import sys, shared.runner, shared.results, shared.training, shared.specs, "
+    code = ("import sys, shared.runner, shared.results, shared.training, shared.jobs, "
             "shared.accounting, shared.models\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('syft', 'datasite', 'researcher')]\n"

@@ -2,7 +2,7 @@
 
 Attacks, as a researcher would write them: a spec dict typed by hand (what the rendered template
 carries), priced on the owner's side (``shared.pricing.planned_event``) and shown by
-``datasite review`` (``datasite.cli.print_request``). Defences: ``shared.spec_bounds`` (every field
+``datasite review`` (``datasite.cli.print_request``). Defences: ``shared.jobs.bounds`` (every field
 bounded in type, range and form; work and model size bounded against the metadata),
 ``shared.display`` (escaping), ``datasite.pricing_worker`` (a deadline and a memory cap).
 """
@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from shared import spec_bounds as bounds
+from shared.jobs import bounds
 from shared.data import DatasetMeta
 from shared.display import escape, escape_lines
 from shared.pricing import planned_event
-from shared.specs import SPEC_KINDS, SpecError, spec_from_dict
+from shared.jobs import SPEC_KINDS, SpecError, spec_from_dict
 from shared.template import recognise, render
 
 # the demo's breast-cancer table (569 records, 30 features) and a small image set

@@ -10,7 +10,7 @@ from sklearn.datasets import load_breast_cancer
 from shared import training
 from shared.accounting import event_to_json
 from shared.data import DatasetMeta
-from shared.specs import DPSGDTableSpec, n_train_records
+from shared.jobs import DPSGDTableSpec, n_train_records
 
 
 def _bc():

@@ -10,13 +10,13 @@ import pytest
 from researcher import jobs
 from researcher.jobs import Target
 from shared import targets
-from shared.accounting import calibrate_noise, dpsgd_event, event_from_json, privacy_report
+from shared.accounting import calibrate_noise, dpsgd_event, event_from_json
 from shared.data import DatasetMeta
 from shared.pricing import planned_event
-from shared.reporting import fit_mu, tpr_bound, tradeoff_curve
-from shared.spec_federated import FedScheduleSpec
-from shared.spec_images import DPSGDImageSpec
-from shared.specs import DPSGDTableSpec, SpecError
+from shared.reporting import fit_mu, privacy_report, tpr_bound, tradeoff_curve
+from shared.jobs.federated import FedScheduleSpec
+from shared.jobs.dpsgd_images import DPSGDImageSpec
+from shared.jobs import DPSGDTableSpec, SpecError
 
 DELTA = 1e-5
 # breast-cancer sized: 455 training records, batch 64 -> q = 1/8, 5 epochs -> 40 steps

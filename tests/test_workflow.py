@@ -110,7 +110,7 @@ def test_deny_reaches_researcher(live_site):
 
 
 def test_spec_checked_on_submission(live_site):
-    from shared.specs import SpecError
+    from shared.jobs import SpecError
 
     site = researcher.connect(live_site.url, *RESEARCHER)
     for bad, words in [(dict(epsilon=0.0), "epsilon"), (dict(delta=0.01), "delta"),

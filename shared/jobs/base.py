@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, fields
 from typing import Any, ClassVar
 
-from . import spec_bounds as bounds
-from .data import TABLE, DatasetMeta
-from .display import brief
+from ..data import DatasetMeta, n_train_records
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
 
-MODELS = ("logreg", "mlp")
 MAX_TEST_FRACTION = 0.5
 # Epsilon of the DP test metrics (shared.private_metrics), on top of the training epsilon.
 DEFAULT_METRICS_EPSILON = 0.5
 
 
-class SpecError(ValueError):
-    """A spec cannot run; the message says what to change."""
-
-
-# kind -> spec class; later job kinds register themselves with @register.
+# kind -> spec class. Each kind's module registers itself with @register; the package's
+# __init__ imports every kind module, so the registry is full once ``shared.jobs`` is imported.
 SPEC_KINDS: dict[str, type] = {}
 
 
@@ -42,15 +39,6 @@ def spec_from_dict(d: dict) -> Any:
     if kind not in SPEC_KINDS:
         raise SpecError(f"unknown job kind {kind!r}; known kinds: {sorted(SPEC_KINDS)}")
     return SPEC_KINDS[kind].from_dict(d)
-
-
-def n_train_records(n_records: int, test_fraction: float) -> int:
-    """The planned (public) training-record count after the held-out split. The split itself is
-    per record (``shared.training.split_indices``), so the realised count is Binomial and
-    private; every privacy-relevant quantity of a job (Poisson rate, steps, regulariser,
-    reported counts) uses this planned count instead."""
-    n_test = int(math.ceil(n_records * test_fraction)) if test_fraction > 0 else 0
-    return n_records - n_test
 
 
 class JobSpec:
@@ -191,97 +179,6 @@ _PLAIN_TYPES = {"str": str, "float": (int, float), "int": int, "bool": bool, "li
                 "dict": dict}
 
 
-@register
-@dataclass
-class DPSGDTableSpec(JobSpec):
-    """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
-
-    ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
-    1 / (number of training records). ``metrics_epsilon``: the test metrics' own DP release
-    (:mod:`shared.private_metrics`), composed onto the price; 0 = no metrics.
-    """
-
-    KIND: ClassVar[str] = "dpsgd_table"
-
-    dataset: str
-    label: str
-    epsilon: float
-    delta: float
-    model: str = "logreg"
-    epochs: int = 5
-    batch_size: int = 64
-    clip_norm: float = 1.0
-    learning_rate: float = 0.1
-    hidden: int = 32
-    test_fraction: float = 0.2
-    seed: int = 0
-    metrics_epsilon: float = DEFAULT_METRICS_EPSILON
-    target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
-    # -- validation ----------------------------------------------------------------------------
-    def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
-        """Check the spec alone, and against the dataset's metadata if given; return self."""
-        self._check_spec()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
-
-    def _check_spec(self) -> None:
-        from .targets import check_target
-
-        self._check_types()
-        check_target(self.target, self.epsilon)
-        bounds.check_privacy(self.epsilon, self.target)
-        self._require_delta()
-        self._check_common()
-        bounds.check_text("label", self.label)
-        if self.model not in MODELS:
-            raise SpecError(f"unknown model {brief(self.model)}; choose one of {list(MODELS)}")
-        if self.hidden < 1:
-            raise SpecError(f"hidden must be >= 1, got {self.hidden}")
-        bounds.check_int("hidden", self.hidden, 1, bounds.HIDDEN_MAX)
-        self._check_test_fraction()
-        self._check_metrics_epsilon()
-
-    def _rounds_priced(self) -> int:
-        """How many times the schedule runs (a federated schedule prices all its rounds)."""
-        return 1
-
-    def planned_event(self, meta: DatasetMeta):
-        """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
-        from .accounting import dpsgd_event
-        from .private_metrics import metrics_sigma, with_metrics
-        from .targets import noise_multiplier
-        from .training import poisson_schedule
-
-        q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
-                                    self.batch_size, self.epochs)
-        return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps),
-                            metrics_sigma(self))
-
-    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from .training import train_dpsgd_table
-
-        # Public label set from the metadata, so the class list does not depend on the records.
-        return train_dpsgd_table(data, self, progress=progress, classes=meta.labels or None,
-                                 feature_scales=meta.feature_scales or None)
-
-    def _check_meta(self, meta: DatasetMeta) -> None:
-        if meta.kind != TABLE:
-            raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs a "
-                            "table; use an image job kind")
-        self._check_dataset(meta)
-        if self.label != meta.label:
-            raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
-                            f"not {self.label!r}")
-        n = check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
-        bounds.check_sample_rate(n, self.batch_size, self.KIND)
-        bounds.check_steps(bounds.dpsgd_steps(n, self.batch_size, self.epochs)
-                           * self._rounds_priced(), self.KIND)
-        bounds.check_model_size(bounds.table_params(self.model, len(meta.features),
-                                                    len(meta.labels), self.hidden),
-                                self.batch_size, f"model {self.model!r}")
-
-
 def check_training_size(n_records: int, test_fraction: float, delta: float,
                         batch_size: int | None = None) -> int:
     """The training-record count after the held-out split; SpecError unless it is >= 2, above
@@ -302,8 +199,3 @@ def check_training_size(n_records: int, test_fraction: float, delta: float,
 def _suggest_delta(n: int) -> float:
     """A power of ten at most 1/(10 n): the usual choice."""
     return 10.0 ** math.floor(math.log10(1 / (10 * n)))
-
-
-# The other job kinds live in their own modules and register themselves on import.
-from . import spec_federated  # noqa: E402,F401  (after the base classes they subclass)
-from . import spec_dpal, spec_images, spec_removal, spec_stats  # noqa: E402,F401

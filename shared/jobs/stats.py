@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import spec_bounds as bounds
-from .data import TABLE, DatasetMeta
-from .display import brief
-from .specs import JobSpec, SpecError, register
+from ..data import TABLE, DatasetMeta
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
+from .base import JobSpec, register
 
 # query keys holding text the owner's review shows, and those holding (bounded) lists
 _TEXT_KEYS = ("name", "column")
@@ -57,7 +58,7 @@ class DPStatsSpec(JobSpec):
 
     def validate(self, meta: DatasetMeta | None = None) -> "DPStatsSpec":
         """Check the spec alone, and against the dataset's metadata if given; return self."""
-        from .stats import StatsError, validate_queries
+        from ..stats import StatsError, validate_queries
 
         self._check_spec()
         columns = None
@@ -92,12 +93,12 @@ class DPStatsSpec(JobSpec):
         _check_quantile_work(self.queries)
 
     def planned_event(self, meta: DatasetMeta):
-        from .stats import queries_event
+        from ..stats import queries_event
 
         return queries_event(self.queries, self.delta, meta_columns(meta))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from .stats import run_queries
+        from ..stats import run_queries
 
         return run_queries(data, self.queries, self.delta, progress=progress)
 
@@ -145,7 +146,7 @@ def _check_query_form(i: int, q) -> None:
 def _quantile_size(q: dict) -> tuple[int, int]:
     """(levels, candidates) of a quantile query, as shared.stats will build it (0, 0 if it is
     malformed: validate_queries then says why)."""
-    from .stats import DEFAULT_CANDIDATES, MAX_CANDIDATES
+    from ..stats import DEFAULT_CANDIDATES, MAX_CANDIDATES
 
     levels = len(q["alphas"]) if isinstance(q.get("alphas"), (list, tuple)) else 1
     if isinstance(q.get("candidates"), (list, tuple)):

@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from . import spec_bounds as bounds
-from .data import IMAGES, TABLE, DatasetMeta
-from .display import brief
-from .spec_images import BACKBONE_NAMES
-from .specs import DEFAULT_METRICS_EPSILON, JobSpec, SpecError, n_train_records, register
+from ..data import IMAGES, TABLE, DatasetMeta, n_train_records
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
+from .base import DEFAULT_METRICS_EPSILON, JobSpec, register
+from .dpsgd_images import BACKBONE_NAMES
 
 DPAL_MODELS = ("logreg", "mlp", "head")
 HIDDEN = 32
@@ -64,8 +65,8 @@ class DPALSpec(JobSpec):
         return self
 
     def _check_spec(self) -> None:
-        from .acquisition import ACQUISITIONS
-        from .dpal_plan import ACCOUNTANTS, MODES
+        from ..acquisition import ACQUISITIONS
+        from ..dpal_plan import ACCOUNTANTS, MODES
 
         self._check_types()
         self._require_positive("epsilon")
@@ -115,7 +116,7 @@ class DPALSpec(JobSpec):
         self._check_metrics_epsilon()
 
     def _check_meta(self, meta: DatasetMeta) -> None:
-        from .backbones import BACKBONES
+        from ..backbones import BACKBONES
 
         self._check_dataset(meta)
         if meta.kind == TABLE:
@@ -164,7 +165,7 @@ class DPALSpec(JobSpec):
     def planned_event(self, meta: DatasetMeta):
         """The worst group's event (see the module docstring), composed with the DP test
         metrics of every round (R + 1 releases)."""
-        from .private_metrics import metrics_sigma, with_metrics
+        from ..private_metrics import metrics_sigma, with_metrics
 
         plan = plan_for(self, meta)
         releases = len(self.query_sizes) + 1
@@ -181,12 +182,12 @@ class DPALSpec(JobSpec):
                 if e]
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from .dpal import run_dpal, state_bytes
-        from .models import build_model, model_config
+        from ..dpal import run_dpal, state_bytes
+        from ..models import build_model, model_config
 
         plan = plan_for(self, meta)
         X, y, extra = _features(self, data, meta)
-        from .training import split_indices
+        from ..training import split_indices
 
         tr, te = split_indices(X, y, self.test_fraction, self.seed)  # per record (its own side)
         y_pool = y[tr]
@@ -197,9 +198,9 @@ class DPALSpec(JobSpec):
         def oracle(idx):
             return y_pool[idx]
 
-        from .accounting import event_from_json
-        from .private_metrics import metrics_sigma
-        from .private_metrics import privacy_report as metrics_report
+        from ..accounting import event_from_json
+        from ..private_metrics import metrics_sigma
+        from ..private_metrics import privacy_report as metrics_report
 
         releases = len(self.query_sizes) + 1
         m_sigma = metrics_sigma(self, releases)
@@ -240,8 +241,8 @@ class DPALSpec(JobSpec):
 
 def _test_event(spec: DPALSpec) -> str:
     """JSON of a held-out record's event: every round's DP metrics ("" if none)."""
-    from .accounting import event_to_json
-    from .private_metrics import event, metrics_sigma
+    from ..accounting import event_to_json
+    from ..private_metrics import event, metrics_sigma
 
     releases = len(spec.query_sizes) + 1
     e = event(metrics_sigma(spec, releases), releases)
@@ -262,7 +263,7 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
     """The schedule the datasite will run for ``spec`` on ``meta`` (pure accounting, no data);
     researchers call it before submitting to see steps, rates and per-group epsilons.
     ``n_pool``: plan for this many pool records instead (the privacy audit adds canaries)."""
-    from .dpal_plan import make_plan
+    from ..dpal_plan import make_plan
 
     if n_pool is None:
         n_pool = n_train_records(meta.n_records, spec.test_fraction)
@@ -275,7 +276,7 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
             epsilon=spec.epsilon, delta=spec.delta, eps_selection=spec.eps_selection,
             batch_size=spec.batch_size, epochs_per_round=spec.epochs_per_round,
             mode=spec.mode, accountant=spec.accountant)
-    from .dpal_plan import Plan
+    from ..dpal_plan import Plan
 
     return Plan.from_dict(_PLAN_CACHE[key].to_dict())  # a copy: callers may not alter the cache
 
@@ -287,14 +288,14 @@ def _features(spec: DPALSpec, data, meta: DatasetMeta):
 
     index = {c: i for i, c in enumerate(meta.labels)}
     if meta.kind == IMAGES:
-        from .backbones import extract_features
+        from ..backbones import extract_features
 
         images = np.asarray(data["images"])
         y = np.array([index[v] for v in np.asarray(data["labels"]).tolist()], dtype=np.int64)
         X = extract_features(images, spec.backbone)
         chans = 1 if images.ndim == 3 else images.shape[3]
         return X, y, {"channels": chans, "hw": list(images.shape[1:3])}
-    from .training import encode_labels, feature_columns, preprocess
+    from ..training import encode_labels, feature_columns, preprocess
 
     cols = feature_columns(data, spec.label)
     prep = {"preprocessing": "row_l2_normalise"}

@@ -1,6 +1,6 @@
 """End-to-end demo: one datasite, one researcher, one DP-SGD job, from upload to release.
 
-``python -m datasite.demo [--home DIR] [--keep]`` (./demo.sh sets everything up first).
+``python -m demo.run [--home DIR] [--keep]`` (./demo.sh sets everything up first).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _section(title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="datasite.demo")
+    parser = argparse.ArgumentParser(prog="demo.run")
     parser.add_argument("--home", type=Path, default=None, help="where the demo site lives")
     parser.add_argument("--keep", action="store_true", help="leave the datasite running")
     parser.add_argument("--epsilon", type=float, default=3.0)
@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     import researcher
     from researcher import jobs
 
-    from .cli import cmd_review
-    from .config import init_site
-    from .lifecycle import free_port
-    from .demo_data import schema_path, write_breast_cancer_csv
-    from .owner import OwnerSite
+    from datasite.cli import cmd_review
+    from datasite.config import init_site
+    from datasite.demo_data import schema_path, write_breast_cancer_csv
+    from datasite.lifecycle import free_port
+    from datasite.owner import OwnerSite
 
     base = args.home or Path(tempfile.mkdtemp(prefix="dp-datasite-demo-"))
     _section("Owner: create and start the datasite")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print("privacy:", json.dumps({k: v for k, v in result.privacy.items() if k != "event"},
                                      indent=2, default=str))
         _section("Owner: the privacy ledger")
-        from .ledger_view import render, report
+        from datasite.ledger_view import render, report
 
         print(render(report(owner.ledger)))
         model = result.model

@@ -16,7 +16,8 @@ import math
 import re
 from statistics import NormalDist
 
-from .display import brief, is_unsafe_char
+from ..display import brief, is_unsafe_char
+from ..errors import SpecError
 
 # -- privacy parameters ------------------------------------------------------------------------
 # Below 0.01 a training job needs noise near the accountant's cap (sigma 1e3: the model learns
@@ -102,9 +103,7 @@ STATS_QUANTILE_LEVELS_MAX = 200  # summed over the job's quantile queries
 STATS_QUANTILE_WORK_MAX = 1_000_000  # sum over quantile queries of levels x candidates
 
 
-def _error(msg: str):
-    from .specs import SpecError  # specs imports this module
-
+def _error(msg: str) -> SpecError:
     return SpecError(msg)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from . import spec_bounds as bounds
-from .data import IMAGES, DatasetMeta
-from .display import brief
-from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
-                    n_train_records, register)
+from ..data import IMAGES, DatasetMeta, n_train_records
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
+from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, register
 
 # Mirrors of shared.models.IMAGE_MODEL_NAMES, shared.backbones.BACKBONES and
 # shared.dpsgd.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
@@ -59,7 +59,7 @@ class DPSGDImageSpec(JobSpec):
         return self
 
     def _check_spec(self) -> None:
-        from .targets import check_target
+        from ..targets import check_target
 
         self._check_types()
         check_target(self.target, self.epsilon)
@@ -115,21 +115,21 @@ class DPSGDImageSpec(JobSpec):
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""
-        from .targets import noise_multiplier
-        from .training import poisson_schedule
+        from ..targets import noise_multiplier
+        from ..training import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
         return q, steps, noise_multiplier(self, q, steps)
 
     def planned_event(self, meta: DatasetMeta):
-        from .accounting import dpsgd_event
-        from .private_metrics import metrics_sigma, with_metrics
+        from ..accounting import dpsgd_event
+        from ..private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self.schedule(meta)
         return with_metrics(dpsgd_event(q, sigma, steps), metrics_sigma(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from .images import train_dpsgd_images
+        from ..images import train_dpsgd_images
 
         return train_dpsgd_images(data, self, meta, progress=progress)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import spec_bounds as bounds
-from .data import DatasetMeta
-from .specs import DPSGDTableSpec, JobSpec, SpecError, n_train_records, register
+from ..data import DatasetMeta, n_train_records
+from ..errors import SpecError
+from . import bounds
+from .base import JobSpec, register
+from .dpsgd_table import DPSGDTableSpec
 
 MAX_ROUNDS = bounds.FED_ROUNDS_MAX
 
@@ -53,8 +55,8 @@ class FedScheduleSpec(DPSGDTableSpec):
 
     def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps per round, noise multiplier for all rounds)."""
-        from .targets import noise_multiplier
-        from .training import poisson_schedule
+        from ..targets import noise_multiplier
+        from ..training import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
@@ -67,8 +69,8 @@ class FedScheduleSpec(DPSGDTableSpec):
     def rounds_event(self, meta: DatasetMeta, rounds: int):
         """The event of the first ``rounds`` rounds (what a site commits when it stops early):
         their DP-SGD steps and their DP metric releases (one per round, noise priced for R)."""
-        from .accounting import dpsgd_event
-        from .private_metrics import metrics_sigma, with_metrics
+        from ..accounting import dpsgd_event
+        from ..private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self._schedule(meta)
         return with_metrics(dpsgd_event(q, sigma, steps * rounds),
@@ -79,8 +81,8 @@ class FedScheduleSpec(DPSGDTableSpec):
 
         The researcher chose ``init_state``: the round's model is still covered (DP-SGD composes
         adaptively) and its metrics are one of the schedule's R priced DP releases."""
-        from .federated import state_from_text
-        from .training import train_dpsgd_table
+        from ..federated import state_from_text
+        from ..training import train_dpsgd_table
 
         q, steps, sigma = self._schedule(meta)
         init = state_from_text(self.init_state) if self.init_state else None

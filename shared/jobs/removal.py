@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import spec_bounds as bounds
-from .data import IMAGES, TABLE, DatasetMeta
-from .display import brief
-from .specs import (DEFAULT_METRICS_EPSILON, JobSpec, SpecError, check_training_size,
-                    n_train_records, register)
-from .spec_images import BACKBONE_NAMES
+from ..data import IMAGES, TABLE, DatasetMeta, n_train_records
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
+from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, register
+from .dpsgd_images import BACKBONE_NAMES
 
 DP_EXTRACTOR = "dp_extractor"
 FEATURES = ("table",) + BACKBONE_NAMES + (DP_EXTRACTOR,)
@@ -124,9 +124,9 @@ class RemovalSpec(JobSpec):
         return 1 if len(meta.labels) == 2 else len(meta.labels)
 
     def planned_event(self, meta: DatasetMeta):
-        from .accounting import approx_dp_event
-        from .private_metrics import LAPLACE, metrics_sigma, with_metrics
-        from .removal import training_epsilon
+        from ..accounting import approx_dp_event
+        from ..private_metrics import LAPLACE, metrics_sigma, with_metrics
+        from ..removal import training_epsilon
 
         n = n_train_records(meta.n_records, self.test_fraction)
         # Laplace metrics: pure DP, as the training event already uses all of delta
@@ -138,7 +138,7 @@ class RemovalSpec(JobSpec):
     NEEDS_CONTEXT: ClassVar[bool] = True
 
     def run(self, data, meta: DatasetMeta, progress=None, context: dict | None = None) -> dict:
-        from .removal import run_removal_job
+        from ..removal import run_removal_job
 
         return run_removal_job(self, data, meta, progress,
                                extractor=(context or {}).get("extractor"))

@@ -1,0 +1,104 @@
+"""DP-SGD on a table: the first job kind, and the template the others follow."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..data import TABLE, DatasetMeta, n_train_records
+from ..display import brief
+from ..errors import SpecError
+from . import bounds
+from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, register
+
+MODELS = ("logreg", "mlp")
+
+
+@register
+@dataclass
+class DPSGDTableSpec(JobSpec):
+    """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
+
+    ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
+    1 / (number of training records). ``metrics_epsilon``: the test metrics' own DP release
+    (:mod:`shared.private_metrics`), composed onto the price; 0 = no metrics.
+    """
+
+    KIND: ClassVar[str] = "dpsgd_table"
+
+    dataset: str
+    label: str
+    epsilon: float
+    delta: float
+    model: str = "logreg"
+    epochs: int = 5
+    batch_size: int = 64
+    clip_norm: float = 1.0
+    learning_rate: float = 0.1
+    hidden: int = 32
+    test_fraction: float = 0.2
+    seed: int = 0
+    metrics_epsilon: float = DEFAULT_METRICS_EPSILON
+    target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
+        """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_spec(self) -> None:
+        from ..targets import check_target
+
+        self._check_types()
+        check_target(self.target, self.epsilon)
+        bounds.check_privacy(self.epsilon, self.target)
+        self._require_delta()
+        self._check_common()
+        bounds.check_text("label", self.label)
+        if self.model not in MODELS:
+            raise SpecError(f"unknown model {brief(self.model)}; choose one of {list(MODELS)}")
+        if self.hidden < 1:
+            raise SpecError(f"hidden must be >= 1, got {self.hidden}")
+        bounds.check_int("hidden", self.hidden, 1, bounds.HIDDEN_MAX)
+        self._check_test_fraction()
+        self._check_metrics_epsilon()
+
+    def _rounds_priced(self) -> int:
+        """How many times the schedule runs (a federated schedule prices all its rounds)."""
+        return 1
+
+    def planned_event(self, meta: DatasetMeta):
+        """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
+        from ..accounting import dpsgd_event
+        from ..private_metrics import metrics_sigma, with_metrics
+        from ..targets import noise_multiplier
+        from ..training import poisson_schedule
+
+        q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
+                                    self.batch_size, self.epochs)
+        return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps),
+                            metrics_sigma(self))
+
+    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from ..training import train_dpsgd_table
+
+        # Public label set from the metadata, so the class list does not depend on the records.
+        return train_dpsgd_table(data, self, progress=progress, classes=meta.labels or None,
+                                 feature_scales=meta.feature_scales or None)
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        if meta.kind != TABLE:
+            raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs a "
+                            "table; use an image job kind")
+        self._check_dataset(meta)
+        if self.label != meta.label:
+            raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
+                            f"not {self.label!r}")
+        n = check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
+        bounds.check_sample_rate(n, self.batch_size, self.KIND)
+        bounds.check_steps(bounds.dpsgd_steps(n, self.batch_size, self.epochs)
+                           * self._rounds_priced(), self.KIND)
+        bounds.check_model_size(bounds.table_params(self.model, len(meta.features),
+                                                    len(meta.labels), self.hidden),
+                                self.batch_size, f"model {self.model!r}")

@@ -1,0 +1,140 @@
+"""Running a recognised job once on the private data.
+
+A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, ``state``,
+``ledger`` and ``client``); its methods are called on the site."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+from . import inbox
+from .config import SiteError
+from .execution import process_alive, run_job_subprocess
+from .ledger import LedgerError
+
+
+
+class RunMixin:
+    """Running a recognised job once on the private data."""
+
+    def run(self, request_id: str, progress: bool = True) -> dict:
+        """Run a recognised job once on the real data; keep the result for review.
+
+        The request's run lock is held throughout, so a second owner process (or a second
+        `datasite run`) can neither run it again nor mistake the live run for a crashed one."""
+        request_id, req = self.syft_request(request_id)
+        with self.state.run_lock(request_id) as locked:
+            if not locked:
+                raise SiteError(f"Request {request_id[:8]} is being run by another owner process "
+                                "right now; wait for it, then see `datasite review --all`.")
+            return self._run_locked(request_id, req, progress)
+
+    def _run_locked(self, request_id: str, req, progress: bool) -> dict:
+        info = self.describe_request(request_id, req, with_cost=False)
+        if info["state"] == "denied":
+            raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
+        if info["kind"] == inbox.NOT_CODE:
+            raise SiteError(f"Request {request_id[:8]} is not a code request "
+                            f"({info['request_type']}); deny it with `datasite deny`.")
+        if not info["registered"]:
+            raise SiteError(f"Request {request_id[:8]} comes from {info['researcher']}, not a "
+                            "researcher registered with `datasite users add`; deny it.")
+        if info["spec"] is None:
+            raise SiteError(
+                f"Request {request_id[:8]} is custom code, not a dp-datasite job template. "
+                "The trusted runner only runs recognised jobs, whose privacy cost it can price. "
+                f"Read it with `datasite review {self.name}` and deny it with a reason.")
+        if info["validation"] != "ok":
+            raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
+        spec = info["spec"]
+        context = self._job_context(spec, info["researcher"])
+        if spec["kind"] == "fed_round":
+            raise SiteError(f"Request {request_id[:8]} is a round of a federated schedule: the "
+                            "schedule's round server runs it once the schedule is approved.")
+        row = self.state.dataset(spec["dataset"])
+        self._recover_interrupted(request_id)
+        if self.ledger.budget(spec["dataset"]) is None:
+            raise SiteError(f"Dataset {spec['dataset']} has no privacy budget; set one with "
+                            f"`datasite budget {self.name} {spec['dataset']} --epsilon E --delta D`.")
+        claimed = self.state.claim_for_run(
+            request_id, dataset=spec["dataset"], researcher=info["researcher"],
+            func_name=info["function"], spec_json=json.dumps(spec, sort_keys=True))
+        if not claimed:
+            raise SiteError(f"Request {request_id[:8]} already ran on the private data "
+                            f"(state: {self.state.request(request_id)['state']}); "
+                            "a job runs at most once.")
+        try:
+            event_json, alternatives = self._priced(request_id, spec)
+            self.ledger.reserve(request_id, spec["dataset"], info["researcher"], event_json,
+                                alternatives=alternatives)
+        except (LedgerError, SiteError) as e:
+            self.state.set_state(request_id, "failed", reason=str(e))
+            raise SiteError(str(e)) from None
+        self.ledger.start(request_id)
+        self.publish_budgets([info["researcher"]])
+        if spec["kind"] == "fed_dpsgd_table":
+            from .rounds import start_schedule
+
+            return start_schedule(self, request_id, req, info)
+        result_path = self.home.results / f"{request_id}.pkl"
+        execution = self.state.start_execution(request_id, spec["dataset"])
+        try:
+            run_job_subprocess(spec, row["path"], result_path, progress, context=context,
+                               on_start=lambda pid: self.state.set_state(request_id, "running",
+                                                                         runner_pid=pid))
+        except BaseException as e:
+            self.state.finish_execution(execution, "failed")
+            self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
+            self.ledger.refund(request_id, reason="job failed")
+            self.publish_budgets([info["researcher"]])
+            raise
+        self.state.finish_execution(execution, "ok")
+        with open(result_path, "rb") as f:
+            result = pickle.load(f)
+        summary = summarise(result)
+        self.state.set_state(request_id, "ran", result_path=str(result_path),
+                             summary_json=json.dumps(summary))
+        return summary
+
+    def _job_context(self, spec: dict, researcher: str) -> dict | None:
+        """What the owner adds to a job that builds on an earlier release (a DP extractor)."""
+        ref = spec.get("extractor") if spec.get("kind") == "removal_logreg" else None
+        if not ref:
+            return None
+        own = self.state.request(ref)
+        if own is None or own["state"] != "released":
+            raise SiteError(f"The extractor {ref[:8]} is not a released job on {self.name}.")
+        if own["researcher"] != researcher or own["dataset"] != spec["dataset"]:
+            raise SiteError(f"The extractor {ref[:8]} must be a job released to {researcher} "
+                            f"on {spec['dataset']}.")
+        if json.loads(own["spec_json"])["kind"] not in ("dpsgd_table", "dpsgd_images"):
+            raise SiteError(f"The extractor {ref[:8]} is not a DP-SGD model.")
+        return {"extractor_result": own["result_path"]}
+
+    def _recover_interrupted(self, request_id: str) -> None:
+        """A run whose owner process died: refund its reservation, visibly, so it can run again.
+
+        Its job process is gone and left no result, so nothing was computed that could leave.
+        """
+        own = self.state.request(request_id)
+        if not own or own["state"] != "running":
+            return
+        if own["runner_pid"] and process_alive(own["runner_pid"]):
+            raise SiteError(f"Request {request_id[:8]} is running now (pid {own['runner_pid']}).")
+        if own["result_path"] and Path(own["result_path"]).exists():
+            return
+        entry = self.ledger.entry(request_id)
+        if entry and entry["state"] in ("reserved", "running"):
+            self.ledger.refund(request_id, reason="interrupted: the job process died")
+        self.state.set_state(request_id, "failed", reason="interrupted; reservation refunded")
+
+    def executions(self, request_id: str | None = None) -> int:
+        """How many times any job (or this request) touched the private data."""
+        return self.state.execution_count(request_id)
+
+
+def summarise(result: dict) -> dict:
+    """What the owner sees before releasing: metrics and privacy, no model bytes."""
+    return {"kind": result.get("kind"), "metrics": result.get("metrics"),
+            "privacy": {k: v for k, v in (result.get("privacy") or {}).items() if k != "event"}}

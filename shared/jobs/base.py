@@ -164,9 +164,29 @@ class JobSpec:
             raise SpecError(f"spec names dataset {brief(self.dataset)} but it runs on "
                             f"{meta.name!r}")
 
-    # -- what each kind implements -------------------------------------------------------------
+    def _check_dp_training(self) -> None:
+        """The spec checks every DP-SGD kind shares: types, epsilon or a risk target, delta,
+        and the common fields."""
+        from ..targets import check_target
+
+        self._check_types()
+        check_target(self.target, self.epsilon)
+        bounds.check_privacy(self.epsilon, self.target)
+        self._require_delta()
+        self._check_common()
+
     def validate(self, meta: DatasetMeta | None = None):
-        raise NotImplementedError
+        """Check the spec alone, and against the dataset's metadata if given; return self."""
+        self._check_spec()
+        if meta is not None:
+            self._check_meta(meta)
+        return self
+
+    def _check_meta(self, meta: DatasetMeta) -> None:
+        """The checks against the dataset's metadata (each kind adds its own)."""
+        self._check_dataset(meta)
+
+    # -- what each kind implements -------------------------------------------------------------
 
     def planned_event(self, meta: DatasetMeta):
         raise NotImplementedError

@@ -58,12 +58,6 @@ class DPALSpec(JobSpec):
     seed: int = 0
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON  # all rounds' test metrics together
 
-    def validate(self, meta: DatasetMeta | None = None) -> "DPALSpec":
-        self._check_spec()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
-
     def _check_spec(self) -> None:
         from ..acquisition import ACQUISITIONS
         from ..dpal_plan import ACCOUNTANTS, MODES

@@ -39,22 +39,10 @@ class DPSGDTableSpec(JobSpec):
     seed: int = 0
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON
     target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
+
     # -- validation ----------------------------------------------------------------------------
-    def validate(self, meta: DatasetMeta | None = None) -> "DPSGDTableSpec":
-        """Check the spec alone, and against the dataset's metadata if given; return self."""
-        self._check_spec()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
-
     def _check_spec(self) -> None:
-        from ..targets import check_target
-
-        self._check_types()
-        check_target(self.target, self.epsilon)
-        bounds.check_privacy(self.epsilon, self.target)
-        self._require_delta()
-        self._check_common()
+        self._check_dp_training()
         bounds.check_text("label", self.label)
         if self.model not in MODELS:
             raise SpecError(f"unknown model {brief(self.model)}; choose one of {list(MODELS)}")

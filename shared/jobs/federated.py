@@ -108,12 +108,6 @@ class FedRoundSpec(JobSpec):
     round: int
     init_state: str = ""
 
-    def validate(self, meta: DatasetMeta | None = None) -> "FedRoundSpec":
-        self._check_spec()
-        if meta is not None:
-            self._check_dataset(meta)
-        return self
-
     def _check_spec(self) -> None:
         self._check_types()
         bounds.check_dataset(self.dataset)

@@ -63,12 +63,6 @@ class RemovalSpec(JobSpec):
     seed: int = 0
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON
 
-    def validate(self, meta: DatasetMeta | None = None) -> "RemovalSpec":
-        self._check_spec()
-        if meta is not None:
-            self._check_meta(meta)
-        return self
-
     def _check_spec(self) -> None:
         self._check_types()
         self._require_positive("lam", "perturbation", "removal_epsilon")

@@ -164,12 +164,13 @@ class ReviewMixin:
         return "ok"
 
     def price(self, spec: dict) -> str:
-        """The privacy event of a spec, computed here from the spec (never from the client)."""
-        from shared.accounting import event_to_json
-        from shared.pricing import planned_event
+        """The privacy event of a spec, computed here from the spec (never from the client),
+        under the same time and memory limits as a request's price."""
+        from .pricing_worker import price_bounded
 
-        meta = DatasetMeta.from_json(self.state.dataset(spec["dataset"])["meta_json"])
-        return event_to_json(planned_event(spec, meta))
+        meta_json = self.state.dataset(spec["dataset"])["meta_json"]
+        return price_bounded(spec, meta_json, timeout_s=PRICE_TIMEOUT_S,
+                             memory_mb=PRICE_MEMORY_MB)[0]
 
 
 def _asset_names(code) -> str:

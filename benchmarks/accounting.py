@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/accounting.py [--repeats 3] [--sizes 10 100 1000]
 
-(1) Pricing one DP-SGD request: shared.pricing.planned_event on a realistic spec (it calibrates
-    sigma) and shared.reporting.privacy_report (eps, RDP, TPR bounds, mu-GDP) of the result.
+(1) Pricing one DP-SGD request: shared.privacy.pricing.planned_event on a realistic spec (it calibrates
+    sigma) and shared.privacy.reporting.privacy_report (eps, RDP, TPR bounds, mu-GDP) of the result.
 (2) Checking a ledger of N = 10, 100, 1,000 committed jobs on a temporary SQLite site: a mix of
     five DP-SGD configurations (researchers re-run similar jobs), timing Ledger.quote (what
     review does), Ledger.spent, and one full reserve -> start -> commit of a new job. The
@@ -95,13 +95,13 @@ def main() -> None:
 
     import dp_accounting
 
-    from shared.accounting import _PLD_CACHE, epsilon, event_from_json, event_to_json
-    from shared.reporting import privacy_report
-    from shared.pricing import planned_event
+    from shared.privacy.accounting import clear_pld_cache, epsilon, event_from_json, event_to_json
+    from shared.privacy.reporting import privacy_report
+    from shared.privacy.pricing import planned_event
 
     def cold(fn):  # no help from the PLD cache: every timed call starts from nothing
         def run():
-            _PLD_CACHE.clear()
+            clear_pld_cache()
             return fn()
         return run
 
@@ -150,7 +150,7 @@ def main() -> None:
         rid = uuid.uuid4().hex
 
         def life_cycle():
-            _PLD_CACHE.clear()
+            clear_pld_cache()
             ledger.reserve(rid, "ehr", "r0@uni.edu", new_job)
             ledger.start(rid)
             ledger.commit(rid, new_job)

@@ -4,8 +4,8 @@ the breast-cancer table (569 records), m canaries, 95% confidence.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audit.py [--canaries 1000] [--repeats 3]
 
 Configurations: DP-SGD logreg at eps=1 and eps=8, the eps=1 job with its noise switched off
-(the test-only hook of shared.dpsgd: the job still reports its calibrated sigma), DP-SGD MLP at
-eps=8, and DP active learning at eps=4. Fresh OS randomness each repeat; prints a table and
+(the test-only hook of shared.training.engine: the job still reports its calibrated sigma),
+DP-SGD MLP at eps=8, and DP active learning at eps=4. Fresh OS randomness each repeat; prints a table and
 (--json) the reports.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared import dpsgd  # noqa: E402
-from shared.audit import audit_job  # noqa: E402
+from shared.training import engine  # noqa: E402
+from shared.privacy.audit import audit_job  # noqa: E402
 from shared.data import TABLE, DatasetMeta  # noqa: E402
 
 BASE = dict(kind="dpsgd_table", dataset="bc", label="diagnosis", delta=1e-5, epochs=5,
@@ -62,12 +62,12 @@ def main() -> None:
     print(f"{'job':48s} {'claimed eps':>11s} {'empirical eps >= (95%), per run':>34s} "
           f"{'violation':>9s} {'s/run':>6s}")
     for name, spec, noise_off in CONFIGS:
-        dpsgd.TEST_ONLY_DISABLE_NOISE = noise_off
+        engine.TEST_ONLY_DISABLE_NOISE = noise_off
         try:
             runs = [audit_job(spec, df, meta, canaries=args.canaries)
                     for _ in range(args.repeats)]
         finally:
-            dpsgd.TEST_ONLY_DISABLE_NOISE = False
+            engine.TEST_ONLY_DISABLE_NOISE = False
         reports += [{"config": name, **{k: v for k, v in r.items() if k != "spec"}} for r in runs]
         lbs = ", ".join(f"{r['epsilon_lower_bound']:.2f}" for r in runs)
         print(f"{name:48s} {runs[0]['claimed_epsilon']:11.3f} {lbs:>34s} "

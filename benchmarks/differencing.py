@@ -6,7 +6,7 @@ forgotten patient first, against the old noiseless Newton release and against fr
 Breast-cancer table (569 records), lam=1e-3, s=10 (the live test's settings); each run trains a
 model with OS randomness and forgets ``--forgets`` uniformly chosen records one after another;
 the attacker holds every earlier release and knows every other record
-(:mod:`shared.differencing`).
+(:mod:`shared.privacy.differencing`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import datasite.forget as F  # noqa: E402
 from datasite.demo_data import breast_cancer_frame  # noqa: E402
 from shared import removal as R  # noqa: E402
 from shared.data import power_of_ten_scale  # noqa: E402
-from shared.differencing import forget_sequence_ranks, identification_bound  # noqa: E402
+from shared.privacy.differencing import forget_sequence_ranks, identification_bound  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
-from shared.dpal import run_dpal
-from shared.dpal_plan import make_plan
-from shared.models import build_model
-from shared.training import public_scale, split_indices
+from shared.dpal import make_plan, run_dpal
+from shared.training.models import build_model
+from shared.training.preprocess import public_scale
+from shared.training.split import split_indices
 
 
 def breast_cancer():
@@ -37,7 +37,7 @@ def breast_cancer():
 
 def cxr(n: int):
     from datasite.demo_data import make_synthetic_cxr
-    from shared.backbones import extract_features
+    from shared.training.backbones import extract_features
 
     d = make_synthetic_cxr(n=n, size=28, seed=0)
     return extract_features(d["images"], "scatter"), np.asarray(d["labels"], dtype=np.int64)
@@ -86,7 +86,7 @@ def reference_schedules():
     """The reference's CIFAR-10 configuration: its own schedule (Opacus RDP, default orders,
     selection epsilons added, earlier groups pooled), our per-group RDP schedule, and exact PLD
     composition (lower sigma at the same steps, or more steps at the same sigma)."""
-    from shared.accounting import epsilon as pld_epsilon
+    from shared.privacy.accounting import epsilon as pld_epsilon
 
     rows = [
         ("reference: naive", dict(mode="naive", accountant="rdp_reference", verify=False)),

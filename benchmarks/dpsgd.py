@@ -4,7 +4,7 @@
 
 Cases: the table MLP (30 features, B=256), the GroupNorm CNN (28x28, B=64), ResNet-9
 (28x28, B=16), and a linear head on frozen scattering features (B=256; the one-off feature
-extraction is timed separately). DP-SGD runs through shared.dpsgd.DPTrainer (Opacus, Poisson
+extraction is timed separately). DP-SGD runs through shared.training.engine.DPTrainer (Opacus, Poisson
 sampling at rate B/N, so the realised batch varies around B) with hooks and with ghost
 clipping; the baseline is plain torch SGD on fixed batches of B. Only shared + torch/opacus are
 imported (runs on a GPU machine without syft).
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.backbones import extract_features  # noqa: E402
-from shared.dpsgd import DPTrainer  # noqa: E402
-from shared.models import build_model  # noqa: E402
+from shared.training.backbones import extract_features  # noqa: E402
+from shared.training.engine import DPTrainer  # noqa: E402
+from shared.training.models import build_model  # noqa: E402
 
 
 def _sync(device):

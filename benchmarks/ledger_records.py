@@ -40,8 +40,8 @@ def build(base: Path, n_jobs: int, n_records: int, dpal_share: float, seed: int 
     from datasite.ledger import Ledger
     from datasite.ledger_tables import charges, entries
     from datasite.state import now, open_state
-    from shared.accounting import dpsgd_event, event_to_json
-    from shared.dpal_plan import make_plan
+    from shared.privacy.accounting import dpsgd_event, event_to_json
+    from shared.dpal import make_plan
 
     site = init_site("bench", home=base / f"site-{uuid.uuid4().hex[:6]}")
     ledger = Ledger(open_state(site))

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import removal as R  # noqa: E402
-from shared.training import split_indices  # noqa: E402
+from shared.training.split import split_indices  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -87,7 +87,7 @@ def bench(name, X, y, classes, lam, s, eps=1.0, delta=1e-4, n_single=50, batch=1
     # removals one by one from a fresh model until checkpoints; retrains counted
     model = R.train_removable(Xtr, ytr, classes, lam, s, eps, delta, seed=seed)
     session = R.RemovalSession(model, Xtr, ytr)
-    b0 = R._draw_b(s, model.weights.shape, seed, 0)
+    b0 = R.draw_b(s, model.weights.shape, seed, 0)
     per_budget, since, acc = [], 0, {}
     done = 0
     t_all = time.perf_counter()
@@ -109,8 +109,8 @@ def bench(name, X, y, classes, lam, s, eps=1.0, delta=1e-4, n_single=50, batch=1
                "test_accuracy_updated": float(np.mean(R.predict(session.model, Xte) == yte)),
                "test_accuracy_retrained_fresh_b": float(np.mean(R.predict(fresh, Xte) == yte))}
         if session.model.n_retrains == 0:  # same b: the exact target of the Newton updates
-            ys = R._signs(ytr[live], model.n_models)
-            W = np.column_stack([R._minimise(Xtr[live], ys[:, k], lam * len(live), b0[:, k])
+            ys = R.class_signs(ytr[live], model.n_models)
+            W = np.column_stack([R.minimise(Xtr[live], ys[:, k], lam * len(live), b0[:, k])
                                  for k in range(model.n_models)])
             row["rel_param_distance_to_exact_same_b"] = float(
                 np.linalg.norm(session.model.weights - W) / np.linalg.norm(W))
@@ -145,7 +145,7 @@ def main() -> None:
         print(json.dumps(results[-1], indent=1), flush=True)
 
     data = make_synthetic_cxr(n=args.n_images, size=28, seed=0, n_classes=3)
-    from shared.backbones import extract_features
+    from shared.training.backbones import extract_features
 
     t = time.perf_counter()
     F = extract_features(data["images"], args.backbone, device="cpu")

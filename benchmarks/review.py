@@ -5,7 +5,7 @@
 A temporary SQLite datasite with the breast-cancer table, one researcher and ``--pending``
 distinct DP-SGD requests (different seeds and epochs). Timed, in the owner's process:
 (i) the baseline measured in the same run: pricing every pending spec in-process with
-``shared.pricing.planned_event`` + ``record_events``, as `datasite review` did on every call
+``shared.privacy.pricing.planned_event`` + ``record_events``, as `datasite review` did on every call
 before this change; (ii) the first `OwnerSite.review()` (each request priced once in the
 bounded worker, its price cached in the owner's database); (iii) a second review in the same
 process and (iv) a review from a new OwnerSite (a new `datasite review` command: prices come
@@ -42,7 +42,7 @@ def main() -> None:
     from datasite.owner import OwnerSite
     from researcher import jobs
     from shared.data import DatasetMeta
-    from shared.pricing import planned_event, record_events
+    from shared.privacy.pricing import planned_event, record_events
     from shared.template import recognise
 
     base = Path(tempfile.mkdtemp(prefix="dpds-review-"))

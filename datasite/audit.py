@@ -1,5 +1,5 @@
 """The owner's empirical privacy audit (``datasite audit``): a job kind run once on the private
-data plus canaries (:mod:`shared.audit`), with an empirical epsilon lower bound next to the
+data plus canaries (:mod:`shared.privacy.audit`), with an empirical epsilon lower bound next to the
 epsilon the job claims.
 
 Not a release: the report stays with the owner, who already holds the data; nothing goes to
@@ -33,7 +33,7 @@ def load_spec(path: str | Path) -> dict:
 def run_audit(site, dataset: str, spec: dict, canaries: int = 1000,
               confidence: float = 0.95, progress=None) -> dict:
     """Audit ``spec`` on ``dataset`` of ``site`` (an OwnerSite); the report (owner only)."""
-    from shared.audit import audit_job
+    from shared.privacy.audit import audit_job
 
     row = site.state.dataset(dataset)
     if row is None:

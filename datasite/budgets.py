@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta
+from shared.data import DatasetMeta
+from shared.protocol import AUDIT_HEAD_KEY, encode_budget_note
 
 from .config import SiteError
 from .ledger import LedgerError
@@ -88,7 +89,7 @@ class BudgetsMixin:
             head = self.ledger.head_for(email)
             note = {**self.budgets_for(email, dataset_left), AUDIT_HEAD_KEY: head}
             res = self.client.api.services.notifications.send(notification=CreateNotification(
-                subject=BUDGET_NOTE_PREFIX + json.dumps(note, sort_keys=True),
+                subject=encode_budget_note(note),
                 to_user_verify_key=SyftVerifyKey.from_string(key),
                 from_user_verify_key=self.client.verify_key))
             if type(res).__name__ != "SyftError":  # the next proof starts where they are

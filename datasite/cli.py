@@ -247,6 +247,8 @@ def cmd_deny(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``datasite`` command line. One declarative list of subcommands and their options
+    (longer than 80 lines on purpose: split, it would scatter what ``--help`` shows)."""
     p = argparse.ArgumentParser(prog="datasite", description="Run a dp-datasite (data owner).")
     sub = p.add_subparsers(dest="command", required=True)
 

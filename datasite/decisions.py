@@ -4,12 +4,16 @@ A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, `
 ``ledger`` and ``client``); its methods are called on the site."""
 from __future__ import annotations
 
-import pickle
+from shared.jobs import spec_from_dict
+from shared.protocol import ResultPayload
 
 from . import inbox
 from .config import SiteError
+from .execution import load_result
 from .ledger import LedgerError
+from .release_gate import deposit
 from .state import loads
+from .states import Entry, Request
 
 
 
@@ -20,39 +24,39 @@ class DecisionsMixin:
         """Send a run's result back to the researcher."""
         request_id, req = self.syft_request(request_id)
         own = self.state.request(request_id)
-        if own is None or own["state"] not in ("ran", "released"):
+        if own is None or own["state"] not in (Request.RAN, Request.RELEASED):
             state = own["state"] if own else "pending"
             raise SiteError(f"Request {request_id[:8]} is {state}: only a job that ran can be "
                             f"released (run it with `datasite run {self.name} {request_id[:8]}`).")
-        if own["state"] == "released":
+        if own["state"] == Request.RELEASED:
             raise SiteError(f"Request {request_id[:8]} was already released.")
-        with open(own["result_path"], "rb") as f:
-            result = pickle.load(f)
+        result = load_result(own["result_path"])
+        job = spec_from_dict(result.spec)
         entry = self.ledger.entry(request_id)
-        if entry["state"] == "running":
+        if entry["state"] == Entry.RUNNING:
             try:
-                self.ledger.commit(request_id, result["privacy"]["event"],
+                self.ledger.commit(request_id, result.event_json,
                                    record_charges=self._record_charges(own, result))
             except LedgerError as e:
                 raise SiteError(str(e)) from None
-        from .forget import REMOVAL_KIND, public_result, register_release
+        if job.UPDATED_ON_FORGET:
+            from .forget import register_release
 
-        if result.get("kind") == REMOVAL_KIND:
-            register_release(self, request_id, result["spec"], result, own["researcher"])
-        req.deposit_result({**public_result(result),
-                            "audit_head": self.ledger.head_for(own["researcher"])})
+            register_release(self, request_id, result, own["researcher"])
+        deposit(req, result, spec=job,
+                extra={"audit_head": self.ledger.head_for(own["researcher"])})
         self.ledger.released(request_id)
-        self.state.set_state(request_id, "released")
+        self.state.set_state(request_id, Request.RELEASED)
         self.publish_budgets([own["researcher"]])
         return loads(own["summary_json"])
 
-    def _record_charges(self, own: dict, result: dict) -> list[tuple] | None:
+    def _record_charges(self, own: dict, result: ResultPayload) -> list[tuple] | None:
         """A result's owner-only record groups, as (record ids, event) for the ledger."""
         import numpy as np
 
         from .storage import record_ids
 
-        groups = result.get("_owner_record_groups")
+        groups = result.owner.get("_owner_record_groups")
         if not groups:
             return None
         ids = record_ids(self.state.dataset(own["dataset"])["path"])
@@ -63,7 +67,7 @@ class DecisionsMixin:
             raise SiteError("Say why with --reason: the researcher sees it.")
         request_id, req = self.syft_request(request_id)
         own = self.state.request(request_id)
-        if own and own["state"] == "released":
+        if own and own["state"] == Request.RELEASED:
             raise SiteError(f"Request {request_id[:8]} was already released; it cannot be denied.")
         import syft as sy
 
@@ -75,21 +79,21 @@ class DecisionsMixin:
                 raise SiteError(f"Deny failed: {res.message}")
             self.ledger.log("deny", request_id, {"reason": reason, "request_type":
                                                  inbox.change_summary(req), "deleted": True})
-            self.state.set_state(request_id, "denied", reason=reason)
+            self.state.set_state(request_id, Request.DENIED, reason=reason)
             return
         res = req.deny(reason=reason)
         if isinstance(res, sy.SyftError):
             raise SiteError(f"Deny failed: {res.message}")
         entry = self.ledger.entry(request_id)
-        if entry and entry["state"] in ("reserved", "running"):
+        if entry and entry["state"] in (Entry.RESERVED, Entry.RUNNING):
             # ran but never released: nothing left the site, so the reservation is returned
             self.ledger.refund(request_id, reason=f"denied after run: {reason}")
             self.publish_budgets([entry["researcher"]])
-        elif entry and entry["state"] == "estimated":
+        elif entry and entry["state"] == Entry.ESTIMATED:
             self.ledger.deny(request_id, reason)
         else:
             self.ledger.log("deny", request_id, {"reason": reason})
-        self.state.set_state(request_id, "denied", reason=reason)
+        self.state.set_state(request_id, Request.DENIED, reason=reason)
 
     def stop(self, request_id: str) -> dict:
         """Stop serving a federated schedule: commit the rounds that ran, refund the rest."""

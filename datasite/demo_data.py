@@ -196,9 +196,9 @@ def _cxr_chunk(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 
 def _smooth(rng: np.random.Generator, m: int, size: int, cells: int) -> np.ndarray:
     """Smooth noise in about [-1, 1]: a random ``cells`` x ``cells`` grid, bilinearly upsampled."""
-    from .mock import _upsample
+    from .mock import upsample
 
-    return np.clip(_upsample(rng.uniform(-1, 1, (m, cells, cells)), size, size), -1, 1)
+    return np.clip(upsample(rng.uniform(-1, 1, (m, cells, cells)), size, size), -1, 1)
 
 
 def write_synthetic_cxr_npz(path, n_train: int = 600, n_val: int = 100, n_test: int = 200,

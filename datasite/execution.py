@@ -1,7 +1,9 @@
-"""Running a job in its own subprocess, and checking whether such a process is still alive.
+"""The one way the private data is touched: :func:`execute_once`, recorded as an execution.
 
-Shared by the owner's one-off jobs (owner.py) and the round server's rounds (rounds.py), so
-neither has to import the other.
+Used by the owner's one-off jobs (``run_once.py``), the round server's rounds (``rounds.py``) and
+forget's model updates (``forget.py``); a job runs in its own subprocess
+(:func:`run_job_subprocess`, ``python -m datasite.runner``) so CUDA and the job's memory never
+touch the owner's process.
 """
 from __future__ import annotations
 
@@ -12,7 +14,52 @@ import sys
 import tempfile
 from pathlib import Path
 
+from typing import Callable, TypeVar
+
+from shared.protocol import ResultPayload
+
 from .config import SiteError
+from .states import Request
+
+T = TypeVar("T")
+
+
+def execute_once(state, execution_id: str, dataset: str, work: Callable[[], T]) -> T:
+    """Run ``work`` (a computation on ``dataset``'s private records) as one recorded execution
+    of ``execution_id``: counted whether it succeeds or fails, so `executions` tells the owner
+    how often private data was touched."""
+    execution = state.start_execution(execution_id, dataset)
+    try:
+        out = work()
+    except BaseException:
+        state.finish_execution(execution, "failed")
+        raise
+    state.finish_execution(execution, "ok")
+    return out
+
+
+def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result_path: Path,
+                    progress: bool, context: dict | None = None) -> ResultPayload:
+    """Run a claimed request's job once in its subprocess and read its result.
+
+    The request must be ``running`` (claimed by ``State.claim_for_run``, which lets a request
+    be claimed once); its row gets the job's pid while it runs."""
+    own = state.request(request_id)
+    if own is None or own["state"] != Request.RUNNING:
+        raise SiteError(f"Request {request_id[:8]} was not claimed to run "
+                        f"(state: {own['state'] if own else 'pending'}).")
+    execute_once(state, request_id, spec["dataset"], lambda: run_job_subprocess(
+        spec, dataset_dir, result_path, progress, context=context,
+        on_start=lambda pid: state.set_state(request_id, Request.RUNNING, runner_pid=pid)))
+    return load_result(result_path)
+
+
+def load_result(path: Path | str) -> ResultPayload:
+    """A job's full result, as its runner wrote it (owner-side)."""
+    import pickle
+
+    with open(path, "rb") as f:
+        return ResultPayload.from_dict(pickle.load(f))
 
 
 def process_alive(pid: int) -> bool:

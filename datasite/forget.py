@@ -45,30 +45,20 @@ import math
 
 import numpy as np
 
+from shared.protocol import ResultPayload
+
 from .config import SiteError
+from .execution import execute_once
 from .storage import delete_records, read_private, record_ids, removed_ids
 
-REMOVAL_KIND = "removal_logreg"
-
-
-def register_release(site, request_id: str, spec: dict, result: dict, researcher: str) -> None:
+def register_release(site, request_id: str, result: ResultPayload, researcher: str) -> None:
     """Remember a released removal-enabled model: its owner copy and the records it reflects."""
-    path = site.state.dataset(spec["dataset"])["path"]
-    ids = record_ids(path)[np.asarray(result["_owner_training_rows"], dtype=np.int64)]
-    site.state.add_model(request_id, dataset=spec["dataset"], researcher=researcher,
-                         spec_json=json.dumps(spec, sort_keys=True),
-                         model_json=json.dumps(result["removable_model"]),
+    path = site.state.dataset(result.spec["dataset"])["path"]
+    ids = record_ids(path)[np.asarray(result.owner["_owner_training_rows"], dtype=np.int64)]
+    site.state.add_model(request_id, dataset=result.spec["dataset"], researcher=researcher,
+                         spec_json=json.dumps(result.spec, sort_keys=True),
+                         model_json=json.dumps(result.payload["removable_model"]),
                          record_ids_json=json.dumps([int(i) for i in ids]))
-
-
-def public_result(result: dict) -> dict:
-    """What the researcher may receive: no ``_owner_*`` keys, no residual state."""
-    from shared.removal import RemovableModel
-
-    out = {k: v for k, v in result.items() if not k.startswith("_owner_")}
-    if "removable_model" in out:
-        out["removable_model"] = RemovableModel.from_dict(out["removable_model"]).public_dict()
-    return out
 
 
 # Test-only switch: True restores the old, broken release of the noiseless Newton update, so
@@ -80,7 +70,7 @@ def update_event(spec, n_train: int, n_models: int):
     """The ledger event of one update sent to a researcher: a fresh objective-perturbation
     release on ``n_train`` records, (eps_train(n_train), spec.delta)-DP and independent of the
     earlier releases given the data (module docstring), so it composes as one more event."""
-    from shared.accounting import approx_dp_event
+    from shared.privacy.accounting import approx_dp_event
     from shared.removal import training_epsilon
 
     return approx_dp_event(training_epsilon(spec.lam, spec.perturbation, int(n_train),
@@ -109,7 +99,7 @@ def affordable_forgets(site, spec: dict, researcher: str, job_event_json: str,
     stops it, in epsilon or in delta. Checked at review, before the job is trained."""
     import dp_accounting
 
-    from shared.accounting import event_from_json, event_to_json
+    from shared.privacy.accounting import event_from_json, event_to_json
     from shared.data import DatasetMeta
     from shared.jobs import n_train_records, spec_from_dict
 
@@ -187,8 +177,10 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
             f"{_dp_models_note(site, dataset)}")
     affected = [m for m in models if record_id in json.loads(m["record_ids_json"])]
     data, meta = read_private(path) if affected else (None, None)
-    # every update computed before anything changes
-    updates = [_update(site, m, record_id, ids, data, meta) for m in affected]
+    # every update computed before anything changes; each is one touch of the private data
+    updates = [execute_once(site.state, f"{m['request_id']}:v{m['version'] + 1}", dataset,
+                            lambda m=m: _update(site, m, record_id, ids, data, meta))
+               for m in affected]
 
     meta = delete_records(path, [record_id])
     site.state.update_dataset_meta(dataset, meta.to_json())  # n_records prices later jobs
@@ -224,7 +216,7 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
     # the stream names this release (model, version) for tests that pin the randomness
     stream = (int(hashlib.sha256(m["request_id"].encode()).hexdigest()[:12], 16), m["version"] + 1)
     # the planned (public) training count once the record is gone, never the realised one:
-    # each record's side of the split is its own (shared.training.split_indices)
+    # each record's side of the split is its own (shared.training.split.split_indices)
     n_reg = n_train_records(meta.n_records - 1, spec.test_fraction)
     owner_copy, released, cert = updated_models(
         model, X[pos], y[pos], int(np.flatnonzero(m_ids == record_id)[0]), stream, n_reg)
@@ -275,7 +267,7 @@ def _shortfall(site, dataset: str, researcher: str, event_json: str) -> tuple[st
 
 def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: dict) -> dict:
     """Price the update in the ledger, record the certificates, and tell the researcher."""
-    from shared.accounting import event_to_json
+    from shared.privacy.accounting import event_to_json
     from shared.jobs import spec_from_dict
 
     from .ledger import LedgerError
@@ -342,10 +334,10 @@ def _notify(site, m: dict, payload: dict) -> None:
     from syft.server.credentials import SyftVerifyKey
     from syft.service.notification.notifications import CreateNotification
 
-    from shared.data import MODEL_UPDATE_PREFIX
+    from shared.protocol import encode_model_update
 
     site.client.api.services.notifications.send(notification=CreateNotification(
-        subject=MODEL_UPDATE_PREFIX + json.dumps(payload, sort_keys=True, default=float),
+        subject=encode_model_update(payload),
         to_user_verify_key=SyftVerifyKey.from_string(key),
         from_user_verify_key=site.client.verify_key))
 

@@ -21,8 +21,8 @@ from . import audit_log, records
 from .audit_log import AuditLog
 from .ledger_tables import budgets, charges, charges_digest, entries, metadata  # noqa: F401
 from .state import State, migrate, now
+from .states import SPENDING, Entry, entry_sources
 
-SPENDING = ("reserved", "running", "committed", "released")
 MAX_CANDIDATES = 50_000
 
 
@@ -57,7 +57,7 @@ class Ledger:
 
         import dp_accounting
 
-        from shared.accounting import epsilon, event_from_json
+        from shared.privacy.accounting import epsilon, event_from_json
 
         if not event_jsons:
             return 0.0
@@ -253,7 +253,7 @@ class Ledger:
 
     def deny(self, request_id: str, reason: str, actor: str = "owner") -> None:
         """A denied request: its estimate is closed; nothing was ever reserved."""
-        self._transition(request_id, ("estimated",), "denied", actor, {"reason": reason})
+        self._transition(request_id, Entry.DENIED, actor, {"reason": reason})
 
     def reserve(self, request_id: str, dataset: str, researcher: str, event_json: str,
                 actor: str = "owner", alternatives: list[str] | None = None) -> dict:
@@ -299,11 +299,13 @@ class Ledger:
                 "alternatives": charges_digest([("alt", a, None) for a in alts or []])})
         return {"epsilon": eps, "dataset_after": ds_after}
 
-    def _transition(self, request_id: str, frm: tuple[str, ...], to: str, actor: str,
+    def _transition(self, request_id: str, to: str, actor: str,
                     payload: dict | None = None, c=None, **values) -> dict:
+        """Move an entry to ``to`` from a state :data:`datasite.states.ENTRY_MOVES` allows."""
         if c is None:
             with self.engine.begin() as c:
-                return self._transition(request_id, frm, to, actor, payload, c, **values)
+                return self._transition(request_id, to, actor, payload, c, **values)
+        frm, to = entry_sources(to), Entry(to).value
         row = c.execute(select(entries).where(entries.c.request_id == request_id)
                         .with_for_update()).mappings().first()
         if row is None or row["state"] not in frm:
@@ -315,10 +317,10 @@ class Ledger:
         return dict(row)
 
     def start(self, request_id: str, actor: str = "owner") -> None:
-        self._transition(request_id, ("reserved",), "running", actor)
+        self._transition(request_id, Entry.RUNNING, actor)
 
     def refund(self, request_id: str, reason: str, actor: str = "owner") -> None:
-        self._transition(request_id, ("reserved", "running"), "refunded", actor, {"reason": reason})
+        self._transition(request_id, Entry.REFUNDED, actor, {"reason": reason})
 
     def commit(self, request_id: str, realised_json: str, actor: str = "owner",
                record_charges: list[tuple] | None = None) -> None:
@@ -359,13 +361,13 @@ class Ledger:
                                   f"{row['dataset']} to eps={after:.3f} > budget "
                                   f"{b['epsilon']:g}: not released; refund it.")
             self.accountant.flush(c)
-            self._transition(request_id, ("running",), "committed", actor,
+            self._transition(request_id, Entry.COMMITTED, actor,
                              {"realised_epsilon": realised, "realised": json.loads(realised_json),
                               "charges": charges_digest(rows)}, c,
                              realised_json=realised_json, epsilon=realised)
 
     def released(self, request_id: str, actor: str = "owner") -> None:
-        self._transition(request_id, ("committed",), "released", actor)
+        self._transition(request_id, Entry.RELEASED, actor)
 
     def entry(self, request_id: str) -> dict | None:
         with self.engine.connect() as c:

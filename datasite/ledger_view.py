@@ -1,7 +1,8 @@
 """What `datasite ledger` shows: budgets, spend (tight and naive), history, and a plot."""
 from __future__ import annotations
 
-from .ledger import SPENDING, Ledger
+from .ledger import Ledger
+from .states import SPENDING
 
 
 def report(ledger: Ledger, dataset: str | None = None,

@@ -78,7 +78,7 @@ def _table_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> pd.DataF
 
 
 # -- images ----------------------------------------------------------------------------------
-def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+def upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear upsampling of ``grid[..., gh, gw]`` to ``[..., h, w]``."""
     gh, gw = grid.shape[-2:]
     ys = np.linspace(0, gh - 1, h)
@@ -96,7 +96,7 @@ def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _smooth_noise(shape: tuple, h: int, w: int, cells: int, rng: np.random.Generator):
-    return _upsample(rng.standard_normal(shape + (cells, cells)), h, w)
+    return upsample(rng.standard_normal(shape + (cells, cells)), h, w)
 
 
 def _images_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> dict:

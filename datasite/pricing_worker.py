@@ -5,7 +5,7 @@ owner has looked at anything, on the owner's machine, through third-party numeri
 this is the second wall. ``price_bounded`` sends the spec to a pricing server (``python -m
 datasite.pricing_worker``, started once, with torch and the accountants imported) which forks
 one child per spec; the child caps its address space (``RLIMIT_AS``) and CPU time and runs
-``shared.pricing.planned_event``; the server kills it at the deadline. The owner's process never
+``shared.privacy.pricing.planned_event``; the server kills it at the deadline. The owner's process never
 forks (it has threads) and pays no per-call import.
 
     from datasite.pricing_worker import price_bounded
@@ -25,14 +25,15 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from shared.accounting import AccountingError
+from shared.privacy.accounting import AccountingError
 from shared.jobs import SpecError
 
 # How long the server may take to start and import the pricing modules (first call only).
 STARTUP_TIMEOUT_S = 300.0
 # Modules every pricing needs, imported once by the server (never per call).
-_PRELOAD = ("shared.pricing", "shared.training", "shared.accounting", "shared.private_metrics",
-            "shared.dpal_plan", "shared.stats", "shared.reporting", "shared.removal",
+_PRELOAD = ("shared.privacy.pricing", "shared.training", "shared.privacy.accounting",
+            "shared.privacy.private_metrics", "shared.dpal.planner", "shared.stats",
+            "shared.privacy.reporting", "shared.removal",
             "opendp.prelude")
 _CACHE: "OrderedDict[tuple, tuple[str, list[str] | None]]" = OrderedDict()
 _CACHE_SIZE = 64
@@ -66,8 +67,8 @@ class PricingAccountingError(PricingError, AccountingError):
 # -- the owner's side --------------------------------------------------------------------------
 def price_bounded(spec: dict, meta_json: str, timeout_s: float = 30.0,
                   memory_mb: int = 2048) -> tuple[str, list[str] | None]:
-    """``(event_json, record_events)``: the JSON of ``shared.pricing.planned_event(spec, meta)``
-    and ``shared.pricing.record_events(spec, meta)`` (None: every record gets the planned
+    """``(event_json, record_events)``: the JSON of ``shared.privacy.pricing.planned_event(spec, meta)``
+    and ``shared.privacy.pricing.record_events(spec, meta)`` (None: every record gets the planned
     event), computed in a child process that is killed after ``timeout_s`` seconds of wall time
     and may allocate ``memory_mb`` MiB of address space beyond the preloaded modules it starts
     with.
@@ -216,9 +217,9 @@ def _price_in_child(request: dict, out_fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         if request.get("allocate_mb"):
             ballast = bytearray(int(request["allocate_mb"]) * 2**20)  # noqa: F841
-        from shared.accounting import event_to_json
+        from shared.privacy.accounting import event_to_json
         from shared.data import DatasetMeta
-        from shared.pricing import planned_event, record_events
+        from shared.privacy.pricing import planned_event, record_events
 
         meta = DatasetMeta.from_json(request["meta_json"])
         event = planned_event(request["spec"], meta)

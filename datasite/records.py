@@ -142,9 +142,9 @@ class _Composer:
 
     def event(self, ev: str):
         if ev not in self.events:
-            from shared.accounting import _Accountant, event_from_json
+            from shared.privacy.accounting import Accountant, event_from_json
 
-            acc = _Accountant(value_discretization_interval=self.interval)
+            acc = Accountant(value_discretization_interval=self.interval)
             acc.compose(event_from_json(ev))
             if acc._contains_non_dp_event:  # pylint: disable=protected-access
                 raise ValueError(f"a ledger event is not differentially private: {ev[:80]}")
@@ -220,7 +220,7 @@ class HistoryAccountant:
 
     def rdp_epsilons(self, histories: list[Counter], delta: float) -> np.ndarray:
         """RDP epsilon of many histories at once (a matrix product, then the conversion)."""
-        from shared.accounting import RDP_ORDERS
+        from shared.privacy.accounting import RDP_ORDERS
 
         events = sorted({e for h in histories for e in h})
         vecs = [self._rdp_vector(e) for e in events]
@@ -241,7 +241,7 @@ class HistoryAccountant:
     def rdp_epsilon(self, history: Counter, delta: float) -> float:
         from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
-        from shared.accounting import RDP_ORDERS
+        from shared.privacy.accounting import RDP_ORDERS
 
         total = np.zeros(len(RDP_ORDERS))
         for ev, k in history.items():
@@ -255,7 +255,7 @@ class HistoryAccountant:
 
     def _rdp_vector(self, ev: str):
         if ev not in self._rdp:
-            from shared.accounting import event_from_json, rdp_curve
+            from shared.privacy.accounting import event_from_json, rdp_curve
 
             self._rdp[ev] = rdp_curve(event_from_json(ev))
         return self._rdp[ev]

@@ -8,10 +8,13 @@ import json
 from typing import Any
 
 from shared.data import DatasetMeta
+from shared.jobs import MESSAGE, SPEC_KINDS
+from shared.protocol import public_privacy
 from shared.template import recognise
 
 from . import inbox
 from .config import SiteError
+from .states import Request
 
 PRICE_TIMEOUT_S = 120.0  # one request's pricing; beyond this it is refused, not waited for
 PRICE_MEMORY_MB = 4096
@@ -69,7 +72,7 @@ class ReviewMixin:
                                   "users add`); it cannot run")
         else:
             info["validation"] = self._validate(spec)
-            if spec.get("kind") == "fed_round":
+            if _lifecycle(spec) == MESSAGE:
                 info["note"] = (f"round {spec.get('round')} of schedule "
                                 f"{str(spec.get('schedule'))[:8]}: priced with its schedule, "
                                 "run by the schedule's round server")
@@ -84,7 +87,7 @@ class ReviewMixin:
     def _priced(self, request_id: str, spec: dict) -> tuple[str, list[str] | None]:
         """The request's event (and per-record alternatives), priced once in a bounded worker
         and cached; SiteError if pricing failed or went past its time or memory limit."""
-        from shared.accounting import AccountingError
+        from shared.privacy.accounting import AccountingError
         from shared.jobs import SpecError
 
         from .pricing_worker import PricingError, price_bounded
@@ -108,19 +111,18 @@ class ReviewMixin:
         return cached["event_json"], json.loads(cached["record_events_json"] or "null")
 
     def _quote(self, request_id: str, spec: dict, researcher: str) -> dict:
-        from shared.accounting import event_from_json
-        from shared.reporting import privacy_report
+        from shared.privacy.accounting import event_from_json
+        from shared.privacy.reporting import privacy_report
 
         event_json, alternatives = self._priced(request_id, spec)
         budget = self.ledger.budget(spec["dataset"])
         delta = budget["delta"] if budget else spec.get("delta", 1e-5)
-        cost = {k: v for k, v in privacy_report(event_from_json(event_json), delta).items()
-                if k != "event"}
+        cost = public_privacy(privacy_report(event_from_json(event_json), delta))
         if budget:
             cost["budget"] = self.ledger.quote(spec["dataset"], researcher, event_json,
                                                alternatives=alternatives)
             self.ledger.estimate(request_id, spec["dataset"], researcher, event_json)
-            if spec.get("kind") == "removal_logreg" and cost["budget"]["fits"]:
+            if SPEC_KINDS[spec["kind"]].UPDATED_ON_FORGET and cost["budget"]["fits"]:
                 from .forget import affordable_forgets  # each forget is a priced release
 
                 cost["forgets"] = affordable_forgets(self, spec, researcher, event_json)
@@ -135,7 +137,7 @@ class ReviewMixin:
         for rid, req in self.syft_requests().items():
             try:
                 info = self.describe_request(rid, req)
-                if info["kind"] == "fed_round":
+                if info["spec"] and _lifecycle(info["spec"]) == MESSAGE:
                     refuse_if_ended(self, rid, req, info)
             except Exception as e:  # one request the tools cannot read must not hide the rest
                 info = {"request_id": rid, "researcher": inbox.shown_sender(self.state, req),
@@ -145,7 +147,7 @@ class ReviewMixin:
                         "request_type": inbox.change_summary(req), "state": "pending",
                         "server_status": "", "validation": f"could not be read: "
                         f"{type(e).__name__}: {e}"[:500]}
-            if include_done or info["state"] in ("pending", "ran", "failed"):
+            if include_done or info["state"] in (Request.PENDING, Request.RAN, Request.FAILED):
                 out.append(info)
         return out
 
@@ -171,6 +173,11 @@ class ReviewMixin:
         meta_json = self.state.dataset(spec["dataset"])["meta_json"]
         return price_bounded(spec, meta_json, timeout_s=PRICE_TIMEOUT_S,
                              memory_mb=PRICE_MEMORY_MB)[0]
+
+
+def _lifecycle(spec: dict) -> str | None:
+    kind = SPEC_KINDS.get(spec.get("kind"))
+    return kind.LIFECYCLE if kind is not None else None
 
 
 def _asset_names(code) -> str:

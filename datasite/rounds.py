@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import sys
 import time
 from pathlib import Path
 
-from .config import SiteError
-from .execution import process_alive, run_job_subprocess
-from .inbox import sender_identity
+from shared.protocol import ResultPayload, public_privacy
 
-SERVING = "serving"
-ENDED = ("stopped", "released", "denied", "failed")  # a schedule in these serves no more rounds
+from .config import SiteError
+from .execution import process_alive, run_claimed_job
+from .inbox import sender_identity
+from .release_gate import deposit
+from .states import Request
+
+SERVING = Request.SERVING
+# a schedule in these serves no more rounds
+ENDED = (Request.STOPPED, Request.RELEASED, Request.DENIED, Request.FAILED)
 
 
 def rounds_done(own: dict) -> int:
@@ -33,18 +37,18 @@ def rounds_done(own: dict) -> int:
 def start_schedule(site, request_id: str, req, info: dict) -> dict:
     """Approve a schedule: (already reserved and started in the ledger by the caller) tell the
     researcher, and start the round server. Returns the owner's summary."""
-    from shared.accounting import event_from_json
-    from shared.reporting import privacy_report
+    from shared.privacy.accounting import event_from_json
+    from shared.privacy.reporting import privacy_report
 
     spec = info["spec"]
     budget = site.ledger.budget(spec["dataset"])
     report = privacy_report(event_from_json(site.ledger.entry(request_id)["event_json"]),
                             budget["delta"])
-    approval = {"kind": spec["kind"], "spec": spec, "approved": True, "rounds": spec["rounds"],
-                "metrics": {}, "privacy": report}
-    req.deposit_result(approval)  # the researcher's schedule request returns this
+    approval = ResultPayload(kind=spec["kind"], spec=spec, privacy=report,
+                             payload={"approved": True, "rounds": spec["rounds"]})
+    deposit(req, approval)  # the researcher's schedule request returns this
     summary = {"kind": spec["kind"], "rounds": spec["rounds"], "rounds_done": 0,
-               "privacy": {k: v for k, v in report.items() if k != "event"}}
+               "privacy": public_privacy(report)}
     site.state.set_state(request_id, SERVING, summary_json=json.dumps(summary))
     pid = _spawn(site.home.root, request_id)
     site.state.set_state(request_id, SERVING, runner_pid=pid)
@@ -76,19 +80,22 @@ def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.
             continue
         if time.monotonic() - last_activity > idle_timeout:
             finish(site, schedule_id, reason=f"no round request for {idle_timeout:.0f}s")
-            return "stopped"
+            return Request.STOPPED
         time.sleep(poll)
 
 
 def _round_for(req, schedule_id: str) -> dict | None:
     """The spec of ``req`` if it is a round request of this schedule, else None."""
+    from shared.jobs import MESSAGE, SPEC_KINDS
     from shared.template import recognise
 
     from .inbox import code_of
 
     code = code_of(req)  # a request without code is no round of anything
     spec = (recognise(code.raw_code) if code is not None else None) or {}
-    return spec if spec.get("kind") == "fed_round" and spec.get("schedule") == schedule_id \
+    kind = SPEC_KINDS.get(spec.get("kind"))
+    is_message = kind is not None and kind.LIFECYCLE == MESSAGE
+    return spec if is_message and spec.get("schedule") == schedule_id \
         else None
 
 
@@ -124,7 +131,7 @@ def _refuse(site, rid, req, researcher, reason: str) -> None:
     req.deny(reason=reason)
     site.state.claim_for_run(rid, dataset=None, researcher=researcher, func_name=None,
                              spec_json=None)
-    site.state.set_state(rid, "denied", reason=reason)
+    site.state.set_state(rid, Request.DENIED, reason=reason)
 
 
 def refuse_if_ended(site, rid: str, req, info: dict) -> bool:
@@ -137,7 +144,7 @@ def refuse_if_ended(site, rid: str, req, info: dict) -> bool:
     why = json.loads(schedule["summary_json"] or "{}").get("ended") or schedule["state"]
     _refuse(site, rid, req, info["researcher"], "the site stopped participating in schedule "
             f"{schedule['request_id'][:8]} ({why})")
-    info["state"] = "denied"
+    info["state"] = Request.DENIED
     return True
 
 
@@ -148,11 +155,9 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
                              func_name=req.code.service_func_name,
                              spec_json=json.dumps(round_spec, sort_keys=True))
     result_path = site.home.results / f"{rid}.pkl"
-    execution = site.state.start_execution(rid, spec["dataset"])
     try:
-        run_job_subprocess(job, row["path"], result_path, progress=False)
+        result = run_claimed_job(site.state, rid, job, row["path"], result_path, progress=False)
     except BaseException as e:
-        site.state.finish_execution(execution, "failed")
         # the job's log stays with the owner: a traceback can quote private values
         site.ledger.log("round_failed", schedule_id, {"round": r, "round_request": rid,
                                                       "error": str(e)[-2000:]})
@@ -161,17 +166,14 @@ def _run_round(site, schedule_id, spec, researcher, rid, req, round_spec, r) -> 
         finish(site, schedule_id, reason=f"round {r} failed at the datasite (the owner has "
                                          "the details)")
         return
-    site.state.finish_execution(execution, "ok")
-    with open(result_path, "rb") as f:
-        result = pickle.load(f)
     try:
-        released = released_round(result)
+        check_round_metrics(result)
     except SiteError as e:
         _refuse(site, rid, req, researcher, f"round {r} withheld by the datasite")
         finish(site, schedule_id, reason=str(e))
         return
-    req.deposit_result(released)
-    site.state.set_state(rid, "released", result_path=str(result_path))
+    deposit(req, result, only=ROUND_KEYS)
+    site.state.set_state(rid, Request.RELEASED, result_path=str(result_path))
     own = site.state.request(schedule_id)
     summary = json.loads(own["summary_json"] or "{}")
     summary["rounds_done"] = r + 1
@@ -186,21 +188,29 @@ ROUND_KEYS = ("kind", "spec", "round", "rounds", "model_state", "model_config", 
               "privacy")
 
 
-def released_round(result: dict) -> dict:
-    """The part of a round's result that the schedule priced; SiteError if its metrics did not
-    come through the DP mechanism (the owner does not see rounds, so nothing else may leave)."""
-    from shared.private_metrics import MECHANISM
+def check_round_metrics(result: ResultPayload) -> None:
+    """SiteError unless the round's metrics came through the priced DP mechanism (the owner
+    does not see rounds, so nothing unpriced may leave)."""
+    from shared.privacy.private_metrics import MECHANISM
 
-    metrics = result.get("metrics") or {}
-    if metrics.get("test_accuracy") is not None and metrics.get("mechanism") != MECHANISM:
+    if result.metrics.get("test_accuracy") is not None \
+            and result.metrics.get("mechanism") != MECHANISM:
         raise SiteError("round metrics did not come through the priced DP mechanism; the round "
                         "was not released")
-    return {k: result[k] for k in ROUND_KEYS if k in result}
+
+
+def released_round(result: dict) -> dict:
+    """What the release gate deposits for a round's ``result``; SiteError if its metrics did
+    not come through the DP mechanism."""
+    payload = ResultPayload.from_dict(result)
+    check_round_metrics(payload)
+    view = payload.public_view()
+    return {k: view[k] for k in ROUND_KEYS if k in view}
 
 
 def finish(site, schedule_id: str, reason: str) -> dict:
     """End a schedule: commit the rounds that ran (refund the rest) and deny its waiting rounds."""
-    from shared.accounting import event_to_json
+    from shared.privacy.accounting import event_to_json
     from shared.data import DatasetMeta
     from shared.jobs import spec_from_dict
 
@@ -212,12 +222,12 @@ def finish(site, schedule_id: str, reason: str) -> dict:
     done = rounds_done(own)
     if done == 0:
         site.ledger.refund(schedule_id, reason=f"schedule ended before any round: {reason}")
-        final = "stopped"
+        final = Request.STOPPED
     else:
         meta = DatasetMeta.from_json(site.state.dataset(spec.dataset)["meta_json"])
         site.ledger.commit(schedule_id, event_to_json(spec.rounds_event(meta, done)))
         site.ledger.released(schedule_id)
-        final = "released" if done >= spec.rounds else "stopped"
+        final = Request.RELEASED if done >= spec.rounds else Request.STOPPED
     summary = json.loads(own["summary_json"] or "{}")
     summary.update(rounds_done=done, ended=reason)
     site.state.set_state(schedule_id, final, reason=reason, summary_json=json.dumps(summary),
@@ -226,7 +236,7 @@ def finish(site, schedule_id: str, reason: str) -> dict:
         mine = site.state.request(rid)
         # waiting rounds, and a round whose job was cut short by the stop
         if req.status.name == "PENDING" and (mine is None or mine["state"] not in (
-                "released", "denied")) and _round_for(req, schedule_id) is not None:
+                Request.RELEASED, Request.DENIED)) and _round_for(req, schedule_id) is not None:
             _refuse(site, rid, req, own["researcher"],
                     f"the site stopped participating in schedule {schedule_id[:8]} ({reason})")
     site.publish_budgets([own["researcher"]])

@@ -5,14 +5,15 @@ A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, `
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
+
+from shared.jobs import MESSAGE, SCHEDULE, spec_from_dict
 
 from . import inbox
 from .config import SiteError
-from .execution import process_alive, run_job_subprocess
+from .execution import process_alive, run_claimed_job
 from .ledger import LedgerError
-
+from .states import Entry, Request
 
 
 class RunMixin:
@@ -32,7 +33,7 @@ class RunMixin:
 
     def _run_locked(self, request_id: str, req, progress: bool) -> dict:
         info = self.describe_request(request_id, req, with_cost=False)
-        if info["state"] == "denied":
+        if info["state"] == Request.DENIED:
             raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
         if info["kind"] == inbox.NOT_CODE:
             raise SiteError(f"Request {request_id[:8]} is not a code request "
@@ -48,10 +49,12 @@ class RunMixin:
         if info["validation"] != "ok":
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]
-        context = self._job_context(spec, info["researcher"])
-        if spec["kind"] == "fed_round":
-            raise SiteError(f"Request {request_id[:8]} is a round of a federated schedule: the "
-                            "schedule's round server runs it once the schedule is approved.")
+        job = spec_from_dict(spec)
+        if job.LIFECYCLE == MESSAGE:
+            raise SiteError(f"Request {request_id[:8]} is a {job.KIND} message inside a schedule: "
+                            "the schedule's round server handles it once the schedule is "
+                            "approved.")
+        context = self._job_context(job, info["researcher"])
         row = self.state.dataset(spec["dataset"])
         self._recover_interrupted(request_id)
         if self.ledger.budget(spec["dataset"]) is None:
@@ -69,48 +72,44 @@ class RunMixin:
             self.ledger.reserve(request_id, spec["dataset"], info["researcher"], event_json,
                                 alternatives=alternatives)
         except (LedgerError, SiteError) as e:
-            self.state.set_state(request_id, "failed", reason=str(e))
+            self.state.set_state(request_id, Request.FAILED, reason=str(e))
             raise SiteError(str(e)) from None
         self.ledger.start(request_id)
         self.publish_budgets([info["researcher"]])
-        if spec["kind"] == "fed_dpsgd_table":
+        if job.LIFECYCLE == SCHEDULE:
             from .rounds import start_schedule
 
             return start_schedule(self, request_id, req, info)
         result_path = self.home.results / f"{request_id}.pkl"
-        execution = self.state.start_execution(request_id, spec["dataset"])
         try:
-            run_job_subprocess(spec, row["path"], result_path, progress, context=context,
-                               on_start=lambda pid: self.state.set_state(request_id, "running",
-                                                                         runner_pid=pid))
+            result = run_claimed_job(self.state, request_id, spec, row["path"], result_path,
+                                     progress, context=context)
         except BaseException as e:
-            self.state.finish_execution(execution, "failed")
-            self.state.set_state(request_id, "failed", reason=str(e)[-2000:])
+            self.state.set_state(request_id, Request.FAILED, reason=str(e)[-2000:])
             self.ledger.refund(request_id, reason="job failed")
             self.publish_budgets([info["researcher"]])
             raise
-        self.state.finish_execution(execution, "ok")
-        with open(result_path, "rb") as f:
-            result = pickle.load(f)
-        summary = summarise(result)
-        self.state.set_state(request_id, "ran", result_path=str(result_path),
+        summary = result.summary()
+        self.state.set_state(request_id, Request.RAN, result_path=str(result_path),
                              summary_json=json.dumps(summary))
         return summary
 
-    def _job_context(self, spec: dict, researcher: str) -> dict | None:
-        """What the owner adds to a job that builds on an earlier release (a DP extractor)."""
-        ref = spec.get("extractor") if spec.get("kind") == "removal_logreg" else None
-        if not ref:
-            return None
-        own = self.state.request(ref)
-        if own is None or own["state"] != "released":
-            raise SiteError(f"The extractor {ref[:8]} is not a released job on {self.name}.")
-        if own["researcher"] != researcher or own["dataset"] != spec["dataset"]:
-            raise SiteError(f"The extractor {ref[:8]} must be a job released to {researcher} "
-                            f"on {spec['dataset']}.")
-        if json.loads(own["spec_json"])["kind"] not in ("dpsgd_table", "dpsgd_images"):
-            raise SiteError(f"The extractor {ref[:8]} is not a DP-SGD model.")
-        return {"extractor_result": own["result_path"]}
+    def _job_context(self, job, researcher: str) -> dict | None:
+        """What the owner adds to a job that builds on earlier releases (``context_sources``):
+        context key -> the owner's result file of that release."""
+        context = {}
+        for key, ref in job.context_sources().items():
+            own = self.state.request(ref)
+            if own is None or own["state"] != Request.RELEASED:
+                raise SiteError(f"The {key} {ref[:8]} is not a released job on {self.name}.")
+            if own["researcher"] != researcher or own["dataset"] != job.dataset:
+                raise SiteError(f"The {key} {ref[:8]} must be a job released to {researcher} "
+                                f"on {job.dataset}.")
+            if json.loads(own["spec_json"])["kind"] not in job.CONTEXT_FROM_KINDS:
+                raise SiteError(f"The {key} {ref[:8]} is not a "
+                                f"{' or '.join(job.CONTEXT_FROM_KINDS)} job.")
+            context[key] = own["result_path"]
+        return context or None
 
     def _recover_interrupted(self, request_id: str) -> None:
         """A run whose owner process died: refund its reservation, visibly, so it can run again.
@@ -118,23 +117,18 @@ class RunMixin:
         Its job process is gone and left no result, so nothing was computed that could leave.
         """
         own = self.state.request(request_id)
-        if not own or own["state"] != "running":
+        if not own or own["state"] != Request.RUNNING:
             return
         if own["runner_pid"] and process_alive(own["runner_pid"]):
             raise SiteError(f"Request {request_id[:8]} is running now (pid {own['runner_pid']}).")
         if own["result_path"] and Path(own["result_path"]).exists():
             return
         entry = self.ledger.entry(request_id)
-        if entry and entry["state"] in ("reserved", "running"):
+        if entry and entry["state"] in (Entry.RESERVED, Entry.RUNNING):
             self.ledger.refund(request_id, reason="interrupted: the job process died")
-        self.state.set_state(request_id, "failed", reason="interrupted; reservation refunded")
+        self.state.set_state(request_id, Request.FAILED, reason="interrupted; reservation refunded")
 
     def executions(self, request_id: str | None = None) -> int:
         """How many times any job (or this request) touched the private data."""
         return self.state.execution_count(request_id)
 
-
-def summarise(result: dict) -> dict:
-    """What the owner sees before releasing: metrics and privacy, no model bytes."""
-    return {"kind": result.get("kind"), "metrics": result.get("metrics"),
-            "privacy": {k: v for k, v in (result.get("privacy") or {}).items() if k != "event"}}

@@ -2,7 +2,8 @@
 
 ``python -m datasite.runner SPEC_JSON DATASET_DIR RESULT_FILE [CONTEXT_JSON]`` prints progress
 as JSON lines and writes the result (a pickle the owner's own process produced and alone reads).
-CONTEXT_JSON comes from the owner (e.g. the result file of a released job a new job builds on).
+CONTEXT_JSON comes from the owner: context key -> result file of a released job a new job builds
+on (``JobSpec.context_sources``).
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     args = argv or sys.argv[1:]
     spec_json, dataset_dir, result_file = args[:3]
     context = None
-    if len(args) > 3:
-        owner = json.loads(args[3])
-        with open(owner["extractor_result"], "rb") as f:
-            context = {"extractor": pickle.load(f)}
+    if len(args) > 3:  # context key -> result file of an earlier release (JobSpec.context_sources)
+        context = {}
+        for key, path in json.loads(args[3]).items():
+            with open(path, "rb") as f:
+                context[key] = pickle.load(f)
     data, meta = read_private(Path(dataset_dir))
 
     def progress(done: int, total: int) -> None:

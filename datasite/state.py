@@ -16,6 +16,7 @@ from sqlalchemy import (Column, DateTime, ForeignKey, Integer, MetaData, String,
 from sqlalchemy.engine import Engine
 
 from .config import SiteHome
+from .states import CLAIMABLE, Request, check_request_move
 
 metadata = MetaData()
 
@@ -173,30 +174,33 @@ class State:
         return dict(row) if row else None
 
     def claim_for_run(self, request_id: str, **fields) -> bool:
-        """Atomically move a request into 'running'; False if it was ever run before."""
+        """Atomically move a request into 'running'; False unless it is pending or failed (a
+        job runs at most once; a failed one, refunded, may run again)."""
         with self.engine.begin() as c:
             row = c.execute(select(requests.c.state).where(requests.c.request_id == request_id)
                             .with_for_update()).first()
-            if row is None:
-                c.execute(insert(requests).values(request_id=request_id, state="running",
-                                                  updated_at=now(), **fields))
-                return True
-            if row[0] != "failed":
+            if row is not None and row[0] not in CLAIMABLE:
                 return False
-            c.execute(update(requests).where(requests.c.request_id == request_id)
-                      .values(state="running", updated_at=now(), **fields))
+            self._write_state(c, request_id, row[0] if row else None, Request.RUNNING, fields)
             return True
 
     def set_state(self, request_id: str, state: str, **fields) -> None:
+        """Move a request to ``state`` (only along :data:`datasite.states.REQUEST_MOVES`;
+        IllegalMove otherwise), updating ``fields``."""
         with self.engine.begin() as c:
-            exists = c.execute(select(requests.c.request_id)
-                               .where(requests.c.request_id == request_id)).first()
-            if exists:
-                c.execute(update(requests).where(requests.c.request_id == request_id)
-                          .values(state=state, updated_at=now(), **fields))
-            else:
-                c.execute(insert(requests).values(request_id=request_id, state=state,
-                                                  updated_at=now(), **fields))
+            row = c.execute(select(requests.c.state).where(requests.c.request_id == request_id)
+                            .with_for_update()).first()
+            self._write_state(c, request_id, row[0] if row else None, state, fields)
+
+    @staticmethod
+    def _write_state(c, request_id: str, current: str | None, state: str, fields: dict) -> None:
+        to = str(check_request_move(request_id, current, state))
+        if current is not None:
+            c.execute(update(requests).where(requests.c.request_id == request_id)
+                      .values(state=to, updated_at=now(), **fields))
+        else:
+            c.execute(insert(requests).values(request_id=request_id, state=to,
+                                              updated_at=now(), **fields))
 
     # researchers
     def update_dataset_meta(self, name: str, meta_json: str) -> None:

@@ -9,6 +9,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from shared.protocol import public_privacy
+
 
 def _section(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         _section("Researcher: the result")
         result = request.wait(timeout=120)
         print("metrics:", json.dumps(result.metrics, indent=2, default=str))
-        print("privacy:", json.dumps({k: v for k, v in result.privacy.items() if k != "event"},
+        print("privacy:", json.dumps(public_privacy(result.privacy),
                                      indent=2, default=str))
         _section("Owner: the privacy ledger")
         from datasite.ledger_view import render, report

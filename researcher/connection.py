@@ -7,7 +7,8 @@ import urllib.request
 import warnings
 
 from shared.display import escape
-from shared.data import AUDIT_HEAD_KEY, BUDGET_NOTE_PREFIX, DatasetMeta, parse_published
+from shared.data import DatasetMeta, parse_published
+from shared.protocol import AUDIT_HEAD_KEY, decode_budget_note
 
 from .errors import ConnectError, ResearcherError
 
@@ -102,10 +103,9 @@ class Site:
         return self.client.name
 
     def _budget_notes(self) -> list[dict]:
-        notes = [n for n in self.client.api.services.notifications.get_all()
-                 if n.subject.startswith(BUDGET_NOTE_PREFIX)]
-        notes.sort(key=lambda n: n.created_at)
-        return [json.loads(n.subject[len(BUDGET_NOTE_PREFIX):]) for n in notes]
+        notes = sorted(self.client.api.services.notifications.get_all(),
+                       key=lambda n: n.created_at)
+        return [note for note in (decode_budget_note(n.subject) for n in notes) if note]
 
     def budgets(self) -> dict:
         """Your privacy budget per dataset: the latest figures the owner sent you."""

@@ -66,7 +66,8 @@ class Federation:
         or goes down drops out; the others go on."""
         from tqdm.auto import tqdm
 
-        from shared.federated import average_states, load_state, state_to_text
+        from shared.training.federated import average_states, state_to_text
+        from shared.training.serialise import load_state
         from shared.jobs.federated import FedRoundSpec, FedScheduleSpec
 
         base = {k: v for k, v in job.spec.to_dict().items() if k != "kind"}
@@ -202,8 +203,9 @@ class FederatedResult:
     @property
     def privacy(self) -> dict[str, dict]:
         """Each contributing site's own guarantee (averaging does not change any of them)."""
-        return {name: {k: v for k, v in r.privacy.items() if k != "event"}
-                for name, r in sorted(self.results.items())}
+        from shared.protocol import public_privacy
+
+        return {name: public_privacy(r.privacy) for name, r in sorted(self.results.items())}
 
     @property
     def metrics(self) -> dict:
@@ -218,7 +220,8 @@ class FederatedResult:
 
     def model(self):
         """The federated average of the sites' models, weighted by their training-record counts."""
-        from shared.federated import average_states, load_state
+        from shared.training.federated import average_states
+        from shared.training.serialise import load_state
 
         configs = [r.raw.get("model_config") for r in self.results.values()]
         if any(c is None for c in configs):
@@ -229,7 +232,7 @@ class FederatedResult:
                                   "same columns and label set at every site.")
         states = [load_state(r.raw["model_state"]) for r in self.results.values()]
         weights = [r.metrics.get("n_train") or 0 for r in self.results.values()]
-        from shared.models import build_from_config
+        from shared.training.models import build_from_config
 
         model = build_from_config(configs[0])
         model.load_state_dict(average_states(states, weights))
@@ -261,7 +264,7 @@ class FederatedTraining:
         return next(iter(self.history[-1]["last"].results.values())).raw["model_config"]
 
     def model(self):
-        from shared.models import build_from_config
+        from shared.training.models import build_from_config
 
         model = build_from_config(self.model_config)
         model.load_state_dict(self.state)

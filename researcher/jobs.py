@@ -16,8 +16,15 @@ from shared.jobs import DPSGDTableSpec, SpecError
 from shared.targets import Target, privacy_fields  # noqa: F401  (jobs.Target for users)
 
 
-class _Job:
+class Job:
+    """A job of any registered kind, built from its spec (``shared.jobs``); the builders below
+    are subclasses that build the spec from keyword arguments. ``Job(spec)`` submits a kind
+    that has no builder yet (e.g. one an owner added as a job module)."""
+
     spec: object
+
+    def __init__(self, spec):
+        self.spec = spec.validate()
 
     def run_on_mock(self, site, progress=None) -> "JobResult":
         """Run the same job code locally on the dataset's mock data."""
@@ -46,7 +53,7 @@ def _delta(delta) -> float:
     return delta
 
 
-class DPSGD(_Job):
+class DPSGD(Job):
     """DP-SGD training of a classifier (logistic regression or MLP) on a table.
 
     Give ``epsilon`` (at ``delta``) or ``privacy=Target(mu=...)`` / ``Target(tpr=..., fpr=...)``:
@@ -58,7 +65,7 @@ class DPSGD(_Job):
                                    **privacy_fields(epsilon, privacy), **options).validate()
 
 
-class DPSGDImages(_Job):
+class DPSGDImages(Job):
     """DP-SGD on images: a GroupNorm CNN or ResNet-9 trained end to end, or (``model="head"``,
     the fast path) a DP head on features of a frozen, data-independent ``backbone``.
     ``epsilon`` or ``privacy=Target(...)`` as for :class:`DPSGD`."""
@@ -69,13 +76,20 @@ class DPSGDImages(_Job):
                                    **privacy_fields(epsilon, privacy), **options).validate()
 
 
-class DPActiveLearning(_Job):
+class DPActiveLearning(Job):
     """DP active learning: a start set, then ``query_sizes`` acquisitions selected privately,
     with DP-SGD between them; ``mode="step_amplified"`` gives late groups higher sampling rates
-    so every record ends at ``epsilon``. ``plan(site)`` shows the schedule before you submit."""
+    so every record ends at ``epsilon``. ``plan(site)`` shows the schedule before you submit.
+
+    The design card's spelling works too: ``start`` (= ``start_size``) labelled records, then
+    ``queries`` (= ``query_sizes``, one size per round; ``rounds`` must match if given), and
+    ``step_amplification`` (True: ``mode="step_amplified"``, False: ``"naive"``)."""
 
     def __init__(self, dataset: str, epsilon: float | None = None, delta: float | None = None,
-                 *, privacy: Target | None = None, **options):
+                 *, privacy: Target | None = None, start: int | None = None,
+                 queries: list | None = None, rounds: int | None = None,
+                 step_amplification: bool | None = None, **options):
+        options = _design_card_options(options, start, queries, rounds, step_amplification)
         fields = privacy_fields(epsilon, privacy)
         if fields["target"]:
             # Step amplification plans every group's rates to end at one epsilon; a mu or TPR
@@ -93,23 +107,26 @@ class DPActiveLearning(_Job):
         return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
 
 
-def ActiveLearning(dataset: str, epsilon: float | None = None, delta: float | None = None, *,
-                   start: int, queries: list, rounds: int | None = None,
-                   step_amplification: bool = True, privacy: Target | None = None,
-                   **options) -> DPActiveLearning:
-    """The design card's spelling of :class:`DPActiveLearning`: ``start`` labelled records, then
-    ``queries`` (one size per round; ``rounds`` must match if given)."""
-    from shared.jobs import SpecError
-
-    if rounds is not None and rounds != len(queries):
-        raise SpecError(f"rounds={rounds} but {len(queries)} query sizes were given: give one "
+def _design_card_options(options: dict, start, queries, rounds, step_amplification) -> dict:
+    """``options`` with the spec fields the design card's keywords stand for (None: not
+    given); a field given both ways is an error."""
+    sizes = queries if queries is not None else options.get("query_sizes", [])
+    if rounds is not None and rounds != len(sizes):
+        raise SpecError(f"rounds={rounds} but {len(sizes)} query sizes were given: give one "
                         "size per round")
-    return DPActiveLearning(dataset, epsilon, delta, privacy=privacy, start_size=start,
-                            query_sizes=list(queries),
-                            mode="step_amplified" if step_amplification else "naive", **options)
+    card = {"start_size": start, "query_sizes": None if queries is None else list(queries),
+            "mode": None if step_amplification is None
+            else "step_amplified" if step_amplification else "naive"}
+    out = dict(options)
+    for name, value in card.items():
+        if value is not None:
+            if name in options:
+                raise SpecError(f"{name} is given twice (once by its design-card keyword)")
+            out[name] = value
+    return out
 
 
-class RemovableLogReg(_Job):
+class RemovableLogReg(Job):
     """L2-regularised logistic regression with objective perturbation whose records can later
     be removed (the datasite's `forget`): on a table, or on frozen backbone features of images
     (``features=<backbone>``). After each forget, ``request.updates()`` brings a fresh DP
@@ -120,7 +137,7 @@ class RemovableLogReg(_Job):
         self.spec = RemovalSpec(dataset=dataset, delta=delta, **options).validate()
 
 
-class Statistics(_Job):
+class Statistics(Job):
     """A batch of DP statistics (count, sum, mean, histogram, quantile) on table columns, each
     with declared bounds and its own epsilon. Add queries with the helpers, then submit."""
 

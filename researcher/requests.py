@@ -110,16 +110,12 @@ class JobRequest:
     def updates(self) -> list["ModelUpdate"]:
         """Updates of this request's model after records were forgotten at the datasite
         (removal-enabled models only), oldest first."""
-        import json
-
-        from shared.data import MODEL_UPDATE_PREFIX
+        from shared.protocol import decode_model_update
 
         out = []
         for n in self.site.client.api.services.notifications.get_all():
-            if not n.subject.startswith(MODEL_UPDATE_PREFIX):
-                continue
-            payload = json.loads(n.subject[len(MODEL_UPDATE_PREFIX):])
-            if payload.get("request") == self.id:
+            payload = decode_model_update(n.subject)
+            if payload is not None and payload.get("request") == self.id:
                 out.append(ModelUpdate(payload, self._result))
         return sorted(out, key=lambda u: u.version)
 

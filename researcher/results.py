@@ -52,23 +52,23 @@ class JobResult:
     def plot_group_epsilon(self, path: str) -> str:
         """Each labelled group's epsilon after each round."""
         from shared.dpal import plot_group_epsilon
-        from shared.dpal_plan import Plan
+        from shared.dpal import Plan
 
         return plot_group_epsilon(Plan.from_dict(self.plan), path)
 
     @property
     def model(self):
-        from shared.results import load_model
+        from shared.training.results import load_model
 
         return load_model(self.raw)
 
     def save_model(self, path: str) -> None:
         """Write the model as a plain torch file: state_dict plus its config."""
-        import io
-
         import torch
 
-        torch.save({"state_dict": torch.load(io.BytesIO(self.raw["model_state"]), weights_only=True),
+        from shared.training.serialise import load_state
+
+        torch.save({"state_dict": load_state(self.raw["model_state"]),
                     "config": self.raw["model_config"]}, path)
 
     def __repr__(self) -> str:

@@ -13,12 +13,6 @@ from typing import Any
 
 TABLE = "table"
 IMAGES = "images"
-# The datasite tells each researcher their budget in a private note whose subject starts so.
-BUDGET_NOTE_PREFIX = "dp-datasite budget: "
-# The budget note's key for the site's signed audit head (shared/audit_chain.py).
-AUDIT_HEAD_KEY = "_audit_head"
-# ... and about an update of a removal-enabled model after a record was forgotten.
-MODEL_UPDATE_PREFIX = "dp-datasite model update: "
 _META_FENCE = "```json dp-datasite-meta"
 
 
@@ -122,7 +116,7 @@ def csv_safe_frame(df):
 
 def n_train_records(n_records: int, test_fraction: float) -> int:
     """The planned (public) training-record count after the held-out split. The split itself is
-    per record (``shared.training.split_indices``), so the realised count is Binomial and
+    per record (``shared.training.split.split_indices``), so the realised count is Binomial and
     private; every privacy-relevant quantity of a job (Poisson rate, steps, regulariser,
     reported counts) uses this planned count instead."""
     n_test = int(math.ceil(n_records * test_fraction)) if test_fraction > 0 else 0

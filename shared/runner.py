@@ -5,10 +5,11 @@ from contextlib import ExitStack
 from typing import Callable
 
 from .data import TABLE, DatasetMeta
-from .private_metrics import mock_evaluation
+from .privacy.private_metrics import mock_evaluation
 from .randomness import pinned_randomness
 from .schema import clip_table
-from .jobs import spec_from_dict
+from .errors import SpecError
+from .jobs import MESSAGE, spec_from_dict
 
 
 def run_job(spec_dict: dict, data, meta: DatasetMeta,
@@ -21,14 +22,18 @@ def run_job(spec_dict: dict, data, meta: DatasetMeta,
     Raises ``SpecError`` before touching the data if the spec cannot run.
     Sampling and noise are fresh secrets unless ``pin_randomness`` is given (mock runs only:
     a datasite never pins, see :mod:`shared.randomness`). ``context``: what the datasite adds
-    for kinds that build on an earlier released job (``NEEDS_CONTEXT``), never the researcher.
+    for kinds that build on an earlier released job (``NEEDS_CONTEXT``: the results named by the
+    spec's ``context_sources``), never the researcher.
     ``mock``: the data is the public mock, so metrics are exact and labelled mock (a datasite
-    never sets it: on private data they are DP, :mod:`shared.private_metrics`).
+    never sets it: on private data they are DP, :mod:`shared.privacy.private_metrics`).
     """
     spec = spec_from_dict(spec_dict).validate(meta)
+    if spec.LIFECYCLE == MESSAGE:
+        raise SpecError(f"{spec.KIND} is a message inside an approved schedule, not a job; the "
+                        "schedule's server runs the schedule's own spec")
     if meta.kind == TABLE:  # values outside the declared bounds are clipped, never widen them
         data = clip_table(data, meta)
-    kwargs = {"context": context} if getattr(spec, "NEEDS_CONTEXT", False) else {}
+    kwargs = {"context": context} if spec.NEEDS_CONTEXT else {}
     with ExitStack() as stack:
         if pin_randomness is not None:
             stack.enter_context(pinned_randomness(pin_randomness))

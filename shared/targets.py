@@ -3,7 +3,7 @@
 A researcher asks for one of
 * ``Target(epsilon=e)``: (e, delta)-DP at the spec's delta (the spec's ``epsilon`` field, the
   default path, unchanged);
-* ``Target(mu=m)``: the released model is m-GDP (fitted as in :mod:`shared.reporting`);
+* ``Target(mu=m)``: the released model is m-GDP (fitted as in :mod:`shared.privacy.reporting`);
 * ``Target(tpr=t, fpr=f)``: no membership attack reaches TPR t at FPR f.
 
 The target is data in the spec (``target`` = {} | {"mu": m} | {"tpr": t, "fpr": f}; ``epsilon``
@@ -68,8 +68,8 @@ def noise_multiplier(spec, sample_rate: float, steps: int) -> float:
 @functools.lru_cache(maxsize=64)
 def _calibrate(q: float, steps: int, epsilon: float, delta: float, target: tuple) -> float:
     # Cached: pricing, reservation and the job itself ask for the same sigma (deterministic).
-    from .accounting import calibrate_noise
-    from .reporting import calibrate_noise_for
+    from .privacy.accounting import calibrate_noise
+    from .privacy.reporting import calibrate_noise_for
 
     if not target:
         return calibrate_noise(q, steps, epsilon, delta)

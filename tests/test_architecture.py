@@ -158,3 +158,54 @@ def test_shared_cycles_only_shrink():
     stale = [sorted(k) for k in KNOWN_SHARED_CYCLES if k not in found]
     assert not stale, (f"KNOWN_SHARED_CYCLES lists {stale}, which shrank or is gone: replace "
                        f"it with what remains of it in {sorted(map(sorted, found))}")
+
+
+def _calls_and_compares(pkg: str):
+    for name, path in _modules().items():
+        if _in(pkg, name):
+            yield name, ast.parse(path.read_text())
+
+
+def test_only_the_release_gate_deposits_results():
+    """Everything a researcher receives goes through datasite.release_gate (public views only)."""
+    bad = sorted(name for name, tree in _calls_and_compares("datasite")
+                 if name != "datasite.release_gate" and any(
+                     isinstance(n, ast.Attribute) and n.attr == "deposit_result"
+                     for n in ast.walk(tree)))
+    assert not bad, (f"{bad} call deposit_result directly; deposit through "
+                     "datasite.release_gate.deposit, which releases only the public view")
+
+
+def test_owner_side_never_asks_for_a_job_kind_by_name():
+    """Kind differences reach datasite/ through hooks on the spec (LIFECYCLE,
+    UPDATED_ON_FORGET, context_sources, public_payload), never `kind == "..."`."""
+    from shared.jobs import SPEC_KINDS
+
+    kinds = set(SPEC_KINDS)
+    bad = []
+    for name, tree in _calls_and_compares("datasite"):
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Compare):
+                consts = [c for c in [n.left, *n.comparators] if isinstance(c, ast.Constant)]
+                consts += [e for c in n.comparators if isinstance(c, (ast.Tuple, ast.Set, ast.List))
+                           for e in c.elts if isinstance(e, ast.Constant)]
+                bad += [f"{name}:{n.lineno} {c.value!r}" for c in consts if c.value in kinds]
+    assert not bad, f"datasite/ compares against job kind names: {bad}; add a hook on the spec"
+
+
+def test_no_private_name_is_imported_across_modules():
+    known = set(_modules())
+    bad = []
+    for name, path in _modules().items():
+        for n in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(n, ast.ImportFrom):
+                continue
+            base = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            for _ in range(max(n.level - 1, 0)):
+                base = base.rpartition(".")[0]
+            target = (f"{base}.{n.module}" if n.module else base) if n.level else n.module
+            if not any(target == k or target.startswith(k + ".") for k in known):
+                continue  # a third-party module: its underscores are its own business
+            bad += [f"{name}: from {target} import {a.name}" for a in n.names
+                    if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, f"private names used across modules: {bad}; make them public or move them"

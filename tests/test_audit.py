@@ -9,9 +9,9 @@ import pytest
 import scipy.stats
 import torch
 
-from shared import dpsgd
-from shared.audit import audit_job
-from shared.audit_bound import epsilon_lower_bound, guess_and_bound, p_value
+from shared.training import engine
+from shared.privacy.audit import audit_job
+from shared.privacy.audit_bound import epsilon_lower_bound, guess_and_bound, p_value
 from shared.data import TABLE, DatasetMeta
 from shared.randomness import pinned_randomness
 from shared.jobs import SpecError
@@ -91,7 +91,7 @@ def test_dpsgd_without_noise_is_flagged(bc, monkeypatch):
     """The attack test: the same job with DP-SGD's noise switched off (test-only hook), still
     reporting its calibrated sigma, is caught; with the noise on (above) it is not."""
     df, meta = bc
-    monkeypatch.setattr(dpsgd, "TEST_ONLY_DISABLE_NOISE", True)
+    monkeypatch.setattr(engine, "TEST_ONLY_DISABLE_NOISE", True)
     with pinned_randomness(1):
         rep = audit_job(DPSGD, df, meta, canaries=1000)
     assert rep["noise_disabled_by_test_hook"]
@@ -99,15 +99,16 @@ def test_dpsgd_without_noise_is_flagged(bc, monkeypatch):
     assert rep["correct"] >= 0.95 * rep["guesses"]
 
 
-def test_noise_hook_is_off_by_default_and_reaches_both_engines(monkeypatch):
-    """The hook zeroes the noise inside Opacus for DPTrainer (DP-AL) too, only when set."""
+def test_noise_hook_is_off_by_default_and_reaches_the_engine(monkeypatch):
+    """The hook zeroes the noise inside Opacus for DPTrainer, the one DP-SGD engine (table,
+    images, DP-AL), only when set."""
     from torch import nn
 
-    assert dpsgd.TEST_ONLY_DISABLE_NOISE is False
-    make = lambda: dpsgd.DPTrainer(nn.Linear(3, 2), clip_norm=1.0, noise_multiplier=1.5,  # noqa
-                                   learning_rate=0.1, seed=0, device="cpu")
+    assert engine.TEST_ONLY_DISABLE_NOISE is False
+    make = lambda: engine.DPTrainer(nn.Linear(3, 2), clip_norm=1.0, noise_multiplier=1.5,  # noqa
+                                    learning_rate=0.1, seed=0, device="cpu")
     assert make().optimizer.noise_multiplier == 1.5
-    monkeypatch.setattr(dpsgd, "TEST_ONLY_DISABLE_NOISE", True)
+    monkeypatch.setattr(engine, "TEST_ONLY_DISABLE_NOISE", True)
     assert make().optimizer.noise_multiplier == 0.0
 
 

@@ -87,7 +87,7 @@ def _owner_loop(site, stop: threading.Event, actions: dict):
 
 
 def _accuracy(model, config, df):
-    from shared.results import predict
+    from shared.training.results import predict
 
     return float(np.mean(np.array(predict(model, config, df)) == df["outcome"].to_numpy()))
 
@@ -171,7 +171,7 @@ def test_a_denying_site_and_a_stopping_site(two_sites, tmp_path):
     assert "dropped out in round 1" in trained.left_out["hosp-a"]
     assert "stopped participating" in trained.left_out["hosp-a"]
 
-    from shared.accounting import event_from_json
+    from shared.privacy.accounting import event_from_json
 
     new = [e for e in sites[0].ledger.history("cohort") if e["request_id"] not in
            {b["request_id"] for b in before}]

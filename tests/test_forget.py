@@ -60,7 +60,7 @@ def _differencing(before: dict, after: dict, real: pd.DataFrame, present: list[i
     """The attack of issue 10 on two releases the researcher holds (``removable_model`` dicts):
     the forgotten record's rank among the training records present before the forget, by
     |cos(x, H (w1 - w0) - lam w0)| (the attacker knows the other records), and that |cos|."""
-    from shared.differencing import attack_vector, rank_of
+    from shared.privacy.differencing import attack_vector, rank_of
     from shared.removal import make_features
 
     pipe = before["feature_pipeline"]
@@ -93,7 +93,7 @@ def test_differencing_attack_on_a_noiseless_update_through_the_workflow(site_wit
 def test_forget_updates_the_model_and_reaches_the_researcher(site_with_models, demo_files):
     """The default: a fresh DP release, priced as one, against which the attack fails."""
     from datasite.storage import read_private, record_ids
-    from shared.accounting import event_from_json
+    from shared.privacy.accounting import event_from_json
     from shared.removal import RemovableModel, make_features, predict_proba
 
     site, client, removable, dp = site_with_models
@@ -144,7 +144,7 @@ def test_forget_updates_the_model_and_reaches_the_researcher(site_with_models, d
                                       "taylor_residual": [0], "residual_used": 0})
     pipe = model.feature_pipeline
     p_weights = predict_proba(model, make_features(real[pipe["feature_columns"]].to_numpy(), pipe))
-    from shared.results import predict_proba as predict_table
+    from shared.training.results import predict_proba as predict_table
 
     p_state = predict_table(new.model, new.raw["model_config"], real)
     assert np.abs(p_weights - p_state).max() < 1e-4

@@ -12,7 +12,8 @@ import pytest
 
 import datasite.forget as F
 from shared import removal as R
-from shared.differencing import forget_sequence_ranks, identification_bound
+from shared.privacy.differencing import forget_sequence_ranks, identification_bound
+from shared.protocol import ResultPayload
 from shared.randomness import pinned_randomness, secret_seed
 
 LAM, S = 1e-3, 10.0  # the settings of test_forget.py's live model
@@ -74,7 +75,7 @@ def test_fresh_release_is_an_exact_training_with_a_fresh_perturbation():
     assert released.n_train == owner.n_train == len(X) - 1
     with pinned_randomness(11):
         a = R.fresh_release(owner, X[keep], y[keep], (1,))
-        b_a = R._draw_b(S, a.weights.shape, secret_seed(R.RELEASE_STREAM, 1), 0)  # its b
+        b_a = R.draw_b(S, a.weights.shape, secret_seed(R.RELEASE_STREAM, 1), 0)  # its b
     grad = R.objective_gradient(a, X[keep], y[keep], b_a)
     assert np.linalg.norm(grad) <= R.GRAD_TOL  # the exact minimiser for b_a
     again = R.fresh_release(owner, X[keep], y[keep], (1,))  # unpinned: b from the OS
@@ -112,9 +113,9 @@ class _Owner:
     def train(self, job_delta: float) -> tuple[str, dict]:
         """Review (affordable forgets), then run, release and register a removal model."""
         from datasite.storage import read_private
-        from shared.accounting import event_to_json
+        from shared.privacy.accounting import event_to_json
         from shared.data import DatasetMeta
-        from shared.pricing import planned_event
+        from shared.privacy.pricing import planned_event
         from shared.jobs.removal import RemovalSpec
         from shared.jobs import n_train_records
         from shared.training import split_indices
@@ -137,9 +138,9 @@ class _Owner:
         self.ledger.start(rid)
         self.ledger.commit(rid, event_json)
         self.ledger.released(rid)
-        F.register_release(self, rid, spec.to_dict(), {"removable_model": model.to_dict(),
-                                                       "_owner_training_rows": list(tr)},
-                           RESEARCHER)
+        F.register_release(self, rid, ResultPayload.from_dict(
+            {"kind": spec.KIND, "spec": spec.to_dict(), "removable_model": model.to_dict(),
+             "_owner_training_rows": list(tr)}), RESEARCHER)
         return rid, review
 
     def forget_until_withdrawn(self, rid: str, most: int = 30) -> tuple[int, dict]:
@@ -154,7 +155,7 @@ class _Owner:
 
 
 def test_each_update_is_priced_as_a_fresh_release(tmp_path):
-    from shared.accounting import event_from_json
+    from shared.privacy.accounting import event_from_json
 
     site = _Owner(tmp_path, budget_eps=50.0, delta=1e-5, researcher_eps=None)
     rid, _ = site.train(job_delta=1e-7)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from datasite.ledger import Ledger, LedgerError
 from datasite.state import State, engine_for
-from shared.accounting import compose_epsilon, dpsgd_event, epsilon, event_to_json
+from shared.privacy.accounting import compose_epsilon, dpsgd_event, epsilon, event_to_json
 
 from conftest import _pg_database
 
@@ -37,7 +37,7 @@ def test_budget_enforced_with_composed_spend(ledger):
     ledger.set_budget("cxr", 2.0, DELTA)
     ledger.set_budget("cxr", 1.0, None, researcher="alice@x")
     e = _event()
-    one = epsilon(__import__("shared.accounting", fromlist=["event_from_json"]).event_from_json(e), DELTA)
+    one = epsilon(__import__("shared.privacy.accounting", fromlist=["event_from_json"]).event_from_json(e), DELTA)
     q = ledger.quote("cxr", "alice@x", e)
     assert q["epsilon"] == pytest.approx(one) and q["fits"]
     ledger.reserve("r1", "cxr", "alice@x", e)
@@ -170,7 +170,7 @@ def test_old_schema_is_migrated_additively(tmp_path, backend):
     state = State(engine_for(site))  # re-open: migration runs
     assert state.request("old")["state"] == "ran"
     assert "runner_pid" in state.request("old")
-    state.set_state("old", "running", runner_pid=123)
+    state.set_state("old", "ran", runner_pid=123)  # a field update; "ran" stays "ran"
     assert state.request("old")["runner_pid"] == 123
 
 
@@ -307,7 +307,7 @@ def test_a_table_edit_outside_the_chain_is_caught(ledger):
 @pytest.fixture(scope="module")
 def dpal_plan():
     """A real DP-AL schedule (naive mode: its groups end at different epsilons)."""
-    from shared.dpal_plan import make_plan
+    from shared.dpal import make_plan
 
     return make_plan(n_pool=200, start_size=40, query_sizes=[20, 20], epsilon=2.0, delta=DELTA,
                      eps_selection=0.5, batch_size=16, epochs_per_round=2, mode="naive",
@@ -325,7 +325,7 @@ def _dpal_job(led, rid, plan, parts):
 
 
 def test_dpal_jobs_composed_per_record_match_brute_force(tmp_path, dpal_plan):
-    from shared.accounting import event_from_json, pld_of
+    from shared.privacy.accounting import event_from_json, pld_of
     from datasite.records import LEDGER_INTERVAL
 
     led, _ = _ledger(tmp_path, "sqlite")
@@ -378,3 +378,36 @@ def test_per_record_commit_refuses_unreserved_events(tmp_path, dpal_plan):
         c.execute(text("UPDATE dpds_charges SET record_ids = '[1]' WHERE request_id = 'A'"))
     ok, why = led.verify()
     assert not ok and "per-record charges differ" in why
+
+
+def test_request_and_entry_states_move_only_along_the_state_machine(tmp_path):
+    """One state machine (datasite/states.py): a released request cannot be re-run or denied,
+    a denied one cannot be released, a refunded entry cannot be committed."""
+    from datasite.config import init_site
+    from datasite.states import IllegalMove
+
+    site = init_site("sm", home=tmp_path / "sm")
+    state = State(engine_for(site))
+    assert state.claim_for_run("r1", dataset="t")
+    state.set_state("r1", "ran")
+    state.set_state("r1", "released")
+    assert not state.claim_for_run("r1", dataset="t")  # a job runs at most once
+    for illegal in ("running", "denied", "ran"):
+        with pytest.raises(IllegalMove, match="released"):
+            state.set_state("r1", illegal)
+    state.set_state("r2", "denied")
+    with pytest.raises(IllegalMove):
+        state.set_state("r2", "released")
+    assert state.claim_for_run("r3") and not state.claim_for_run("r3")
+    state.set_state("r3", "failed")
+    assert state.claim_for_run("r3")  # a failed (refunded) job may run again
+
+    ledger = Ledger(state, site)
+    ledger.set_budget("t", 10.0, 1e-5)
+    e = event_to_json(dpsgd_event(0.01, 1.0, 100))
+    ledger.reserve("a", "t", "r@x", e)
+    ledger.refund("a", reason="test")
+    with pytest.raises(LedgerError, match="refunded"):
+        ledger.start("a")
+    with pytest.raises(LedgerError, match="refunded"):
+        ledger.released("a")

@@ -1,4 +1,4 @@
-"""shared.private_metrics: metrics on private records leave only as a priced DP release.
+"""shared.privacy.private_metrics: metrics on private records leave only as a priced DP release.
 
 The attack: a federated schedule lets the researcher choose each round's starting model. Rounds
 of "predict malignant iff mean_area > t" models binary-search one patient's exact value (the
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from shared import private_metrics as PM
-from shared.accounting import epsilon
+from shared.privacy import private_metrics as PM
+from shared.privacy.accounting import epsilon
 from shared.data import DatasetMeta, power_of_ten_scale
-from shared.pricing import planned_event
+from shared.privacy.pricing import planned_event
 from shared.randomness import pinned_randomness
 from shared.jobs import SpecError
 
@@ -116,7 +116,7 @@ def test_every_kind_prices_its_metrics():
 def _threshold_state(cols: list[str], meta: DatasetMeta, t: float) -> str:
     """logit(malignant) - logit(benign) = W (x / scale - t / scale): predicts malignant (class 0)
     iff the column exceeds t. W is so large that a round of DP-SGD cannot move the boundary."""
-    from shared.federated import state_to_text
+    from shared.training.federated import state_to_text
 
     j, s, W = cols.index(COLUMN), meta.feature_scales[COLUMN], 1e6
     weight = torch.zeros(2, len(cols))
@@ -151,7 +151,7 @@ def _target(df: pd.DataFrame, meta: DatasetMeta) -> float:
 
 
 def test_binary_search_attack_on_round_metrics(monkeypatch):
-    from shared import training
+    from shared.training import table as training
 
     df, meta = bc()
     target = _target(df, meta)

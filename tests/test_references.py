@@ -1,4 +1,4 @@
-"""Independent references for the privacy report (shared.reporting): riskcal's TPR bounds
+"""Independent references for the privacy report (shared.privacy.reporting): riskcal's TPR bounds
 (Kulynych et al., Algorithm 1) and gdpnum's mu (Gomez et al.), on a grid of DP-SGD schedules.
 
 Ours is the upper envelope of the PLD's (eps, delta) lines: a proven lower bound on the
@@ -16,8 +16,8 @@ import pytest
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from riskcal import analysis as riskcal_analysis
 
-from shared.accounting import dpsgd_event
-from shared.reporting import REPORT_FPRS, fit_mu, tradeoff_curve
+from shared.privacy.accounting import dpsgd_event
+from shared.privacy.reporting import REPORT_FPRS, fit_mu, tradeoff_curve
 
 TOL = 1e-3
 GRID = [(0.01, 0.8, 1000), (0.05, 0.8, 1000), (0.01, 1.5, 100), (0.05, 1.5, 1000)]
@@ -25,7 +25,7 @@ FPRS = np.array(REPORT_FPRS)
 
 
 def reference_pld(q, sigma, steps):
-    """riskcal's own input: a connect-the-dots PLD built independently of shared.accounting."""
+    """riskcal's own input: a connect-the-dots PLD built independently of shared.privacy.accounting."""
     return pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q, use_connect_dots=True,
                                            value_discretization_interval=1e-4).self_compose(steps)
 

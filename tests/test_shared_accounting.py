@@ -1,4 +1,4 @@
-"""shared.accounting: reference numbers from ALGORITHMS.md, calibration, JSON round trips."""
+"""shared.privacy.accounting: reference numbers from ALGORITHMS.md, calibration, JSON round trips."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,10 @@ import json
 import dp_accounting
 import pytest
 
-from shared.accounting import (AccountingError, calibrate_noise, compose_epsilon, dpsgd_event,
-                               epsilon, epsilon_rdp, event_from_json, event_to_json)
-from shared.reporting import privacy_report
+from shared.privacy.accounting import (AccountingError, calibrate_noise, compose_epsilon,
+                                       dpsgd_event, epsilon, epsilon_rdp, event_from_json,
+                                       event_to_json)
+from shared.privacy.reporting import privacy_report
 
 REF = dpsgd_event(0.01, 1.0, 1000)  # ALGORITHMS.md section 1
 
@@ -93,7 +94,8 @@ def test_privacy_report():
 def test_approx_dp_event_is_composed_by_pld_and_round_trips():
     import math
 
-    from shared.accounting import approx_dp_event, epsilon, epsilon_rdp, event_from_json, event_to_json
+    from shared.privacy.accounting import (approx_dp_event, epsilon, epsilon_rdp, event_from_json,
+                                           event_to_json)
 
     e = approx_dp_event(1.0, 1e-6)
     assert epsilon(e, 1e-6) == pytest.approx(1.0, abs=2e-3)

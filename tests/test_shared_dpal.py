@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.accounting import epsilon as pld_epsilon, event_to_json
-from shared.acquisition import (mc_dropout_proba, natural_bound, private_top_k, scores,
-                                select)
-from shared.dpal import run_dpal
-from shared.dpal_plan import PlanError, make_plan
-from shared.models import build_model
+from shared.privacy.accounting import epsilon as pld_epsilon, event_to_json
+from shared.dpal import PlanError, make_plan, run_dpal
+from shared.dpal.acquisition import (mc_dropout_proba, natural_bound, private_top_k, scores,
+                                     select)
+from shared.training.models import build_model
 
 torch.set_num_threads(1)
 
@@ -56,7 +55,7 @@ def test_step_amplified_groups_end_at_budget_and_naive_wastes_it():
     for b in amp.expected_batch_sizes()[1:]:
         assert 0.95 * SMALL["batch_size"] <= b <= SMALL["batch_size"]
     # a never-labelled record pays the selections only
-    assert pld_epsilon(__import__("shared.accounting", fromlist=["x"]).event_from_json(
+    assert pld_epsilon(__import__("shared.privacy.accounting", fromlist=["x"]).event_from_json(
         amp.unlabelled_event), SMALL["delta"]) == pytest.approx(SMALL["eps_selection"], rel=0.02)
 
 
@@ -207,10 +206,10 @@ def test_dpal_job_on_breast_cancer():
     rows = sorted(r for g in groups for r in g["rows"])
     assert rows == list(range(len(df)))
     assert {g["event"] for g in groups} <= set(spec.record_events(meta))
-    from datasite.forget import public_result
+    from shared.protocol import ResultPayload
 
-    assert "_owner_record_groups" not in public_result(res)
-    from shared.models import build_from_config
+    assert "_owner_record_groups" not in ResultPayload.from_dict(res).public_view()
+    from shared.training.models import build_from_config
     import io
     m = build_from_config(res["model_config"])
     m.load_state_dict(torch.load(io.BytesIO(res["model_state"])))

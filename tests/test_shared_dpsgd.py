@@ -1,4 +1,5 @@
-"""DP-SGD engine (shared.dpsgd): noise scale, per-record Poisson rates, clipping, determinism."""
+"""The DP-SGD engine (shared.training.engine): noise scale, per-record Poisson rates, clipping,
+determinism."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.dpsgd import DPTrainer
+from shared.training.engine import DPTrainer
 
 torch.set_num_threads(1)
 MODES = ("hooks", "ghost")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasite.demo_data import make_synthetic_cxr
-from shared.accounting import event_to_json
+from shared.privacy.accounting import event_to_json
 from shared.data import DatasetMeta
 from shared.jobs import SpecError
 from shared.jobs.dpsgd_images import BACKBONE_NAMES, GRAD_SAMPLE_MODES, IMAGE_MODELS, DPSGDImageSpec
@@ -27,9 +27,9 @@ def cxr28():
 
 
 def test_spec_mirrors_the_heavy_modules():
-    from shared.backbones import BACKBONES
-    from shared.dpsgd import GRAD_SAMPLE_MODES as modes
-    from shared.models import IMAGE_MODEL_NAMES
+    from shared.training.backbones import BACKBONES
+    from shared.training.engine import GRAD_SAMPLE_MODES as modes
+    from shared.training.models import IMAGE_MODEL_NAMES
 
     assert BACKBONE_NAMES == BACKBONES and GRAD_SAMPLE_MODES == modes
     assert IMAGE_MODELS == IMAGE_MODEL_NAMES
@@ -39,7 +39,7 @@ def test_spec_mirrors_the_heavy_modules():
 def test_image_models_are_opacus_valid_and_rebuild_from_config(name):
     from opacus.validators import ModuleValidator
 
-    from shared.models import build_from_config, build_model, model_config
+    from shared.training.models import build_from_config, build_model, model_config
 
     model = build_model(name, 0, 3, in_channels=1, image_size=(28, 28), width=8)
     assert ModuleValidator.validate(model, strict=False) == []
@@ -55,7 +55,7 @@ def test_image_models_are_opacus_valid_and_rebuild_from_config(name):
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_features_are_per_record_normalised_and_deterministic(name, cxr28):
-    from shared.backbones import extract_features, feature_dim
+    from shared.training.backbones import extract_features, feature_dim
 
     imgs = cxr28["images"][:40]
     f = extract_features(imgs, name, device="cpu", batch_size=16)
@@ -71,8 +71,8 @@ def test_features_are_per_record_normalised_and_deterministic(name, cxr28):
 
 
 def test_head_beats_chance_and_executes_the_planned_event(cxr28):
-    from shared.images import predict_images_proba
-    from shared.results import load_model
+    from shared.training.images import predict_images_proba
+    from shared.training.results import load_model
 
     meta = _meta(400, 28)
     spec = DPSGDImageSpec(dataset="cxr", epsilon=4.0, delta=1e-4, model="head",
@@ -130,10 +130,10 @@ def test_conv_models_train_a_few_steps(model, mode):
     assert r["privacy"]["steps"] >= 2
     assert r["model_config"]["name"] == model and r["model_config"]["width"] == 4
     assert 0 <= r["metrics"]["test_accuracy"] <= 1
-    from shared.models import build_from_config
+    from shared.training.models import build_from_config
 
     init = build_from_config(r["model_config"]).state_dict()
-    from shared.results import load_model
+    from shared.training.results import load_model
 
     trained = load_model(r).state_dict()
     assert any(not torch.equal(init[k], trained[k]) for k in init)  # it moved

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared import removal as R
-from shared.accounting import epsilon as pld_epsilon
+from shared.privacy.accounting import epsilon as pld_epsilon
 from shared.data import DatasetMeta
 from shared.jobs import SpecError
 
@@ -27,12 +27,12 @@ def _fit(X, y, classes, seed=3, lam=1e-2, s=10.0):
 
 
 def _b(model, seed=3, n_retrains=0):
-    return R._draw_b(model.s, model.weights.shape, seed, n_retrains)
+    return R.draw_b(model.s, model.weights.shape, seed, n_retrains)
 
 
 def _exact(X, y, model, b):
-    ys = R._signs(y, model.n_models)
-    return np.column_stack([R._minimise(X, ys[:, k], model.lam * len(X), b[:, k])
+    ys = R.class_signs(y, model.n_models)
+    return np.column_stack([R.minimise(X, ys[:, k], model.lam * len(X), b[:, k])
                             for k in range(model.n_models)])
 
 
@@ -213,7 +213,7 @@ def test_clipped_gaussian_bound_dominates_the_exact_loss():
 def test_perturbation_has_std_s():
     # a wrong noise scale (s^2, 1/s, ...) would break the training guarantee silently
     for s in (0.5, 10.0):
-        b = R._draw_b(s, (4000, 3), None, 0)
+        b = R.draw_b(s, (4000, 3), None, 0)
         assert abs(b.std() / s - 1) < 0.03 and abs(b.mean()) < 0.05 * s
         assert abs(np.corrcoef(b[:, 0], b[:, 1])[0, 1]) < 0.06
 
@@ -230,7 +230,7 @@ def _table_meta(df, scales=True):
 
 def test_spec_validation_and_planned_event():
     from datasite.demo_data import breast_cancer_frame
-    from shared.accounting import epsilon
+    from shared.privacy.accounting import epsilon
     from shared.jobs.removal import RemovalSpec
 
     df = breast_cancer_frame()
@@ -260,10 +260,10 @@ def test_spec_run_on_table():
 
     import torch
     from datasite.demo_data import breast_cancer_frame
-    from shared.accounting import epsilon, event_from_json
-    from shared.models import build_from_config
+    from shared.privacy.accounting import epsilon, event_from_json
+    from shared.training.models import build_from_config
     from shared.runner import run_job
-    from shared.training import preprocess
+    from shared.training.preprocess import preprocess
 
     import shared.jobs.removal  # noqa: F401  (registers the kind)
 

@@ -1,4 +1,4 @@
-"""shared.reporting: trade-off curves, attack-risk bounds, mu-GDP, calibration to any target."""
+"""shared.privacy.reporting: trade-off curves, attack-risk bounds, mu-GDP, calibration to any target."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,12 @@ import pytest
 from dp_accounting.pld import PLDAccountant
 from scipy.stats import norm
 
-from shared.accounting import AccountingError, calibrate_noise, dpsgd_event, pld_of
-from shared.reporting import (EPS_GRID, MU_ALPHAS, REPORT_FPRS, TradeOff, calibrate_noise_for,
-                              fit_mu, gaussian_tradeoff, privacy_profile, privacy_report, tpr_bound,
-                              tpr_bound_eps_delta, tradeoff_curve, tradeoff_from_pld,
-                              tradeoff_from_profile)
+from shared.privacy.accounting import AccountingError, calibrate_noise, dpsgd_event, pld_of
+from shared.privacy.reporting import (EPS_GRID, MU_ALPHAS, REPORT_FPRS, TradeOff,
+                                      calibrate_noise_for, fit_mu, gaussian_tradeoff,
+                                      privacy_profile, privacy_report, tpr_bound,
+                                      tpr_bound_eps_delta, tradeoff_curve, tradeoff_from_pld,
+                                      tradeoff_from_profile)
 
 DELTA = 1e-5
 FPRS = np.array(REPORT_FPRS)

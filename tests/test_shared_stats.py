@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from dp_accounting import dp_event
 
-from shared.accounting import (ApproxDpEvent, approx_dp_event, epsilon, event_from_json,
-                               event_to_json)
+from shared.privacy.accounting import (ApproxDpEvent, approx_dp_event, epsilon, event_from_json,
+                                       event_to_json)
 from shared.data import DatasetMeta
 from shared.jobs.stats import DPStatsSpec, meta_columns
 from shared.jobs import SpecError, spec_from_dict
@@ -232,12 +232,12 @@ def test_mean_interval_coverage():
     df = pd.DataFrame({"x": rng.uniform(0, 10, 40)})
     q = {"type": "mean", "column": "x", "bounds": [0, 10], "epsilon": 1.0}
     [(nq, parts)] = compile_queries([q], 0.0)
-    from shared.stats import _mean_interval
+    from shared.stats import mean_interval
 
     truth, hits = df.x.mean(), 0
     for _ in range(200):
         s, c = (p.measurement(p.prepare(df)) for p in parts)
-        lo, hi = _mean_interval(float(s), float(c), 0.0, 10.0, parts[0], parts[1], rng, 4000)
+        lo, hi = mean_interval(float(s), float(c), 0.0, 10.0, parts[0], parts[1], rng, 4000)
         hits += lo <= truth <= hi
     assert 0.88 <= hits / 200 <= 1.0
 

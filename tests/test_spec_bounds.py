@@ -1,7 +1,7 @@
 """Researcher-chosen specs cannot stall the owner's pricing or forge the owner's review.
 
 Attacks, as a researcher would write them: a spec dict typed by hand (what the rendered template
-carries), priced on the owner's side (``shared.pricing.planned_event``) and shown by
+carries), priced on the owner's side (``shared.privacy.pricing.planned_event``) and shown by
 ``datasite review`` (``datasite.cli.print_request``). Defences: ``shared.jobs.bounds`` (every field
 bounded in type, range and form; work and model size bounded against the metadata),
 ``shared.display`` (escaping), ``datasite.pricing_worker`` (a deadline and a memory cap).
@@ -17,7 +17,7 @@ import pytest
 from shared.jobs import bounds
 from shared.data import DatasetMeta
 from shared.display import escape, escape_lines
-from shared.pricing import planned_event
+from shared.privacy.pricing import planned_event
 from shared.jobs import SPEC_KINDS, SpecError, spec_from_dict
 from shared.template import recognise, render
 
@@ -181,8 +181,8 @@ def test_demo_notebook_and_test_values_stay_valid():
 
 
 def test_size_mirrors_agree_with_the_real_models():
-    from shared.backbones import feature_dim
-    from shared.models import build_model
+    from shared.training.backbones import feature_dim
+    from shared.training.models import build_model
 
     for shape in ([28, 28], [28, 28, 3], [64, 48, 1], [8, 8], [100, 60, 3]):
         for bb in ("scatter", "random_conv", "pixels"):
@@ -314,9 +314,9 @@ def worker():
 
 
 def test_price_bounded_gives_the_in_process_price(worker):
-    from shared.accounting import event_to_json
+    from shared.privacy.accounting import event_to_json
 
-    from shared.pricing import record_events
+    from shared.privacy.pricing import record_events
 
     spec = _spec("dpsgd_table", epochs=3, batch_size=64, seed=11)
     got = worker.price_bounded(spec, META.to_json(), timeout_s=60, memory_mb=2048)

@@ -1,4 +1,4 @@
-"""The train/test split is per record (shared.training.split_indices): adding or removing one
+"""The train/test split is per record (shared.training.split.split_indices): adding or removing one
 record never moves another across the split, so neighbouring datasets have neighbouring training
 sets, and the DP-SGD event actually run is the planned one whatever the split's realised sizes."""
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from shared import training
-from shared.accounting import event_to_json
+from shared.training import split, table
+from shared.training.engine import DPTrainer
+from shared.privacy.accounting import event_to_json
 from shared.data import DatasetMeta
 from shared.jobs import DPSGDTableSpec, n_train_records
 
@@ -44,7 +46,7 @@ def test_neighbours_keep_every_other_record_on_its_side():
 
 def test_attack_catches_the_old_dataset_wide_split(monkeypatch):
     # the old stratified sklearn split: one record removed reshuffles dozens of others
-    monkeypatch.setattr(training, "_STRATIFIED_SPLIT_FOR_TESTS", True)
+    monkeypatch.setattr(split, "_STRATIFIED_SPLIT_FOR_TESTS", True)
     moved = _moved()
     assert max(moved) > 50 and sum(m > 0 for m in moved) >= 8
 
@@ -84,15 +86,25 @@ def test_realised_dpsgd_event_is_the_planned_one_on_both_neighbours():
         assert r["metrics"]["n_train"] == planned and r["metrics"]["n_test"] == len(d) - planned
 
 
-def test_loader_samples_at_the_planned_rate_not_the_realised_one():
-    import torch
+def test_engine_samples_at_the_planned_rate_not_the_realised_one(monkeypatch):
+    """The table job hands the engine the planned rate, steps and expected batch size, never
+    functions of how many records the split happened to put in training."""
+    df, meta = _bc()
+    spec = DPSGDTableSpec(dataset="bc", label="diagnosis", epsilon=3.0, delta=1e-5, epochs=1,
+                          batch_size=32, learning_rate=2.0, seed=0).validate(meta)
+    seen = {}
 
-    from shared.models import build_model
+    class Spy(DPTrainer):
+        def run(self, X, y, sample_rates, steps, **kw):
+            done = super().run(X, y, sample_rates, steps, **kw)
+            seen.update(n=len(X), rates=set(np.asarray(sample_rates).tolist()), steps=steps,
+                        expected=self.optimizer.expected_batch_size)
+            return done
 
-    q, _ = training.poisson_schedule(455, 32, 1)
-    _, opt, loader = training.make_private_trainer(
-        build_model("logreg", 1, 2), torch.zeros(451, 1), torch.zeros(451, dtype=torch.long),
-        noise_multiplier=1.0, clip_norm=1.0, learning_rate=0.1, batch_size=32, seed=0,
-        sample_rate=q, n_planned=455)
-    assert loader.sample_rate == q and len(loader) == int(1 / q)
-    assert opt.expected_batch_size == int(455 * q) == 30  # q = 1/ceil(455/32) = 1/15
+    monkeypatch.setattr(table, "DPTrainer", Spy)
+    training.train_dpsgd_table(df, spec, classes=[0, 1], device="cpu")
+    planned = n_train_records(len(df), 0.2)
+    q, _ = training.poisson_schedule(planned, 32, 1)
+    assert planned == 455 and seen["n"] != planned  # realised training records != planned
+    assert seen["rates"] == {q} and seen["steps"] == int(1 / q)
+    assert seen["expected"] == 455 * q and q == 1 / 15  # q = 1/ceil(455/32)

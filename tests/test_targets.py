@@ -10,10 +10,10 @@ import pytest
 from researcher import jobs
 from researcher.jobs import Target
 from shared import targets
-from shared.accounting import calibrate_noise, dpsgd_event, event_from_json
+from shared.privacy.accounting import calibrate_noise, dpsgd_event, event_from_json
 from shared.data import DatasetMeta
-from shared.pricing import planned_event
-from shared.reporting import fit_mu, privacy_report, tpr_bound, tradeoff_curve
+from shared.privacy.pricing import planned_event
+from shared.privacy.reporting import fit_mu, privacy_report, tpr_bound, tradeoff_curve
 from shared.jobs.federated import FedScheduleSpec
 from shared.jobs.dpsgd_images import DPSGDImageSpec
 from shared.jobs import DPSGDTableSpec, SpecError
@@ -144,8 +144,8 @@ def test_job_runs_the_priced_sigma():
 
 def test_active_learning_takes_epsilon_targets_only():
     opts = dict(label="diagnosis", start=60, queries=[40, 40])
-    old = jobs.ActiveLearning("bc", epsilon=3.0, delta=DELTA, **opts)
-    new = jobs.ActiveLearning("bc", delta=DELTA, privacy=Target(epsilon=3.0), **opts)
+    old = jobs.DPActiveLearning("bc", epsilon=3.0, delta=DELTA, **opts)
+    new = jobs.DPActiveLearning("bc", delta=DELTA, privacy=Target(epsilon=3.0), **opts)
     assert old.spec.to_dict() == new.spec.to_dict()
     with pytest.raises(SpecError, match="Target\\(epsilon=...\\) only"):
-        jobs.ActiveLearning("bc", delta=DELTA, privacy=Target(mu=0.5), **opts)
+        jobs.DPActiveLearning("bc", delta=DELTA, privacy=Target(mu=0.5), **opts)

@@ -58,7 +58,7 @@ def test_submit_run_release_and_restart(live_site, demo_files):
     assert 0 < result.privacy["training_epsilon"] <= 3.0 + 1e-6
     assert result.privacy["epsilon"] <= 3.0 + 0.5  # + the metrics' release (composed)
     model = result.model  # loadable without syft, predicts on the real table
-    from shared.results import predict
+    from shared.training.results import predict
 
     real = pd.read_csv(demo_files / "breast_cancer.csv")
     acc = (pd.Series(predict(model, result.raw["model_config"], real)) == real["diagnosis"]).mean()

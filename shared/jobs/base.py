@@ -16,7 +16,7 @@ from ..errors import SpecError
 from . import bounds
 
 MAX_TEST_FRACTION = 0.5
-# Epsilon of the DP test metrics (shared.private_metrics), on top of the training epsilon.
+# Epsilon of the DP test metrics (shared.privacy.private_metrics), on top of the training epsilon.
 DEFAULT_METRICS_EPSILON = 0.5
 
 
@@ -41,15 +41,18 @@ def spec_from_dict(d: dict) -> Any:
     return SPEC_KINDS[kind].from_dict(d)
 
 
-class JobSpec:
-    """Base of every job kind: a dataclass of plain fields (str, int, float, bool, list, dict).
+# How a kind's requests live on the owner's side (``JobSpec.LIFECYCLE``):
+ONCE = "once"          # priced, run once on the private data, released by the owner
+SCHEDULE = "schedule"  # priced and approved once, then served in rounds (datasite.rounds)
+MESSAGE = "message"    # not a job: a message inside an approved schedule (never priced or run)
 
-    A subclass is a ``@register``ed ``@dataclass`` with a ``KIND`` and implements
-    ``validate(meta)``, ``planned_event(meta)`` (the DpEvent the owner prices before running) and
-    ``run(data, meta, progress)`` (imports its heavy modules lazily).
-    """
+
+class SpecBase:
+    """A plain, JSON-able dataclass sent inside a job template: fields of plain types
+    (str, int, float, bool, list, dict), checked on construction from a dict."""
 
     KIND: ClassVar[str] = ""
+    LIFECYCLE: ClassVar[str] = ONCE
 
     @property
     def kind(self) -> str:
@@ -93,11 +96,13 @@ class JobSpec:
         """Every field has its declared plain type (bools are not accepted as numbers)."""
         for f in fields(self):
             v = getattr(self, f.name)
-            want = _PLAIN_TYPES.get(str(f.type))
+            # annotations are strings under ``from __future__ import annotations``, else types
+            tname = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            want = _PLAIN_TYPES.get(tname)
             if want is None:
                 raise TypeError(f"{type(self).__name__}.{f.name}: unsupported field type {f.type}")
-            if (isinstance(v, bool) and f.type != "bool") or not isinstance(v, want):
-                raise SpecError(f"{f.name} must be {f.type}, got {brief(v)}")
+            if (isinstance(v, bool) and tname != "bool") or not isinstance(v, want):
+                raise SpecError(f"{f.name} must be {tname}, got {brief(v)}")
             if isinstance(v, float) and math.isnan(v):
                 raise SpecError(f"{f.name} is NaN; give a number")
 
@@ -186,13 +191,52 @@ class JobSpec:
         """The checks against the dataset's metadata (each kind adds its own)."""
         self._check_dataset(meta)
 
-    # -- what each kind implements -------------------------------------------------------------
+
+
+class JobSpec(SpecBase):
+    """Base of every job kind.
+
+    A subclass is a ``@register``ed ``@dataclass`` with a ``KIND`` and implements
+    ``validate(meta)``, ``planned_event(meta)`` (the DpEvent the owner prices before running) and
+    ``run(data, meta, progress)`` (imports its heavy modules lazily). The class attributes and
+    hooks below are how a kind's differences reach the owner's side (``datasite/`` never asks
+    for a kind by name).
+    """
+
+    LIFECYCLE: ClassVar[str] = ONCE
+    # Released models are kept by the site and updated when a patient is forgotten
+    # (datasite.forget); such a kind's result carries ``removable_model`` and
+    # ``_owner_training_rows``.
+    UPDATED_ON_FORGET: ClassVar[bool] = False
+    # ``run`` takes ``context=`` (what the owner adds from earlier releases, see
+    # ``context_sources``); never set by the researcher.
+    NEEDS_CONTEXT: ClassVar[bool] = False
+    # The kinds an earlier release named by ``context_sources`` must be.
+    CONTEXT_FROM_KINDS: ClassVar[tuple[str, ...]] = ()
+
+    def context_sources(self) -> dict[str, str]:
+        """Context key -> id of an earlier release (to the same researcher, on the same
+        dataset) whose owner-side result the job needs; the owner passes its result path."""
+        return {}
+
+    def public_payload(self, payload: dict) -> dict:
+        """The kind's public payload with what it keeps private removed (the release gate,
+        :meth:`shared.protocol.ResultPayload.public_view`, calls it); default: all of it."""
+        return payload
 
     def planned_event(self, meta: DatasetMeta):
         raise NotImplementedError
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         raise NotImplementedError
+
+
+class Message(SpecBase):
+    """Not a job: a message a researcher sends inside an approved schedule (a federated
+    round). It is validated like a spec but never priced or run on its own; the schedule's
+    server reads it (``datasite.rounds``)."""
+
+    LIFECYCLE: ClassVar[str] = MESSAGE
 
 
 _PLAIN_TYPES = {"str": str, "float": (int, float), "int": int, "bool": bool, "list": list,

@@ -83,7 +83,7 @@ PERTURBATION_MIN, PERTURBATION_MAX = 1e-2, 1e4
 REMOVAL_EPSILON_MAX = 100.0  # certified removal's epsilon: a certificate, not a release
 
 # -- strings and lists -------------------------------------------------------------------------
-# The datasite's own rule for dataset names (datasite.ingest.NAME_RE).
+# The datasite's own rule for dataset names (datasite.ingest_checks.NAME_RE).
 DATASET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # Column names come from the owner's files; a spec can only name one, and a printable one.
 COLUMN_MAX_CHARS = 128
@@ -184,7 +184,8 @@ def check_request_id(field: str, value, allow_empty: bool = False) -> None:
 def check_init_state(value) -> None:
     """Base64 of a model state, or "" (none)."""
     check_pattern("init_state", value, BASE64_RE, "base64 model weights (from "
-                  "shared.federated.state_to_text)", INIT_STATE_MAX_CHARS, allow_empty=True)
+                  "shared.training.federated.state_to_text)", INIT_STATE_MAX_CHARS,
+                  allow_empty=True)
 
 
 def check_list(field: str, value, max_len: int) -> None:
@@ -242,7 +243,7 @@ def check_steps(steps: int, what: str) -> None:
 
 # -- model size --------------------------------------------------------------------------------
 def table_params(model: str, n_features: int, n_classes: int, hidden: int) -> int:
-    """Parameters of ``shared.models.build_model`` for a table (logreg: one Linear; mlp:
+    """Parameters of ``shared.training.models.build_model`` for a table (logreg: one Linear; mlp:
     Linear-ReLU-Linear)."""
     if model == "mlp":
         return n_features * hidden + hidden + hidden * n_classes + n_classes
@@ -250,8 +251,8 @@ def table_params(model: str, n_features: int, n_classes: int, hidden: int) -> in
 
 
 def backbone_dim(backbone: str, image_shape) -> int:
-    """Feature length of ``shared.backbones.Backbone`` (mirrors it without torch; a test pins
-    that they agree)."""
+    """Feature length of ``shared.training.backbones.Backbone`` (mirrors it without torch; a
+    test pins that they agree)."""
     h, w = int(image_shape[0]), int(image_shape[1])
     c = int(image_shape[2]) if len(image_shape) > 2 else 1
     if backbone == "scatter":
@@ -263,7 +264,7 @@ def backbone_dim(backbone: str, image_shape) -> int:
 
 def image_params(model: str, image_shape, n_classes: int, width: int, hidden: int,
                  backbone: str) -> int:
-    """Trainable parameters of an image model of ``shared.models`` (conv weights, GroupNorm
+    """Trainable parameters of an image model of ``shared.training.models`` (conv weights, GroupNorm
     affines, the classifier; a head's frozen backbone has none)."""
     c = int(image_shape[2]) if len(image_shape) > 2 else 1
     if model == "head":

@@ -59,8 +59,7 @@ class DPALSpec(JobSpec):
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON  # all rounds' test metrics together
 
     def _check_spec(self) -> None:
-        from ..acquisition import ACQUISITIONS
-        from ..dpal_plan import ACCOUNTANTS, MODES
+        from ..dpal import ACCOUNTANTS, ACQUISITIONS, MODES
 
         self._check_types()
         self._require_positive("epsilon")
@@ -110,7 +109,7 @@ class DPALSpec(JobSpec):
         self._check_metrics_epsilon()
 
     def _check_meta(self, meta: DatasetMeta) -> None:
-        from ..backbones import BACKBONES
+        from ..training.backbones import BACKBONES
 
         self._check_dataset(meta)
         if meta.kind == TABLE:
@@ -148,7 +147,7 @@ class DPALSpec(JobSpec):
                                 f"model {self.model!r}")
 
     def naive_steps(self) -> int:
-        """DP-SGD steps of the plan before step amplification (``shared.dpal_plan``'s exact
+        """DP-SGD steps of the plan before step amplification (``shared.dpal.planner``'s exact
         rounding: round(epochs * labelled / batch) per round); amplification adds some."""
         labelled, total = self.start_size, 0
         for k in [0] + list(self.query_sizes):
@@ -159,7 +158,7 @@ class DPALSpec(JobSpec):
     def planned_event(self, meta: DatasetMeta):
         """The worst group's event (see the module docstring), composed with the DP test
         metrics of every round (R + 1 releases)."""
-        from ..private_metrics import metrics_sigma, with_metrics
+        from ..privacy.private_metrics import metrics_sigma, with_metrics
 
         plan = plan_for(self, meta)
         releases = len(self.query_sizes) + 1
@@ -176,12 +175,13 @@ class DPALSpec(JobSpec):
                 if e]
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from ..dpal import run_dpal, state_bytes
-        from ..models import build_model, model_config
+        from ..dpal import run_dpal
+        from ..training.models import build_model, model_config
+        from ..training.serialise import model_bytes
 
         plan = plan_for(self, meta)
-        X, y, extra = _features(self, data, meta)
-        from ..training import split_indices
+        X, y, extra = dpal_features(self, data, meta)
+        from ..training.split import split_indices
 
         tr, te = split_indices(X, y, self.test_fraction, self.seed)  # per record (its own side)
         y_pool = y[tr]
@@ -192,9 +192,9 @@ class DPALSpec(JobSpec):
         def oracle(idx):
             return y_pool[idx]
 
-        from ..accounting import event_from_json
-        from ..private_metrics import metrics_sigma
-        from ..private_metrics import privacy_report as metrics_report
+        from ..privacy.accounting import event_from_json
+        from ..privacy.private_metrics import metrics_sigma
+        from ..privacy.private_metrics import privacy_report as metrics_report
 
         releases = len(self.query_sizes) + 1
         m_sigma = metrics_sigma(self, releases)
@@ -214,11 +214,11 @@ class DPALSpec(JobSpec):
             config = model_config("head", X.shape[1], n_classes, hidden,
                                   in_channels=extra["channels"], image_size=extra["hw"],
                                   backbone=self.backbone)
-            state = state_bytes(model, prefix="head.")
+            state = model_bytes(model, prefix="head.")
         else:
             config = model_config(head_name, X.shape[1], n_classes, HIDDEN)
             config.update(extra)
-            state = state_bytes(model)
+            state = model_bytes(model)
         config["classes"] = list(meta.labels)
         last = out["rounds"][-1]
         metrics = {"test_accuracy": last["accuracy"], "test_auc": last["auc"],
@@ -235,8 +235,8 @@ class DPALSpec(JobSpec):
 
 def _test_event(spec: DPALSpec) -> str:
     """JSON of a held-out record's event: every round's DP metrics ("" if none)."""
-    from ..accounting import event_to_json
-    from ..private_metrics import event, metrics_sigma
+    from ..privacy.accounting import event_to_json
+    from ..privacy.private_metrics import event, metrics_sigma
 
     releases = len(spec.query_sizes) + 1
     e = event(metrics_sigma(spec, releases), releases)
@@ -257,7 +257,7 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
     """The schedule the datasite will run for ``spec`` on ``meta`` (pure accounting, no data);
     researchers call it before submitting to see steps, rates and per-group epsilons.
     ``n_pool``: plan for this many pool records instead (the privacy audit adds canaries)."""
-    from ..dpal_plan import make_plan
+    from ..dpal import make_plan
 
     if n_pool is None:
         n_pool = n_train_records(meta.n_records, spec.test_fraction)
@@ -270,26 +270,26 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
             epsilon=spec.epsilon, delta=spec.delta, eps_selection=spec.eps_selection,
             batch_size=spec.batch_size, epochs_per_round=spec.epochs_per_round,
             mode=spec.mode, accountant=spec.accountant)
-    from ..dpal_plan import Plan
+    from ..dpal import Plan
 
     return Plan.from_dict(_PLAN_CACHE[key].to_dict())  # a copy: callers may not alter the cache
 
 
-def _features(spec: DPALSpec, data, meta: DatasetMeta):
+def dpal_features(spec: DPALSpec, data, meta: DatasetMeta):
     """(X float32, y int64 label indices, model-config extras); costs no privacy: a fixed map
     per record (public scales / row normalisation, or a frozen data-independent backbone)."""
     import numpy as np
 
     index = {c: i for i, c in enumerate(meta.labels)}
     if meta.kind == IMAGES:
-        from ..backbones import extract_features
+        from ..training.backbones import extract_features
 
         images = np.asarray(data["images"])
         y = np.array([index[v] for v in np.asarray(data["labels"]).tolist()], dtype=np.int64)
         X = extract_features(images, spec.backbone)
         chans = 1 if images.ndim == 3 else images.shape[3]
         return X, y, {"channels": chans, "hw": list(images.shape[1:3])}
-    from ..training import encode_labels, feature_columns, preprocess
+    from ..training.preprocess import encode_labels, feature_columns, preprocess
 
     cols = feature_columns(data, spec.label)
     prep = {"preprocessing": "row_l2_normalise"}

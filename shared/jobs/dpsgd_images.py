@@ -11,8 +11,8 @@ from ..errors import SpecError
 from . import bounds
 from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, register
 
-# Mirrors of shared.models.IMAGE_MODEL_NAMES, shared.backbones.BACKBONES and
-# shared.dpsgd.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
+# Mirrors of shared.training.models.IMAGE_MODEL_NAMES, shared.training.backbones.BACKBONES and
+# shared.training.engine.GRAD_SAMPLE_MODES (those import torch; a test pins that they agree).
 IMAGE_MODELS = ("cnn", "resnet9", "head")
 BACKBONE_NAMES = ("scatter", "random_conv", "pixels")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -103,20 +103,20 @@ class DPSGDImageSpec(JobSpec):
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""
         from ..targets import noise_multiplier
-        from ..training import poisson_schedule
+        from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
         return q, steps, noise_multiplier(self, q, steps)
 
     def planned_event(self, meta: DatasetMeta):
-        from ..accounting import dpsgd_event
-        from ..private_metrics import metrics_sigma, with_metrics
+        from ..privacy.accounting import dpsgd_event
+        from ..privacy.private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self.schedule(meta)
         return with_metrics(dpsgd_event(q, sigma, steps), metrics_sigma(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from ..images import train_dpsgd_images
+        from ..training.images import train_dpsgd_images
 
         return train_dpsgd_images(data, self, meta, progress=progress)

@@ -20,7 +20,7 @@ class DPSGDTableSpec(JobSpec):
 
     ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
     1 / (number of training records). ``metrics_epsilon``: the test metrics' own DP release
-    (:mod:`shared.private_metrics`), composed onto the price; 0 = no metrics.
+    (:mod:`shared.privacy.private_metrics`), composed onto the price; 0 = no metrics.
     """
 
     KIND: ClassVar[str] = "dpsgd_table"
@@ -58,10 +58,10 @@ class DPSGDTableSpec(JobSpec):
 
     def planned_event(self, meta: DatasetMeta):
         """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
-        from ..accounting import dpsgd_event
-        from ..private_metrics import metrics_sigma, with_metrics
+        from ..privacy.accounting import dpsgd_event
+        from ..privacy.private_metrics import metrics_sigma, with_metrics
         from ..targets import noise_multiplier
-        from ..training import poisson_schedule
+        from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
@@ -69,7 +69,7 @@ class DPSGDTableSpec(JobSpec):
                             metrics_sigma(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        from ..training import train_dpsgd_table
+        from ..training.table import train_dpsgd_table
 
         # Public label set from the metadata, so the class list does not depend on the records.
         return train_dpsgd_table(data, self, progress=progress, classes=meta.labels or None,

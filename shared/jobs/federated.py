@@ -15,7 +15,7 @@ from typing import ClassVar
 from ..data import DatasetMeta, n_train_records
 from ..errors import SpecError
 from . import bounds
-from .base import JobSpec, register
+from .base import SCHEDULE, Message, register
 from .dpsgd_table import DPSGDTableSpec
 
 MAX_ROUNDS = bounds.FED_ROUNDS_MAX
@@ -31,6 +31,7 @@ class FedScheduleSpec(DPSGDTableSpec):
     """
 
     KIND: ClassVar[str] = "fed_dpsgd_table"
+    LIFECYCLE: ClassVar[str] = SCHEDULE
 
     rounds: int = 3
     round: int = 0
@@ -56,7 +57,7 @@ class FedScheduleSpec(DPSGDTableSpec):
     def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps per round, noise multiplier for all rounds)."""
         from ..targets import noise_multiplier
-        from ..training import poisson_schedule
+        from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_size, self.epochs)
@@ -69,8 +70,8 @@ class FedScheduleSpec(DPSGDTableSpec):
     def rounds_event(self, meta: DatasetMeta, rounds: int):
         """The event of the first ``rounds`` rounds (what a site commits when it stops early):
         their DP-SGD steps and their DP metric releases (one per round, noise priced for R)."""
-        from ..accounting import dpsgd_event
-        from ..private_metrics import metrics_sigma, with_metrics
+        from ..privacy.accounting import dpsgd_event
+        from ..privacy.private_metrics import metrics_sigma, with_metrics
 
         q, steps, sigma = self._schedule(meta)
         return with_metrics(dpsgd_event(q, sigma, steps * rounds),
@@ -81,8 +82,8 @@ class FedScheduleSpec(DPSGDTableSpec):
 
         The researcher chose ``init_state``: the round's model is still covered (DP-SGD composes
         adaptively) and its metrics are one of the schedule's R priced DP releases."""
-        from ..federated import state_from_text
-        from ..training import train_dpsgd_table
+        from ..training.federated import state_from_text
+        from ..training.table import train_dpsgd_table
 
         q, steps, sigma = self._schedule(meta)
         init = state_from_text(self.init_state) if self.init_state else None
@@ -98,8 +99,9 @@ class FedScheduleSpec(DPSGDTableSpec):
 
 @register
 @dataclass
-class FedRoundSpec(JobSpec):
-    """Round ``round`` of an approved schedule, starting from ``init_state`` (base64 weights)."""
+class FedRoundSpec(Message):
+    """Round ``round`` of an approved schedule, starting from ``init_state`` (base64 weights):
+    a message to the schedule's round server, which trains the schedule's own spec from it."""
 
     KIND: ClassVar[str] = "fed_round"
 
@@ -119,12 +121,6 @@ class FedRoundSpec(JobSpec):
         bounds.check_int("round", self.round, 0, MAX_ROUNDS - 1)
         bounds.check_init_state(self.init_state)
 
-    def planned_event(self, meta: DatasetMeta):
-        raise SpecError("a round is priced as part of its schedule, not on its own")
-
-    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
-        raise SpecError("a round runs as part of its approved schedule (the datasite's round "
-                        "server builds the round's job)")
 
 
 def _check_state_size(init_state: str, params: int) -> None:

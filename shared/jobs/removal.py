@@ -118,8 +118,8 @@ class RemovalSpec(JobSpec):
         return 1 if len(meta.labels) == 2 else len(meta.labels)
 
     def planned_event(self, meta: DatasetMeta):
-        from ..accounting import approx_dp_event
-        from ..private_metrics import LAPLACE, metrics_sigma, with_metrics
+        from ..privacy.accounting import approx_dp_event
+        from ..privacy.private_metrics import LAPLACE, metrics_sigma, with_metrics
         from ..removal import training_epsilon
 
         n = n_train_records(meta.n_records, self.test_fraction)
@@ -130,6 +130,20 @@ class RemovalSpec(JobSpec):
 
     # The datasite passes the extractor's released result (never the researcher).
     NEEDS_CONTEXT: ClassVar[bool] = True
+    CONTEXT_FROM_KINDS: ClassVar[tuple[str, ...]] = ("dpsgd_table", "dpsgd_images")
+    UPDATED_ON_FORGET: ClassVar[bool] = True
+
+    def context_sources(self) -> dict[str, str]:
+        return {"extractor": self.extractor} if self.extractor else {}
+
+    def public_payload(self, payload: dict) -> dict:
+        """The removable model without its residual state (data-dependent after removals)."""
+        from ..removal import RemovableModel
+
+        if "removable_model" in payload:
+            payload["removable_model"] = RemovableModel.from_dict(
+                payload["removable_model"]).public_dict()
+        return payload
 
     def run(self, data, meta: DatasetMeta, progress=None, context: dict | None = None) -> dict:
         from ..removal import run_removal_job

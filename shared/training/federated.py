@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import base64
-import io
 from typing import Sequence
 
 import torch
 
-
-def load_state(raw: bytes) -> dict[str, torch.Tensor]:
-    """A state dict from ``torch.save`` bytes (tensors only: ``weights_only`` loading)."""
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-
-
-def dump_state(state: dict[str, torch.Tensor]) -> bytes:
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-    return buf.getvalue()
+from .serialise import dump_state, load_state
 
 
 def state_to_text(state: dict[str, torch.Tensor]) -> str:
@@ -25,6 +15,7 @@ def state_to_text(state: dict[str, torch.Tensor]) -> str:
 
 
 def state_from_text(text: str) -> dict[str, torch.Tensor]:
+    """The state dict of :func:`state_to_text`; ValueError (never code) for anything else."""
     try:
         return load_state(base64.b64decode(text.encode("ascii"), validate=True))
     except Exception as e:

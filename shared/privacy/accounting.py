@@ -20,6 +20,8 @@ from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant, common, privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant, rdp_privacy_accountant
 
+from .calibration import CalibrationError, first_feasible_doubling, smallest_feasible
+
 # Wide RDP order grid: Opacus' grid stops at 63, which is loose at small epsilon (ALGORITHMS.md 1).
 RDP_ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10 for x in range(1, 101)]
@@ -75,8 +77,9 @@ def approx_dp_event(epsilon: float, delta: float = 0.0) -> dp_accounting.DpEvent
     return ApproxDpEvent(float(epsilon), float(delta))
 
 
-class _Accountant(PLDAccountant):
-    """dp_accounting's PLD accountant, plus :class:`ApproxDpEvent`."""
+class Accountant(PLDAccountant):
+    """dp_accounting's PLD accountant, plus :class:`ApproxDpEvent` (so ledgers can hold
+    mechanisms known only by their (epsilon, delta))."""
 
     def _maybe_compose(self, event, count, do_compose):
         if not isinstance(event, ApproxDpEvent):
@@ -125,7 +128,7 @@ def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccounta
             if acc is not None:
                 _PLD_CACHE.move_to_end(key)
                 return acc
-    acc = _Accountant(value_discretization_interval=interval)
+    acc = Accountant(value_discretization_interval=interval)
     acc.compose(event)
     if key is not None:
         with _PLD_CACHE_LOCK:
@@ -133,6 +136,12 @@ def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccounta
             while len(_PLD_CACHE) > _PLD_CACHE_SIZE:
                 _PLD_CACHE.popitem(last=False)
     return acc
+
+
+def clear_pld_cache() -> None:
+    """Forget the composed accountants :func:`pld_accountant` keeps (benchmarks time cold calls)."""
+    with _PLD_CACHE_LOCK:
+        _PLD_CACHE.clear()
 
 
 def pld_of(event: dp_accounting.DpEvent, interval: float):
@@ -230,6 +239,8 @@ def calibrate_noise(sample_rate: float, steps: int, epsilon: float, delta: float
 
     The returned sigma always satisfies the target by :func:`epsilon` itself (bisection keeps the
     feasible end), so a report computed from the same event never exceeds the request.
+    The search is bracketed with the cheap RDP epsilon first, then by PLD
+    (:func:`shared.privacy.calibration.smallest_feasible`).
     """
     target = epsilon
     if not (target > 0 and math.isfinite(target)):
@@ -238,40 +249,23 @@ def calibrate_noise(sample_rate: float, steps: int, epsilon: float, delta: float
     if steps < 1:
         raise AccountingError(f"steps must be >= 1, got {steps}")
 
-    def pld(sigma: float) -> float:
-        return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta)
+    def pld_ok(sigma: float) -> bool:
+        return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= target
 
-    def rdp(sigma: float) -> float:
-        return epsilon_rdp(dpsgd_event(sample_rate, sigma, steps), delta)
+    def rdp_ok(sigma: float) -> bool:
+        return epsilon_rdp(dpsgd_event(sample_rate, sigma, steps), delta) <= target
 
-    # Bracket cheaply with RDP (it is looser, so its sigma is usually feasible for PLD too).
-    hi = _feasible_upper(rdp, target, 1.0)
-    hi = _feasible_upper(pld, target, hi)
-    lo = hi / 2
-    while pld(lo) <= target:
-        hi, lo = lo, lo / 2
-        if lo < 1e-3:  # tiny noise already meets the target (huge epsilon): no need to go lower
-            return hi
-    while hi / lo - 1 > rtol:  # geometric bisection; hi stays feasible
-        mid = math.sqrt(lo * hi)
-        if pld(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def _feasible_upper(eps_of, target: float, start: float) -> float:
-    """A sigma >= ``start`` with eps_of(sigma) <= target, doubling; error past SIGMA_MAX."""
-    sigma = start
-    while eps_of(sigma) > target:
-        sigma *= 2
-        if sigma > SIGMA_MAX:
-            raise AccountingError(
-                f"epsilon {target} at this delta is out of reach: it would need a noise "
-                f"multiplier above {SIGMA_MAX:g}. Raise epsilon or delta, or lower the number of "
-                "steps (epochs) or the sampling rate (batch size).")
-    return sigma
+    too_far = (f"epsilon {target} at this delta is out of reach: it would need a noise "
+               f"multiplier above {SIGMA_MAX:g}. Raise epsilon or delta, or lower the number of "
+               "steps (epochs) or the sampling rate (batch size).")
+    try:
+        # Bracket cheaply with RDP (it is looser, so its sigma is usually feasible for PLD too).
+        start = first_feasible_doubling(rdp_ok, start=1.0, upper=SIGMA_MAX, out_of_reach=too_far)
+        # Below 1e-3, tiny noise already meets the target (huge epsilon): no need to go lower.
+        return smallest_feasible(pld_ok, start=start, upper=SIGMA_MAX, lower=1e-3, rtol=rtol,
+                                 out_of_reach=too_far)
+    except CalibrationError as e:
+        raise AccountingError(str(e)) from None
 
 
 # -- JSON --------------------------------------------------------------------------------------

@@ -8,58 +8,39 @@ labelled at that point. The start set is a seeded uniform draw (data-independent
 
 The guarantee (per record, at the plan's delta) covers the model and the selections; with
 ``dp_metrics`` each round's test metrics are a priced Gaussian release
-(:mod:`shared.private_metrics`; the job kind composes them into its event). Without it they are
-exact: for owner-side benchmarks only, never released. Results hold counts, never record ids.
+(:mod:`shared.privacy.private_metrics`; the job kind composes them into its event). Without it
+they are exact: for owner-side benchmarks only, never released. Results hold counts, never
+record ids.
 """
 from __future__ import annotations
 
-import io
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .accounting import event_to_json
+from ..privacy.accounting import event_to_json
+from ..privacy.private_metrics import NOISE_STREAM
+from ..privacy.reporting import privacy_report
+from ..randomness import secret_seed
 from .acquisition import natural_bound, select
-from .dpal_plan import Plan, group_event
-from .private_metrics import NOISE_STREAM
-from .randomness import secret_seed
-from .reporting import privacy_report
+from .schedule import Plan, group_event
 
 Progress = Callable[[int, int], None]
-
-
-def _device(device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, X: torch.Tensor, y: np.ndarray, n_classes: int) -> dict:
     """Accuracy, per-class accuracy, AUC (binary, or macro one-vs-rest) on (X, y)."""
-    from sklearn.metrics import roc_auc_score
-
+    from ..training.metrics import accuracy, auc, per_class_accuracy
     from .acquisition import predict_proba
 
     if len(y) == 0:
         return {"accuracy": None, "per_class_accuracy": {}, "auc": None}
     P = predict_proba(model, X)
-    pred = P.argmax(1)
-    out = {"accuracy": float((pred == y).mean()), "per_class_accuracy": {}, "auc": None}
-    for c in range(n_classes):
-        m = y == c
-        out["per_class_accuracy"][str(c)] = float((pred[m] == c).mean()) if m.any() else None
-    present = np.unique(y)
-    try:
-        if n_classes == 2 and len(present) == 2:
-            out["auc"] = float(roc_auc_score(y, P[:, 1]))
-        elif len(present) == n_classes:
-            Pn = P / P.sum(1, keepdims=True)
-            out["auc"] = float(roc_auc_score(y, Pn, multi_class="ovr", average="macro"))
-    except ValueError:
-        pass
-    return out
+    return {"accuracy": accuracy(P, y),
+            "per_class_accuracy": per_class_accuracy(P.argmax(1), y, range(n_classes)),
+            "auc": auc(P, y, n_classes)}
 
 
 def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray],
@@ -78,22 +59,9 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
     ``dp_metrics``: each round's test metrics through the Gaussian histogram at
     ``metrics_sigma`` (None: no metrics); else exact (owner-side benchmarks only).
     """
-    from .dpsgd import DPTrainer
-
-    device = _device(device)
     R = plan.rounds
     N = len(X_pool)
-    # The plan's events depend on the group sizes, not on the pool's size: the pool is the
-    # training side of a per-record split (Binomial size, planned at plan.n_pool), and only
-    # needs room for every group.
-    need = plan.start_size + sum(plan.query_sizes)
-    if N < need:
-        raise ValueError(f"pool has {N} records, fewer than the {need} the plan labels "
-                         f"(planned for {plan.n_pool}); lower start_size or query_sizes")
-    bound = float(score_bound) if score_bound else natural_bound(acquisition, n_classes)
-    esr = plan.eps_sel_round if private else None
-    if private and acquisition != "random" and not (esr and esr > 0):
-        raise ValueError("a data-dependent acquisition needs eps_selection > 0")
+    bound, esr = _selection_params(plan, N, acquisition, n_classes, score_bound, private)
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
     Xp = torch.as_tensor(np.asarray(X_pool, dtype=np.float32))
@@ -106,12 +74,9 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
     labels[start] = _ask(label_oracle, start, n_classes)
     group[start] = 0
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = build_model()
-    sigma = plan.noise_multiplier if private else 0.0
-    trainer = DPTrainer(model, clip_norm=clip_norm, noise_multiplier=sigma,
-                        learning_rate=learning_rate, seed=int(seed), device=device)
+    trainer = _trainer(build_model, plan.noise_multiplier if private else 0.0,
+                       clip_norm=clip_norm, learning_rate=learning_rate, seed=seed,
+                       device=device)
     total_steps, done_steps = int(sum(plan.steps)), 0
     executed_steps: list[int] = []
     rounds = []
@@ -132,11 +97,9 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                    "expected_batch_size": float(rates.sum()),
                    "mean_batch_size": float(np.mean(trainer.last_batch_sizes))
                    if trainer.last_batch_sizes else 0.0}
-            if dp_metrics:
-                row.update(_dp_evaluate(trainer.module, Xt, yt, n_classes, metrics_sigma,
-                                        (int(seed), NOISE_STREAM, r)))
-            else:
-                row.update(evaluate(trainer.module, Xt, yt, n_classes))
+            row.update(_dp_evaluate(trainer.module, Xt, yt, n_classes, metrics_sigma,
+                                    (int(seed), NOISE_STREAM, r)) if dp_metrics
+                       else evaluate(trainer.module, Xt, yt, n_classes))
             if private:
                 row["epsilon_per_group"] = [float(e) for e in plan.eps_after_round[r]]
             if r < R:
@@ -156,34 +119,76 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
            "labelled": [int((group == g).sum()) for g in range(R + 1)],
            "group_of_pool": group}  # -1: never labelled; owner-side only (the caller strips it)
     if private:
-        events = [group_event(g, plan.eps_sel_round, plan.noise_multiplier, plan.rates,
-                              executed_steps) for g in range(R + 1)]
-        out["executed_events"] = [event_to_json(e) for e in events]
-        if out["executed_events"] != plan.group_events:
-            raise RuntimeError("executed events differ from the plan's")  # never release
-        worst = plan.worst_group() if plan.group_epsilon else R
-        report = privacy_report(events[worst], plan.delta)
-        report.update(worst_group=int(worst), noise_multiplier=plan.noise_multiplier,
-                      clip_norm=float(clip_norm), score_bound=bound,
-                      eps_selection_round=plan.eps_sel_round,
-                      group_epsilon=[float(e) for e in plan.group_epsilon],
-                      group_events=out["executed_events"])
-        # one report per group (records labelled in the same round share a guarantee)
-        report["groups"] = []
-        for g, e in enumerate(events):
-            r = privacy_report(e, plan.delta)
-            report["groups"].append({"group": g, "labelled_in_round": g,
-                                     "size": int((group == g).sum()),
-                                     **{k: r[k] for k in ("epsilon", "delta", "tpr_bound", "mu")}})
-        out["privacy"] = report
+        out["executed_events"], out["privacy"] = _privacy(plan, executed_steps, group,
+                                                          clip_norm, bound)
     return out
+
+
+def _trainer(build_model: Callable[[], torch.nn.Module], sigma: float, *, clip_norm: float,
+             learning_rate: float, seed: int, device):
+    """The DP-SGD trainer of the whole loop (warm start across rounds), its model initialised
+    from ``seed`` without touching the caller's torch RNG."""
+    from ..training.device import default_device
+    from ..training.engine import DPTrainer
+
+    device = default_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_model()
+    return DPTrainer(model, clip_norm=clip_norm, noise_multiplier=sigma,
+                     learning_rate=learning_rate, seed=int(seed), device=device)
+
+
+def _selection_params(plan: Plan, N: int, acquisition: str, n_classes: int,
+                      score_bound: float | None, private: bool) -> tuple[float, float | None]:
+    """(score bound S, selection epsilon per round; None: non-private), after checking that
+    the pool and the plan's selection budget fit the run."""
+    # The plan's events depend on the group sizes, not on the pool's size: the pool is the
+    # training side of a per-record split (Binomial size, planned at plan.n_pool), and only
+    # needs room for every group.
+    need = plan.start_size + sum(plan.query_sizes)
+    if N < need:
+        raise ValueError(f"pool has {N} records, fewer than the {need} the plan labels "
+                         f"(planned for {plan.n_pool}); lower start_size or query_sizes")
+    bound = float(score_bound) if score_bound else natural_bound(acquisition, n_classes)
+    esr = plan.eps_sel_round if private else None
+    if private and acquisition != "random" and not (esr and esr > 0):
+        raise ValueError("a data-dependent acquisition needs eps_selection > 0")
+    return bound, esr
+
+
+def _privacy(plan: Plan, executed_steps: list[int], group: np.ndarray, clip_norm: float,
+             bound: float) -> tuple[list[str], dict]:
+    """(executed events as JSON, privacy report): the executed events must equal the plan's
+    (else nothing is released); the report is the worst group's, with one entry per group."""
+    R = plan.rounds
+    events = [group_event(g, plan.eps_sel_round, plan.noise_multiplier, plan.rates,
+                          executed_steps) for g in range(R + 1)]
+    executed = [event_to_json(e) for e in events]
+    if executed != plan.group_events:
+        raise RuntimeError("executed events differ from the plan's")  # never release
+    worst = plan.worst_group() if plan.group_epsilon else R
+    report = privacy_report(events[worst], plan.delta)
+    report.update(worst_group=int(worst), noise_multiplier=plan.noise_multiplier,
+                  clip_norm=float(clip_norm), score_bound=bound,
+                  eps_selection_round=plan.eps_sel_round,
+                  group_epsilon=[float(e) for e in plan.group_epsilon],
+                  group_events=executed)
+    # one report per group (records labelled in the same round share a guarantee)
+    report["groups"] = []
+    for g, e in enumerate(events):
+        r = privacy_report(e, plan.delta)
+        report["groups"].append({"group": g, "labelled_in_round": g,
+                                 "size": int((group == g).sum()),
+                                 **{k: r[k] for k in ("epsilon", "delta", "tpr_bound", "mu")}})
+    return executed, report
 
 
 @torch.no_grad()
 def _dp_evaluate(model, X: torch.Tensor, y: np.ndarray, n_classes: int, sigma, stream) -> dict:
     """One round's metrics as a DP release (exact only under mock evaluation)."""
     from .acquisition import predict_proba
-    from .private_metrics import is_mock, release
+    from ..privacy.private_metrics import is_mock, release
 
     pred = predict_proba(model, X).argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
     m = release(y, pred, list(range(n_classes)), sigma, stream=stream)
@@ -198,12 +203,6 @@ def _ask(oracle, idx: np.ndarray, n_classes: int) -> np.ndarray:
     if y.shape != (len(idx),) or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
         raise ValueError("label_oracle must return one label in [0, n_classes) per index")
     return y
-
-
-def state_bytes(model: torch.nn.Module, prefix: str = "") -> bytes:
-    buf = io.BytesIO()
-    torch.save({prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return buf.getvalue()
 
 
 # -- plots -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 What the guarantee covers: the model weights, for the training records, at (epsilon, delta),
 and the test metrics, released through the priced Gaussian histogram of
-:mod:`shared.private_metrics` (the report composes both).
+:mod:`shared.privacy.private_metrics` (the report composes both).
 
 Preprocessing is public: x / 255, channel-first. For ``model="head"`` the frozen backbone's
 features are computed once for all records (a fixed function of each image alone, so they cost
@@ -10,20 +10,23 @@ no privacy) and only the head is trained with DP-SGD: the fast path.
 """
 from __future__ import annotations
 
-import io
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .accounting import dpsgd_event
+from ..data import n_train_records
+from ..privacy.accounting import dpsgd_event
+from ..privacy.private_metrics import NOISE_STREAM, metrics_sigma, release
+from ..privacy.private_metrics import privacy_report as metrics_report
 from .backbones import Backbone, extract_features, images_to_tensor
-from .dpsgd import DPTrainer
+from .device import default_device
+from .engine import DPTrainer
+from .metrics import mock_extras, predict_probs
 from .models import HeadOnBackbone, build_model, model_config
-from .private_metrics import NOISE_STREAM, metrics_sigma, release
-from .private_metrics import privacy_report as metrics_report
-from .data import n_train_records
-from .training import encode_labels, split_indices
+from .preprocess import encode_labels
+from .serialise import model_bytes
+from .split import split_indices
 
 PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
 
@@ -46,8 +49,7 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
                        device=None) -> dict:
     """Train ``spec`` (a validated DPSGDImageSpec) on an images payload; return the result dict
     (model_state, model_config, metrics, privacy). Same spec + data + device, same model."""
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     images, raw_labels = _check_payload(data)
     classes = list(meta.labels) if meta.labels else sorted(set(raw_labels.tolist()))
     y = encode_labels(raw_labels, classes)
@@ -107,34 +109,24 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
         config = model_config(spec.model, n_in, len(classes), 0, in_channels=c,
                               image_size=(h, w), width=arch["width"])
     config.update(classes=classes, preprocessing=PREPROCESSING, image_shape=list(images.shape[1:]))
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    probs = _probs(net.to(device), X, device)
+    probs = predict_probs(net.to(device), X, device)
     return {
-        "model_state": buf.getvalue(),
+        "model_state": model_bytes(model),
         "model_config": config,
-        # DP (priced above), or exact only on the public mock (shared.private_metrics)
+        # DP (priced above), or exact only on the public mock (shared.privacy.private_metrics)
         "metrics": release(y[te], probs[te].argmax(1) if len(te) else np.zeros(0, dtype=int),
                            classes, m_sigma, stream=(spec.seed, NOISE_STREAM, 0),
                            n_train=n_train, n_test=meta.n_records - n_train,
-                           mock_extras=lambda: _mock_extras(probs, y, tr, te, classes)),
+                           mock_extras=lambda: mock_extras(probs, y, tr, te, classes)),
         "privacy": privacy,
     }
-
-
-@torch.no_grad()
-def _probs(net: torch.nn.Module, X: torch.Tensor, device, batch_size: int = 512) -> np.ndarray:
-    net.eval()
-    out = [torch.softmax(net(X[i:i + batch_size].to(device)), 1).cpu()
-           for i in range(0, len(X), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
 @torch.no_grad()
 def predict_images_proba(model: torch.nn.Module, config: dict, images: np.ndarray,
                          batch_size: int = 256) -> np.ndarray:
     """Class probabilities (columns in ``config["classes"]`` order) of uint8 images, with a model
-    from ``shared.results.load_model`` (a head model includes its backbone)."""
+    from ``shared.training.results.load_model`` (a head model includes its backbone)."""
     if config.get("preprocessing") != PREPROCESSING:
         raise ValueError(f"not an image model config: preprocessing {config.get('preprocessing')!r}")
     images = np.asarray(images)
@@ -142,35 +134,5 @@ def predict_images_proba(model: torch.nn.Module, config: dict, images: np.ndarra
         raise ValueError(f"model expects images of shape {config['image_shape']}, "
                          f"got {list(images.shape[1:])}")
     device = next(model.parameters()).device
-    return _probs(model, images_to_tensor(images), device, batch_size)
+    return predict_probs(model, images_to_tensor(images), device, batch_size)
 
-
-def _mock_extras(p, y, tr, te, classes) -> dict:
-    """Exact train accuracy and test AUC: for the public mock only."""
-    m = image_metrics(p, y, tr, te, classes)
-    return {"train_accuracy": m["train_accuracy"], "test_auc": m["test_auc"]}
-
-
-def image_metrics(p: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
-                  classes) -> dict:
-    """Exact train/test accuracy, per-class test accuracy, test AUC (binary, or macro
-    one-vs-rest). Never released on private records: see :mod:`shared.private_metrics`."""
-    def acc(idx):
-        return float((p[idx].argmax(1) == y[idx]).mean()) if len(idx) else None
-
-    out = {"n_train": int(len(tr)), "n_test": int(len(te)), "train_accuracy": acc(tr),
-           "test_accuracy": acc(te), "test_auc": None, "per_class_accuracy": {}}
-    pred = p[te].argmax(1) if len(te) else np.zeros(0, dtype=int)
-    for i, c in enumerate(classes):
-        mask = y[te] == i
-        out["per_class_accuracy"][str(c)] = float((pred[mask] == i).mean()) if mask.any() else None
-    present = set(y[te].tolist())
-    if len(te) and len(present) == len(classes):
-        from sklearn.metrics import roc_auc_score
-
-        if len(classes) == 2:
-            out["test_auc"] = float(roc_auc_score(y[te], p[te, 1]))
-        else:
-            out["test_auc"] = float(roc_auc_score(y[te], p[te], multi_class="ovr",
-                                                  average="macro"))
-    return out

@@ -1,13 +1,15 @@
-"""DP-SGD engine on Opacus with true Poisson sampling at a per-record rate.
+"""The one DP-SGD engine (tables, images, DP active learning): Opacus per-sample clipping and
+noise, with true Poisson sampling at a per-record rate.
 
 Every step, record i enters the batch independently with probability ``sample_rates[i]``
 (our own seeded Bernoulli sampler); Opacus computes per-sample gradients, clips each to C,
 adds N(0, (sigma C)^2) to their sum and divides by the EXPECTED batch size sum_i q_i, a
 constant: dividing by the realised size would make the scale depend on who was sampled.
 
-With all rates equal to q, T steps are exactly ``shared.accounting.dpsgd_event(q, sigma, T)``.
-With per-group rates, group g's records see ``dpsgd_event(q_g, sigma, T)`` each (the caller
-accounts per group, as DP active learning does).
+With all rates equal to q, T steps are exactly
+``shared.privacy.accounting.dpsgd_event(q, sigma, T)`` (the table and image jobs). With per-group
+rates, group g's records see ``dpsgd_event(q_g, sigma, T)`` each (the caller accounts per group,
+as DP active learning does).
 
 ``grad_sample_mode``:
 * ``"hooks"``: Opacus' GradSampleModule + DPOptimizer (per-sample gradients materialised).
@@ -33,11 +35,12 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
-from .randomness import secret_seed
+from ..randomness import secret_seed
+from .device import default_device
 
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
-# TEST-ONLY hook: True makes every DP-SGD optimizer (this module's and shared.training's) add
+# TEST-ONLY hook: True makes every DP-SGD optimizer (all built by DPTrainer below) add
 # NO noise while the job still reports its calibrated sigma -- the bug an empirical privacy
 # audit must catch (tests/test_audit.py, benchmarks/audit.py). Product code never sets it.
 TEST_ONLY_DISABLE_NOISE = False
@@ -50,7 +53,22 @@ def noise_in_optimizer(noise_multiplier: float) -> float:
 Progress = Callable[[int, int], None]
 
 
+def poisson_schedule(n_train: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, total steps) of ``epochs`` epochs over ``n_train`` records (the planned,
+    public count) at batch size ``batch_size``: what the owner prices and the job then runs.
+
+    The arithmetic of Opacus' Poisson DataLoader, which the table job used to run and whose
+    priced plans stay valid: q = 1 / ceil(n / B) -- not B / n -- and int(1 / q) steps per epoch
+    (float rounding makes that ceil(n / B) - 1 for some n, e.g. 93).
+    """
+    if n_train < 1 or batch_size < 1:
+        raise ValueError(f"need n_train >= 1 and batch_size >= 1, got {n_train}, {batch_size}")
+    q = 1 / ((int(n_train) + int(batch_size) - 1) // int(batch_size))
+    return q, int(epochs) * int(1 / q)
+
+
 def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One loss per record (the engine sums them; the optimizer divides by the expected batch)."""
     return F.cross_entropy(logits, y, reduction="none")
 
 
@@ -69,9 +87,10 @@ class DPTrainer:
     """DP-SGD on ``model`` (trained in place; warm start across calls to :meth:`run`).
 
     Sampling and noise are secret (fresh OS seeds); under ``pinned_randomness`` the same
-    seed, inputs and device give the same model. ``max_physical_batch_size`` splits a large logical batch into chunks whose clipped
-    gradients are summed before the single noise draw (Opacus' skip-step mechanism, as in its
-    BatchMemoryManager); it changes memory, not the mechanism.
+    seed, inputs and device give the same model. ``max_physical_batch_size`` splits a large
+    logical batch into chunks whose clipped gradients are summed before the single noise draw
+    (Opacus' skip-step mechanism, as in its BatchMemoryManager); it changes memory, not the
+    mechanism.
     ``loss_fn(logits, y)`` returns one loss per record (default cross entropy).
     """
 
@@ -88,8 +107,7 @@ class DPTrainer:
             raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
         if max_physical_batch_size is not None and max_physical_batch_size < 1:
             raise ValueError("max_physical_batch_size must be >= 1 or None")
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.module = model.to(self.device)
         self.clip_norm = float(clip_norm)
         self.grad_sample_mode = grad_sample_mode
@@ -120,6 +138,7 @@ class DPTrainer:
 
     @property
     def noise_multiplier(self) -> float:
+        """Sigma of the optimizer (settable between runs: a schedule may change it)."""
         return float(self._opt.noise_multiplier)
 
     @noise_multiplier.setter
@@ -130,6 +149,7 @@ class DPTrainer:
 
     @property
     def optimizer(self) -> DPOptimizer:
+        """The Opacus optimizer: what clips, noises and scales (tests inspect it)."""
         return self._opt
 
     def run(self, X: torch.Tensor, y: torch.Tensor, sample_rates: np.ndarray, steps: int,

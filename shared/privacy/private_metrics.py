@@ -10,7 +10,7 @@ needs delta of its own, and the training event already uses all of the job's del
 per-class accuracy are post-processing of the noisy histogram (free). Rates use the noisy cells
 only (accuracy = noisy correct / noisy total; the planned size should the noisy total fall
 below 1): each record's train/test side is drawn on its own
-(:func:`shared.training.split_indices`), so the realised test-split size is a count of private
+(:func:`shared.training.split.split_indices`), so the realised test-split size is a count of private
 records, not public, and nothing is projected onto it. The ``n_train``/``n_test`` reported are the
 planned, public counts (``shared.data.n_train_records``), not the realised ones.
 
@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .randomness import secret_seed
+from ..randomness import secret_seed
 
 MECHANISM = "noisy_class_x_correct_histogram"
 GAUSSIAN, LAPLACE = "gaussian", "laplace"

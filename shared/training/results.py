@@ -1,21 +1,19 @@
 """Using a released result without syft: rebuild the model, predict on new rows."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import torch
 
 from .models import build_from_config
-from .training import preprocess
+from .preprocess import preprocess
+from .serialise import load_state
 
 
 def load_model(result: dict) -> torch.nn.Module:
     """The trained model of a job result (``model_state`` + ``model_config``), in eval mode."""
     model = build_from_config(result["model_config"])
-    state = torch.load(io.BytesIO(result["model_state"]), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(load_state(result["model_state"]))
     return model.eval()
 
 

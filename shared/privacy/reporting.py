@@ -31,6 +31,7 @@ from scipy.stats import norm
 from .accounting import (PLD_RTOL, SIGMA_MAX, AccountingError, calibrate_noise, dpsgd_event,
                          epsilon as pld_epsilon, epsilon_rdp, event_to_json, pld_of,
                          refinement_intervals)
+from .calibration import CalibrationError, smallest_feasible
 
 REPORT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)
 
@@ -310,22 +311,11 @@ def calibrate_noise_for(sample_rate: float, steps: int, *, epsilon: float | None
             return c is not None and float(c.tpr(fpr)) <= tpr
         what = f"TPR {tpr:g} at FPR {fpr:g}"
 
-    hi = 1.0
-    while not ok(hi):
-        hi *= 2
-        if hi > SIGMA_MAX:
-            raise AccountingError(f"{what} is out of reach: it would need a noise multiplier above "
-                                  f"{SIGMA_MAX:g}. Relax the target, or lower the number of steps "
-                                  "(epochs) or the sampling rate (batch size).")
-    lo = hi / 2
-    while ok(lo):
-        hi, lo = lo, lo / 2
-        if lo < 1e-3:  # tiny noise already meets the target
-            return hi
-    while hi / lo - 1 > rtol:  # geometric bisection; hi stays feasible
-        mid = math.sqrt(lo * hi)
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    too_far = (f"{what} is out of reach: it would need a noise multiplier above {SIGMA_MAX:g}. "
+               "Relax the target, or lower the number of steps (epochs) or the sampling rate "
+               "(batch size).")
+    try:  # below 1e-3, tiny noise already meets the target: no need to go lower
+        return smallest_feasible(ok, start=1.0, upper=SIGMA_MAX, lower=1e-3, rtol=rtol,
+                                 out_of_reach=too_far)
+    except CalibrationError as e:
+        raise AccountingError(str(e)) from None

@@ -4,7 +4,7 @@ Each unlabelled record gets a score from the current (DP) model's outputs on tha
 clipped to [0, S] (S = the declared ``score_bound``); selection takes the top k of
 score + Laplace(S / eps_round), noise drawn independently per record. A record's noisy score is
 the Laplace mechanism on a quantity of sensitivity S, so it is eps_round-DP for that record;
-the top-k of the noisy vector is post-processing (``shared.dpal_plan.selection_event``).
+the top-k of the noisy vector is post-processing (``shared.dpal.schedule.selection_event``).
 
 Core-set and BADGE are not offered: they score records *jointly* (distances to the other
 records, k-means++ over gradient embeddings), so one record changes everybody's score and the

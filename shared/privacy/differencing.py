@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from .removal import RemovableModel, train_removable, training_epsilon
+from ..removal import RemovableModel, train_removable, training_epsilon
 
 
 def attack_vector(w0: np.ndarray, w1: np.ndarray, X_rest: np.ndarray, lam: float) -> np.ndarray:

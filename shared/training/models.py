@@ -21,8 +21,8 @@ def build_model(name: str, n_features: int, n_classes: int, hidden: int = 32, *,
     Image models take float images (N, C, H, W) in [0, 1] (``in_channels`` C,
     ``image_size`` (H, W)): ``cnn`` (3 conv-GroupNorm-ReLU-pool blocks, ``width`` channels in
     the first), ``resnet9`` (ResNet-9 with GroupNorm, ``width`` 64 in the literature), ``head``
-    (the frozen, data-independent ``backbone`` of :mod:`shared.backbones` followed by a logreg
-    head, or an MLP head if ``hidden`` > 0; ``n_features`` is the backbone's feature dim).
+    (the frozen, data-independent ``backbone`` of :mod:`shared.training.backbones` followed by a
+    logreg head, or an MLP head if ``hidden`` > 0; ``n_features`` is the backbone's feature dim).
     """
     if n_classes < 2:
         raise ValueError(f"need n_classes >= 2, got {n_classes}")
@@ -73,6 +73,7 @@ def model_config(name: str, n_features: int, n_classes: int, hidden: int = 32, *
 
 
 def build_from_config(config: dict) -> nn.Module:
+    """The (untrained) model a result's ``model_config`` describes: load its state into it."""
     return build_model(config["name"], config["n_features"], config["n_classes"],
                        config.get("hidden", 32), in_channels=config.get("in_channels"),
                        image_size=config.get("image_size"), width=config.get("width"),

@@ -3,10 +3,10 @@
 Steinke, Nasr, Jagielski, "Privacy auditing with one (1) training run", NeurIPS 2023. The job's
 own code runs once on the owner's data plus m canaries, each included independently with
 probability 1/2; each canary is then scored on the trained model, the auditor guesses "in" for
-the top scores and "out" for the bottom ones, and :mod:`shared.audit_bound` turns the number of
-correct guesses into an epsilon lower bound with its confidence. A bound above the epsilon the
-job claims (its planned event, :mod:`shared.pricing`) is a violation: the implementation leaks
-more than it is charged for.
+the top scores and "out" for the bottom ones, and :mod:`shared.privacy.audit_bound` turns the
+number of correct guesses into an epsilon lower bound with its confidence. A bound above the
+epsilon the job claims (its planned event, :mod:`shared.privacy.pricing`) is a violation: the
+implementation leaks more than it is charged for.
 
 Canaries (white-box, input space, built so canaries do not interfere with each other -- the
 main obstacle to one-run audits, Keinan et al. 2025): the table gets m extra feature columns,
@@ -24,20 +24,19 @@ settings (Opacus' sample rate, DP-AL's plan) follow the realised number of recor
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import dpsgd
+from ..data import TABLE, DatasetMeta
+from ..jobs import SpecError, spec_from_dict
+from ..randomness import secret_seed
+from ..training import engine
 from .accounting import epsilon
 from .audit_bound import guess_and_bound
-from .data import TABLE, DatasetMeta
 from .pricing import planned_event
-from .randomness import secret_seed
-from .jobs import SpecError, spec_from_dict
 
 AUDITABLE_KINDS = ("dpsgd_table", "dpal")
 DEFAULT_CANARIES = 1000
@@ -84,7 +83,7 @@ def audit_job(spec_dict: dict, data, meta: DatasetMeta, canaries: int = DEFAULT_
         "score": "change of the canary's own-label logit margin from the public initialisation",
         "method": "one-run audit (Steinke, Nasr, Jagielski, NeurIPS 2023)",
         "released": False, "charged": False,
-        "noise_disabled_by_test_hook": bool(dpsgd.TEST_ONLY_DISABLE_NOISE),
+        "noise_disabled_by_test_hook": bool(engine.TEST_ONLY_DISABLE_NOISE),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -168,9 +167,11 @@ def _audit_spec(spec, **changes):
 
 def _run_dpsgd(spec, aug, aug_meta, n_real, progress) -> dict:
     """The DP-SGD table job (shared.runner.run_job) on its own training records + canaries."""
-    from .models import build_from_config, build_model
-    from .runner import run_job
-    from .training import encode_labels, preprocess, split_indices
+    from ..training.models import build_from_config, build_model
+    from ..runner import run_job
+    from ..training.preprocess import encode_labels, preprocess
+    from ..training.serialise import load_state
+    from ..training.split import split_indices
 
     y_real = encode_labels(aug[spec.label].iloc[:n_real], aug_meta.labels)
     rows = aug.drop(columns=[spec.label]).iloc[:n_real].to_numpy(dtype=np.float64)
@@ -181,7 +182,7 @@ def _run_dpsgd(spec, aug, aug_meta, n_real, progress) -> dict:
     result = run_job(job.to_dict(), train, train_meta, progress=progress)
     config = result["model_config"]
     model = build_from_config(config)
-    model.load_state_dict(torch.load(io.BytesIO(result["model_state"])))
+    model.load_state_dict(load_state(result["model_state"]))
     with torch.random.fork_rng(devices=[]):  # the job's public initialisation (its seed)
         torch.manual_seed(spec.seed)
         init = build_model(spec.model, config["n_features"], config["n_classes"], spec.hidden)
@@ -193,13 +194,13 @@ def _run_dpsgd(spec, aug, aug_meta, n_real, progress) -> dict:
 
 def _run_dpal(spec, aug, aug_meta, n_real, progress) -> dict:
     """The DP-AL loop (shared.dpal.run_dpal) with canaries in the pool (they may be labelled)."""
-    from .dpal import run_dpal
-    from .models import build_model
-    from .jobs.dpal import HIDDEN, _features, plan_for
-    from .training import split_indices
+    from ..dpal import run_dpal
+    from ..training.models import build_model
+    from ..jobs.dpal import HIDDEN, dpal_features, plan_for
+    from ..training.split import split_indices
 
     job = _audit_spec(spec)
-    X, y, _ = _features(job, aug, aug_meta)
+    X, y, _ = dpal_features(job, aug, aug_meta)
     tr, te = split_indices(X[:n_real], y[:n_real], job.test_fraction, job.seed)
     pool = np.concatenate([tr, np.arange(n_real, len(aug))])
     plan = plan_for(job, aug_meta, n_pool=len(pool))
@@ -218,5 +219,5 @@ def _run_dpal(spec, aug, aug_meta, n_real, progress) -> dict:
         torch.manual_seed(int(job.seed))
         init = build()
     return {"model": out["model"], "init": init,
-            "featurise": lambda rows: _features(job, rows, aug_meta)[0],
+            "featurise": lambda rows: dpal_features(job, rows, aug_meta)[0],
             "claimed_event": plan.group_event(plan.worst_group())}

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import default_device
+
 BACKBONES: tuple[str, ...] = ("scatter", "random_conv", "pixels")
 
 _J, _L = 2, 8  # scattering scales and orientations (Kymatio's defaults for 28x28 images)
@@ -175,8 +177,7 @@ def extract_features(images: np.ndarray, name: str, device=None,
     """float32 (N, D) features of uint8 images (N, H, W) or (N, H, W, C); each row has L2 norm
     1 (or 0) and depends on its own image only. Deterministic for a given device."""
     images = np.asarray(images)
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     bb = Backbone(name, images.shape[1:]).to(device).eval()
     out = np.empty((len(images), bb.dim), dtype=np.float32)
     step = max(1, min(int(batch_size), _CHUNK if name == "scatter" and device.type == "cpu"

@@ -1,0 +1,1 @@
+"""Privacy accounting, calibration and reporting: what a job costs and what that means."""

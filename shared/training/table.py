@@ -1,0 +1,127 @@
+"""DP-SGD training of a table classifier (job kind ``dpsgd_table``); the guarantee comes from PLD.
+
+What the guarantee covers: the model weights, for the training records, at (epsilon, delta),
+and the test metrics, released through the priced Gaussian histogram of
+:mod:`shared.privacy.private_metrics` (the report composes both).
+
+Training runs through the one DP-SGD engine, :class:`shared.training.engine.DPTrainer`, with
+every training record at the planned rate q and the planned expected batch size q * n_planned.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import n_train_records
+from ..privacy.accounting import dpsgd_event
+from ..privacy.private_metrics import NOISE_STREAM, metrics_sigma, release
+from ..privacy.private_metrics import privacy_report as metrics_report
+from ..targets import noise_multiplier as target_noise_multiplier
+from .device import default_device
+from .engine import DPTrainer, poisson_schedule
+from .metrics import mock_extras, predict_probs
+from .models import build_model, model_config
+from .preprocess import PUBLIC_SCALE, ROW_L2, encode_labels, feature_columns, preprocess
+from .serialise import model_bytes
+from .split import split_indices
+
+PREPROCESSING = ROW_L2  # without public per-column scales
+
+Progress = Callable[[int, int], None]
+
+
+def table_xy(df: pd.DataFrame, label: str, classes: Sequence | None = None,
+             feature_scales: dict | None = None):
+    """(X, y, feature columns, classes, preprocessing config) of a table job: X preprocessed
+    row by row (public map), y class indices. The split hashes these rows (split_indices)."""
+    cols = feature_columns(df, label)
+    classes = sorted(df[label].unique().tolist()) if classes is None else list(classes)
+    if len(classes) < 2:
+        raise ValueError(f"need at least two label values to classify, got {classes}")
+    prep = {"preprocessing": PREPROCESSING}
+    if feature_scales and all(c in feature_scales for c in cols):
+        prep = {"preprocessing": PUBLIC_SCALE,
+                "feature_scales": [float(feature_scales[c]) for c in cols]}
+    return preprocess(df[cols].to_numpy(), prep), encode_labels(df[label], classes), cols, \
+        classes, prep
+
+
+def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
+                      device: torch.device | str | None = None,
+                      classes: Sequence | None = None,
+                      feature_scales: dict | None = None,
+                      noise_multiplier: float | None = None,
+                      init_state: dict | None = None,
+                      sampling_seed: int | None = None,
+                      metrics_releases: int = 1, metrics_index: int = 0) -> dict:
+    """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
+
+    ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
+    ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
+    of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
+    ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``);
+    ``metrics_releases``: how many metric releases the schedule's metric noise is priced for
+    (its rounds), ``metrics_index``: which one this is (names the noise stream).
+    Under ``pinned_randomness`` the same spec, data and device give the same model.
+    """
+    device = default_device(device)
+    X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales)
+    tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
+    # The schedule is planned from the public record count, exactly as the owner priced it
+    # (shared.jobs): the realised split sizes are Binomial and never enter the mechanism.
+    n_train = n_train_records(len(y), spec.test_fraction)
+    q, steps = poisson_schedule(n_train, spec.batch_size, spec.epochs)
+    # the spec's target (epsilon, mu or attack TPR), calibrated as the planner does (shared.targets)
+    sigma = (target_noise_multiplier(spec, q, steps) if noise_multiplier is None
+             else float(noise_multiplier))
+
+    model = _initial_model(spec, len(cols), len(classes), init_state)
+    trainer = DPTrainer(model, clip_norm=spec.clip_norm, noise_multiplier=sigma,
+                        learning_rate=spec.learning_rate, device=device,
+                        seed=spec.seed if sampling_seed is None else sampling_seed)
+    # every training record at the planned rate; "mean" divides by the planned expected batch
+    # size q * n_train, never by a function of the realised split or the realised batch
+    done = trainer.run(torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), np.full(len(tr), q),
+                       steps, progress=progress, expected_batch_size=q * n_train)
+    trainer.close()
+
+    # The guarantee is for the schedule actually executed, counted step by step.
+    event = dpsgd_event(q, sigma, done)
+    m_sigma = metrics_sigma(spec, metrics_releases)
+    privacy = metrics_report(event, m_sigma, 1, spec.delta)
+    privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
+                   expected_batch_size=q * n_train)
+
+    model.eval()
+    config = model_config(spec.model, len(cols), len(classes), spec.hidden)
+    config.update(classes=classes, feature_columns=cols, **prep)
+    return {
+        "model_state": model_bytes(model),
+        "model_config": config,
+        # DP (priced above), or exact only on the public mock (shared.privacy.private_metrics)
+        "metrics": _metrics(model, X, y, tr, te, classes, m_sigma,
+                            (spec.seed, NOISE_STREAM, metrics_index), n_train),
+        "privacy": privacy,
+    }
+
+
+def _initial_model(spec, n_features: int, n_classes: int, init_state: dict | None):
+    """The spec's seeded initialisation, or ``init_state`` (a warm start) on top of it."""
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, n_features, n_classes, spec.hidden)
+    if init_state is not None:
+        model.load_state_dict(init_state)  # raises on a mismatched shape: nothing runs
+    return model
+
+
+def _metrics(model, X, y, tr, te, classes, sigma, stream, n_planned) -> dict:
+    """The released test metrics: a DP histogram, exact extras on the public mock only."""
+    p = predict_probs(model, torch.from_numpy(X))
+    pred = p[te].argmax(1) if len(te) else np.zeros(0, dtype=int)
+    return release(y[te], pred, classes, sigma, stream=stream, n_train=n_planned,
+                   n_test=len(y) - n_planned,
+                   mock_extras=lambda: mock_extras(p, y, tr, te, classes))

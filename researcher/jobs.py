@@ -107,6 +107,12 @@ class DPActiveLearning(Job):
         return plan_for(self.spec, site.datasets[self.spec.dataset].meta)
 
 
+
+# The design card's name for the same builder (DESIGN.md: ``jobs.ActiveLearning(dataset=...,
+# start=..., queries=..., step_amplification=True)``); one class, two names.
+ActiveLearning = DPActiveLearning
+
+
 def _design_card_options(options: dict, start, queries, rounds, step_amplification) -> dict:
     """``options`` with the spec fields the design card's keywords stand for (None: not
     given); a field given both ways is an error."""

@@ -295,7 +295,7 @@ def test_a_failed_round_tells_the_researcher_no_log(tmp_path, monkeypatch):
         raise SiteError(f"The job failed (exit 1):\n{secret}")
 
     told, logged = [], []
-    monkeypatch.setattr(rounds, "run_job_subprocess", failing_job)
+    monkeypatch.setattr(rounds, "run_claimed_job", failing_job)
     monkeypatch.setattr(rounds, "_refuse", lambda site, rid, req, who, reason: told.append(reason))
     monkeypatch.setattr(rounds, "finish", lambda site, sid, reason: told.append(reason))
     state = SimpleNamespace(dataset=lambda name: {"path": str(tmp_path)},

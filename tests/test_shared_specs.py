@@ -94,10 +94,11 @@ def test_validation_without_meta_checks_spec_alone():
 def test_design_card_active_learning_builder_maps_to_the_dpal_spec():
     from researcher import jobs
 
-    job = jobs.DPActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50, 30], rounds=2,
+    assert jobs.ActiveLearning is jobs.DPActiveLearning  # one builder, the card's name an alias
+    job = jobs.ActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50, 30], rounds=2,
                               step_amplification=False, model="head", backbone="scatter")
     assert (job.spec.start_size, job.spec.query_sizes, job.spec.mode) == (100, [50, 30], "naive")
     with pytest.raises(SpecError, match="one size per round"):
-        jobs.DPActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50, 30], rounds=3)
+        jobs.ActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50, 30], rounds=3)
     with pytest.raises(SpecError, match="unknown model 'resnet9-gn'"):
-        jobs.DPActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50], model="resnet9-gn")
+        jobs.ActiveLearning("cxr", 8.0, 1e-6, start=100, queries=[50], model="resnet9-gn")

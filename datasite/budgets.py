@@ -46,9 +46,9 @@ class BudgetsMixin:
         disclose = self.state.setting(DISCLOSE_DATASET_LEFT) == "yes"
         out = {}
         for b in self.ledger.all_budgets():
-            if b["researcher"]:
-                continue
             ds = b["dataset"]
+            if b["researcher"] or self.state.dataset(ds) is None:  # deleted: its budget stays
+                continue                                            # in the ledger, unlisted
             left = {"delta": b["delta"], "researcher_left": None}
             own = self.ledger.budget(ds, researcher)
             if own:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shared.display import escape, escape_block, escape_lines
 
+from . import cli_datasets
 from .config import DEFAULT_PORT, SiteError, init_site, open_site
 
 
@@ -44,19 +45,44 @@ def cmd_down(args) -> None:
     print(f"Datasite {args.name} stopped." if stopped else f"Datasite {args.name} was not running.")
 
 
+def _add_table_format(s) -> None:
+    """The options saying how a table file is written (sniffed when not given)."""
+    s.add_argument("--sep", default=None, help="table separator: , ; | or tab (default: sniffed)")
+    s.add_argument("--decimal", default=None, choices=(".", ","),
+                   help="decimal mark of a text table (default: sniffed)")
+    s.add_argument("--encoding", default=None,
+                   help="text encoding, e.g. utf-8, cp1252, utf-16 (default: sniffed)")
+    s.add_argument("--sheet", default=None, help="sheet of an .xlsx workbook (default: the first)")
+
+
+def _table_format(args) -> dict:
+    return {k: getattr(args, k) for k in ("sep", "decimal", "encoding", "sheet")}
+
+
 def cmd_upload(args) -> None:
-    meta = _site(args).upload(args.dataset, table=args.table, label=args.label, images=args.images,
-                              labels=args.labels, npz=args.npz, schema=args.schema,
-                              mock=args.mock, description=args.description or "",
-                              budget_epsilon=args.budget_eps, delta=args.delta)
+    from .upload_checks import check_inputs
+
+    check_inputs(table=args.table, images=args.images, labels=args.labels, npz=args.npz,
+                 schema=args.schema)  # before the site is opened or logged into: fails at once
+    site = _site(args)
+    upload = site.replace_dataset if args.replace else site.upload
+    out = upload(args.dataset, table=args.table, label=args.label, images=args.images,
+                 labels=args.labels, npz=args.npz, schema=args.schema,
+                 mock=args.mock, description=args.description or "",
+                 budget_epsilon=args.budget_eps, delta=args.delta, **_table_format(args))
+    meta = out["meta"] if args.replace else out
     print(f"Uploaded {escape(meta.name)}: {meta.kind}, {meta.n_records} records, labels "
           f"{escape(meta.labels)}; mock published, real data kept on this machine.")
+    if args.replace:
+        from .cli_datasets import print_replaced
+
+        print_replaced(out)
 
 
 def cmd_schema_draft(args) -> None:
     from .schema import draft_text
 
-    text = draft_text(args.file, label=args.label, labels=args.labels)
+    text = draft_text(args.file, label=args.label, labels=args.labels, **_table_format(args))
     if not args.output:
         print(text, end="")
         return
@@ -99,17 +125,18 @@ def cmd_ledger(args) -> None:
 
 
 def cmd_users_add(args) -> None:
+    site = _site(args)
+    site.check_new_user(args.email, None, args.dataset, args.budget_eps)  # before the prompt
     if args.password_file:
         password = Path(args.password_file).read_text().strip()
     else:
         password = getpass.getpass(f"Password for {args.email}: ")
         if getpass.getpass("Again: ") != password:
             raise SiteError("The passwords differ.")
-    site = _site(args)
-    site.add_user(args.email, password, name=args.full_name)
+    site.add_user(args.email, password, name=args.full_name, dataset=args.dataset,
+                  budget_epsilon=args.budget_eps)
     print(f"Registered researcher {escape(args.email)} on {escape(args.name)}.")
     if args.dataset:
-        site.set_budget(args.dataset, args.budget_eps, researcher=args.email)
         print(f"Budget for {escape(args.email)} on {escape(args.dataset)}: "
               f"eps={args.budget_eps:g}")
 
@@ -138,7 +165,7 @@ def print_request(it: dict, file=None) -> None:
         f"{escape(it['researcher'])}{unregistered}  submitted {escape(it['submitted'])}")
     out(f"  dataset: {escape(it['dataset'])}   job: {escape(it['kind'])}")
     if it["template"]:
-        out("  code: recognised dp-datasite job template (only the spec differs)")
+        out("  code: recognised dp-datasite job template (only the spec and a nonce differ)")
         for k, v in sorted(it["spec"].items(), key=lambda kv: repr(kv[0])):
             out(f"    {escape(k)} = {escape(v)}")
         out(f"  checks against the real data: {escape(it['validation'], 1000)}")
@@ -277,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = cmd("upload", cmd_upload, "import a real dataset and publish its mock")
     s.add_argument("dataset")
-    s.add_argument("--table", help="CSV or Parquet file")
+    s.add_argument("--table", help="table file: .csv/.tsv (or .csv.gz), .parquet or .xlsx")
+    _add_table_format(s)
     s.add_argument("--label", help="label column of the table")
     s.add_argument("--images", help="folder of PNG/JPEG images")
     s.add_argument("--labels", help="labels.csv for --images (filename,label)")
@@ -288,13 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--description", default="")
     s.add_argument("--budget-eps", type=float, default=None, help="the dataset's privacy budget")
     s.add_argument("--delta", type=float, default=None, help="the dataset's delta")
+    s.add_argument("--replace", action="store_true",
+                   help="a new version of an existing dataset under the same name (the "
+                        "ledger's spend carries over; record ids become the new row numbers)")
+
+    datasets = sub.add_parser("datasets", help="manage datasets").add_subparsers(
+        dest="datasets_cmd", required=True)
+    s = datasets.add_parser("delete", help="remove a dataset (published mock and metadata, "
+                            "real data); the ledger keeps its history")
+    s.add_argument("name")
+    s.add_argument("dataset")
+    s.add_argument("--home", type=Path, default=None)
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--force", action="store_true",
+                   help="even while requests on it run or wait for release, or removal-enabled "
+                        "models on it are active (they are withdrawn)")
+    s.set_defaults(fn=cli_datasets.cmd_delete)
 
     schema = sub.add_parser("schema", help="public schemas").add_subparsers(dest="schema_cmd",
                                                                           required=True)
     s = schema.add_parser("draft", help="draft a schema from the data, for the owner to review")
-    s.add_argument("file", help="table (.csv/.parquet), .npz file or image folder")
+    s.add_argument("file", help="table (.csv/.tsv/.csv.gz/.parquet/.xlsx), .npz file or image "
+                   "folder")
     s.add_argument("--label", help="label column (tables)")
     s.add_argument("--labels", help="labels.csv (image folders)")
+    _add_table_format(s)
     s.add_argument("-o", "--output", help="write here (default: print)")
     s.set_defaults(fn=cmd_schema_draft)
 

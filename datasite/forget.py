@@ -208,11 +208,11 @@ def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
 
         with open(site.state.request(spec.extractor)["result_path"], "rb") as f:
             extractor = pickle.load(f)
-    X, y, _, _ = job_features(spec, data, meta, extractor)
+    model = RemovableModel.from_dict(json.loads(m["model_json"]))
+    X, y, _, _ = job_features(spec, data, meta, extractor, model.feature_pipeline)
     m_ids = np.asarray(json.loads(m["record_ids_json"]), dtype=np.int64)
     pos = np.searchsorted(ids, m_ids) if np.all(np.diff(ids) > 0) else \
         np.array([int(np.flatnonzero(ids == i)[0]) for i in m_ids])
-    model = RemovableModel.from_dict(json.loads(m["model_json"]))
     # the stream names this release (model, version) for tests that pin the randomness
     stream = (int(hashlib.sha256(m["request_id"].encode()).hexdigest()[:12], 16), m["version"] + 1)
     # the planned (public) training count once the record is gone, never the realised one:

@@ -14,7 +14,10 @@ Payload formats are those of :mod:`shared.data`:
 
 Accepted inputs:
 
-* ``load_table(path, label)``: ``.csv`` (comma separated, header row) or ``.parquet``. Every
+* ``load_table(path, label)``: delimited text with a header row (``.csv``, ``.tsv``, ``.tab``,
+  ``.txt``; separator, decimal comma and encoding sniffed or given as ``sep``, ``decimal``,
+  ``encoding``), the same gzip-compressed (``.csv.gz``), ``.parquet``, or one sheet of an Excel
+  ``.xlsx`` (``sheet``; ``.xls``/``.xlsm`` are refused with advice). Every
   column other than ``label`` must be numeric (int, float or bool) without missing or infinite
   values; the label column must hold integer class ids (floats such as ``1.0`` are accepted and
   converted; text labels must be mapped to integers first).
@@ -32,7 +35,9 @@ Decompression bombs: every loader sizes what it will hold in memory from the fil
 before decompressing anything (zip member sizes and ``.npy`` headers, Parquet metadata, image
 headers) and refuses an import larger than :func:`max_import_bytes` (default 2 GiB, set
 ``DATASITE_MAX_IMPORT_BYTES`` for more) or an ``.npz`` member that inflates implausibly
-(:data:`MAX_COMPRESSION_RATIO`). Compressed CSV files are refused rather than inflated.
+(:data:`MAX_COMPRESSION_RATIO`). A ``.csv.gz`` is streamed once, counting what it inflates, before
+it is parsed; an ``.xlsx`` is sized from its zip directory, and refused if its XML declares a DTD;
+other compressed text is refused rather than inflated.
 
 This module is the entry point (``datasite.schema`` and the tests import the loaders from here);
 the work is done by one module per job:
@@ -40,7 +45,8 @@ the work is done by one module per job:
 * :mod:`datasite.ingest_checks`: the error type, dataset names, paths, labels and record counts;
 * :mod:`datasite.ingest_limits`: size limits and decompression-bomb checks;
 * :mod:`datasite.ingest_table`, :mod:`datasite.ingest_images`, :mod:`datasite.ingest_npz`: one
-  reader per input format.
+  reader per input format; :mod:`datasite.ingest_csv` and :mod:`datasite.ingest_excel` read the
+  table formats.
 """
 from __future__ import annotations
 

@@ -1,14 +1,21 @@
 """Size limits on an import, checked before anything is decompressed (decompression bombs).
 
 What one import may hold in memory is :func:`max_import_bytes`; each reader sizes its data from
-the file's headers and calls :func:`check_inflated` before allocating. Compressed CSV files are
-refused by their magic bytes (:func:`refuse_compressed`) rather than inflated without a limit.
+the file's headers and calls :func:`check_inflated` before allocating. A compressed CSV named
+``.csv`` is refused by its magic bytes (:func:`refuse_compressed`) rather than inflated without a
+limit; a ``.csv.gz`` is streamed once through :func:`gzip_chunks`, which counts what it inflates
+and stops at the cap or at an implausible ratio, before anything is parsed. Zip containers
+(``.xlsx``) are sized from their central directory (:func:`check_zip_sizes`): zipfile stops
+inflating a member at its declared size.
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 from .ingest_checks import IngestError
@@ -77,3 +84,54 @@ def refuse_compressed(p: Path, what: str) -> None:
             raise IngestError(f"{p.name}: the {what} is {kind}-compressed; decompress it first "
                               "and give the plain CSV file.")
 
+
+
+def check_ratio(n: int, packed: int, what: str, where: str,
+                advice: str = "decompress it yourself and give the plain file") -> None:
+    """Refuse data that inflates implausibly (only near-constant data, a bomb's zeros, deflates
+    more than :data:`MAX_COMPRESSION_RATIO` times); small data passes whatever its ratio.
+    ``advice``: what to do if the data is genuine."""
+    if n > RATIO_FLOOR_BYTES and n > MAX_COMPRESSION_RATIO * max(packed, 1):
+        raise IngestError(
+            f"{where}: {what} inflates from {human_size(packed)} to more than {human_size(n)} "
+            f"(more than {MAX_COMPRESSION_RATIO}x); real tables do not compress that well, so "
+            f"the file may be a decompression bomb: do not import it. If the data is genuine, "
+            f"{advice}.")
+
+
+def gzip_chunks(p: Path, max_bytes: int, chunk: int = 1024 ** 2):
+    """The decompressed content of gzip file ``p``, in chunks of at most ``chunk`` bytes, never
+    holding more than one: refused as soon as it passes ``max_bytes`` or inflates implausibly
+    (:func:`check_ratio`, against the compressed bytes read so far, so a bomb is stopped within
+    its first few MiB). Concatenated gzip members are read as one stream, as pandas does."""
+    total = 0
+    try:
+        with open(p, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+            while True:
+                data = fh.read(chunk)  # bounded: gzip inflates at most `chunk` bytes per call
+                if not data:
+                    return
+                total += len(data)
+                check_inflated(total, "the decompressed table", p.name, max_bytes)
+                check_ratio(total, raw.tell(), "the table", p.name)
+                yield data
+    except (OSError, EOFError, zlib.error) as e:
+        raise IngestError(f"{p.name}: not a valid gzip file ({type(e).__name__}: "
+                          f"{str(e)[:200]}); compress the CSV again with gzip, or give the plain "
+                          "CSV file.") from None
+
+
+def check_zip_sizes(zf: zipfile.ZipFile, where: str, max_bytes: int) -> None:
+    """Refuse, from the zip's central directory alone (nothing inflated), an archive whose
+    members would hold more than ``max_bytes``, inflate implausibly, or use a compression that
+    zipfile inflates without an output bound (bzip2, LZMA)."""
+    infos = zf.infolist()
+    check_inflated(sum(i.file_size for i in infos), f"the archive's {len(infos)} members",
+                   where, max_bytes)
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise IngestError(f"{where}: member {info.filename!r} uses zip method "
+                              f"{info.compress_type}, not deflate; save the file again from "
+                              "Excel or LibreOffice, or export the sheet as CSV.")
+        check_ratio(info.file_size, info.compress_size, f"member {info.filename!r}", where,
+                    "export the sheet as CSV and give that")

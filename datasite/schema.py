@@ -81,8 +81,9 @@ def _draft_column(col: pd.Series) -> dict:
     return {"type": t, "unit": "", "bounds": [lo, hi]}
 
 
-def draft(path, label: str | None = None, labels: str | None = None) -> dict:
-    """A schema drafted from the data at ``path`` (table, .npz or image folder), marked as such."""
+def draft(path, label: str | None = None, labels: str | None = None, **read_options) -> dict:
+    """A schema drafted from the data at ``path`` (table, .npz or image folder), marked as such.
+    ``read_options``: ``sep``, ``decimal``, ``encoding``, ``sheet`` of a table file."""
     from . import ingest
 
     p = Path(path).expanduser()
@@ -93,7 +94,7 @@ def draft(path, label: str | None = None, labels: str | None = None) -> dict:
     else:
         if not label:
             raise SchemaError("A table draft needs --label COLUMN (the column to predict).")
-        payload, meta = ingest.load_table(p, label=label)
+        payload, meta = ingest.load_table(p, label=label, **read_options)
     out = {DRAFT_KEY: True, "kind": meta.kind, "records": meta.n_records, "description": "",
            "label": ({"column": label} if meta.kind == TABLE else {})}
     out["label"]["classes"] = [int(c) for c in meta.labels]
@@ -117,10 +118,11 @@ def formula_notes(columns, label: str | None = None, class_names: dict | None = 
             "unless it must stay" for what, name in named if formula_like(name)]
 
 
-def draft_text(path, label: str | None = None, labels: str | None = None) -> str:
+def draft_text(path, label: str | None = None, labels: str | None = None,
+               **read_options) -> str:
     """The draft schema as YAML with its warning header; formula-like names are flagged in the
     header and on stderr."""
-    schema = draft(path, label, labels)
+    schema = draft(path, label, labels, **read_options)
     notes = formula_notes(schema.get("columns", {}), label)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -224,8 +226,11 @@ NO_SCHEMA = ("Upload needs the dataset's reviewed public schema (--schema schema
 
 
 def prepare(name: str, schema, *, table=None, label=None, images=None, labels=None, npz=None,
-            description: str = "", seed: int = 0) -> tuple[object, DatasetMeta, object, list]:
+            description: str = "", seed: int = 0, sep=None, decimal=None, encoding=None,
+            sheet=None) -> tuple[object, DatasetMeta, object, list]:
     """(private payload, published metadata, mock, owner-only notes) for an upload.
+    ``sep``, ``decimal``, ``encoding``, ``sheet``: how the table file is written (see
+    :func:`datasite.ingest.load_table`; sniffed when not given).
 
     The metadata and the mock are functions of ``schema``, ``name``, ``description`` and
     ``seed`` only; the data is read just to check it against the schema (any mismatch refuses
@@ -247,8 +252,12 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
         if label and label != declared:
             raise SchemaError(f"--label {label!r} differs from the schema's label column "
                               f"{declared!r}; drop --label or fix the schema.")
-        payload, loaded = ingest.load_table(table, label=declared, name=name)
+        payload, loaded = ingest.load_table(table, label=declared, name=name, sep=sep,
+                                            decimal=decimal, encoding=encoding, sheet=sheet)
         payload, notes = apply_table(payload, schema, Path(table).name)
+        from .upload_warnings import table_warnings  # owner-only: leakage, ids, imbalance
+
+        notes += table_warnings(payload, declared, schema)
     else:
         payload, loaded = (ingest.load_images(images, labels, name=name) if images
                            else ingest.load_npz(npz, name=name))

@@ -63,6 +63,7 @@ models = Table(
     Column("record_ids_json", Text, nullable=False),  # the records it currently reflects
     Column("version", Integer, nullable=False),
     Column("status", String(20), nullable=False),     # active, withdrawn
+    Column("reason", Text),                           # why it was withdrawn (if it was)
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -158,6 +159,12 @@ class State:
         with self.engine.begin() as c:
             c.execute(datasets.delete().where(datasets.c.name == name))
 
+    def replace_dataset(self, name: str, kind: str, meta_json: str, path: str) -> None:
+        """Point ``name`` at a new version of its data (one update: old or new, never half)."""
+        with self.engine.begin() as c:
+            c.execute(update(datasets).where(datasets.c.name == name)
+                      .values(kind=kind, meta_json=meta_json, path=path, created_at=now()))
+
     def dataset(self, name: str) -> dict | None:
         with self.engine.connect() as c:
             row = c.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
@@ -172,6 +179,13 @@ class State:
         with self.engine.connect() as c:
             row = c.execute(select(requests).where(requests.c.request_id == request_id)).mappings().first()
         return dict(row) if row else None
+
+    def requests_on(self, dataset: str, states) -> list[dict]:
+        """The owner's rows of the requests on ``dataset`` that are in one of ``states``."""
+        with self.engine.connect() as c:
+            q = select(requests).where(requests.c.dataset == dataset,
+                                       requests.c.state.in_([str(s) for s in states]))
+            return [dict(r) for r in c.execute(q.order_by(requests.c.request_id)).mappings()]
 
     def claim_for_run(self, request_id: str, **fields) -> bool:
         """Atomically move a request into 'running'; False unless it is pending or failed (a
@@ -226,6 +240,10 @@ class State:
         with self.engine.begin() as c:
             c.execute(insert(researchers).values(email=email, verify_key=verify_key))
 
+    def remove_researcher(self, email: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(researchers.delete().where(researchers.c.email == email))
+
     def researcher_by_key(self, verify_key: str) -> str | None:
         """The identity the owner registered for a PySyft verify key (None: not registered).
 
@@ -264,6 +282,19 @@ class State:
                                             event_json=event_json, error=error,
                                             record_events_json=record_events_json,
                                             priced_at=now()))
+
+    def forget_prices(self, dataset: str) -> int:
+        """Drop the cached prices of requests on ``dataset`` (its record count changed, so
+        their price must be computed again); returns how many were dropped."""
+        with self.engine.begin() as c:
+            stale = []
+            for r in c.execute(select(prices.c.request_id, prices.c.spec_json)):
+                spec = loads(r.spec_json)
+                if isinstance(spec, dict) and spec.get("dataset") == dataset:
+                    stale.append(r.request_id)
+            if stale:
+                c.execute(prices.delete().where(prices.c.request_id.in_(stale)))
+        return len(stale)
 
     # one execution at a time per request
     @contextlib.contextmanager

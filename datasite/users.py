@@ -5,6 +5,7 @@ A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, `
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import sys
 
@@ -17,28 +18,82 @@ class UsersMixin:
     """Researchers' accounts, bound to the verify key recorded at registration."""
 
     def add_user(self, email: str, password: str, name: str | None = None,
-                 institution: str = "") -> None:
+                 institution: str = "", dataset: str | None = None,
+                 budget_epsilon: float | None = None) -> None:
+        """Register a researcher (and, with ``dataset``, their budget on it), all or nothing:
+        every precondition is checked before the PySyft account exists, and a later failure
+        deletes the account again, so the same command can simply be run again."""
         email = email.strip().lower()  # one identity per address, whatever its case
-        if not _EMAIL.fullmatch(email):
-            raise SiteError(f"{email!r} is not an e-mail address (name@host, at most 254 "
-                            "characters, no spaces or control characters).")
-        if len(password) < 8:
-            raise SiteError("Choose a password of at least 8 characters for the researcher.")
+        self.check_new_user(email, password, dataset, budget_epsilon)
         existing = {str(u.email).lower() for u in self.client.users.get_all()}
         if email in existing or email in self.state.researcher_keys():
             raise SiteError(f"{email} is already registered on {self.name}.")
-        res = self.client.users.create(email=email, name=name or email.split("@")[0],
-                                       password=password, password_verify=password,
-                                       institution=institution or None)
         import syft as sy
 
-        if isinstance(res, sy.SyftError):
-            raise SiteError(f"Could not register {email}: {res.message}")
-        # PySyft generates the researcher's key server-side and shows it to no admin API;
-        # one login with the password we just set tells us where to send their budget notes.
-        with contextlib.redirect_stdout(sys.stderr):
-            as_user = sy.login(url=self.url, email=email, password=password)
-        self.state.add_researcher(email, str(as_user.verify_key))
+        uid, registered = None, False
+        try:
+            res = self.client.users.create(email=email, name=name or email.split("@")[0],
+                                           password=password, password_verify=password,
+                                           institution=institution or None)
+            if isinstance(res, sy.SyftError):
+                raise SiteError(f"Could not register {email}: {res.message}")
+            uid = getattr(res, "id", None)
+            # PySyft generates the researcher's key server-side and shows it to no admin API;
+            # one login with the password we just set tells us where to send budget notes.
+            with contextlib.redirect_stdout(sys.stderr):
+                as_user = sy.login(url=self.url, email=email, password=password)
+            self.state.add_researcher(email, str(as_user.verify_key))
+            registered = True
+            if dataset:
+                self.set_budget(dataset, budget_epsilon, researcher=email)
+        except BaseException:
+            self._unregister(email, uid, registered)
+            raise
+
+    def check_new_user(self, email: str, password: str | None = None,
+                       dataset: str | None = None, budget_epsilon: float | None = None) -> None:
+        """What ``add_user`` needs before it creates anything (no login): a valid e-mail and
+        password, and for a budget, a dataset here that has a budget of its own."""
+        email = email.strip().lower()
+        if not _EMAIL.fullmatch(email):
+            raise SiteError(f"{email!r} is not an e-mail address (name@host, at most 254 "
+                            "characters, no spaces or control characters).")
+        if password is not None and len(password) < 8:
+            raise SiteError("Choose a password of at least 8 characters for the researcher.")
+        if email in self.state.researcher_keys():
+            raise SiteError(f"{email} is already registered on {self.name}.")
+        if dataset is None and budget_epsilon is None:
+            return
+        if dataset is None or budget_epsilon is None:
+            raise SiteError("Give both --dataset and --budget-eps for the researcher's budget "
+                            "(or neither, and set it later with `datasite budget`).")
+        if not (math.isfinite(budget_epsilon) and budget_epsilon > 0):
+            raise SiteError(f"--budget-eps must be a number above 0, got {budget_epsilon}.")
+        if self.state.dataset(dataset) is None:
+            names = ", ".join(self.state.dataset_names()) or "none"
+            raise SiteError(f"No dataset {dataset!r} on {self.name} (it has: {names}); nothing "
+                            "was registered.")
+        if self.ledger.budget(dataset) is None:
+            raise SiteError(f"Dataset {dataset!r} has no budget of its own yet, so it cannot "
+                            "give the researcher a share; nothing was registered. Set it first: "
+                            f"`datasite budget {self.name} {dataset} --epsilon E --delta D`.")
+
+    def _unregister(self, email: str, uid, registered: bool) -> None:
+        """Undo a half-done registration: the owner's row and the PySyft account."""
+        try:
+            if registered:
+                self.state.remove_researcher(email)
+            if uid is None:  # created, but the reply was lost: find it by address
+                uid = next((u.id for u in self.client.users.get_all()
+                            if str(u.email).lower() == email), None)
+            if uid is not None:
+                res = self.client.users.delete(uid=uid)
+                if type(res).__name__ == "SyftError":
+                    raise RuntimeError(res.message)
+        except Exception as e:  # the original error is the one to show; say what is left
+            print(f"warning: could not remove the half-registered account {email} "
+                  f"({type(e).__name__}: {e}); delete it before registering again.",
+                  file=sys.stderr)
 
     def _registered(self, researcher: str) -> str:
         """The registered identity named by ``researcher`` (an e-mail given at `users add`)."""

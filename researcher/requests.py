@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from shared.display import escape
-from shared.template import compile_function, func_name_for, recognise, render
+from shared.template import compile_function, func_name_for, new_nonce, recognise, render
 
 from .errors import JobDenied, JobTimeout, ResearcherError
 from .results import JobResult
@@ -17,12 +17,19 @@ def submit(site, job) -> "JobRequest":
     spec = job.spec
     remote = site.datasets[spec.dataset]
     spec.validate(remote.meta)  # the owner validates again against the real data
-    source = render(spec.to_dict())
+    # a fresh nonce per submission: resubmitting the same job is a new request, priced on its own
+    nonce = new_nonce()
+    source = render(spec.to_dict(), nonce)
     fn = compile_function(source, {"sy": sy, "asset": remote._asset})
-    res = site.client.code.request_code_execution(fn)
+    from syft.types.errors import SyftException
+
+    try:  # PySyft 0.9.5 raises some refusals and returns others
+        res = site.client.code.request_code_execution(fn)
+    except SyftException as e:
+        raise ResearcherError(f"Submission failed: {getattr(e, 'public_message', e)}") from None
     if isinstance(res, sy.SyftError):
         raise ResearcherError(f"Submission failed: {res.message}")
-    return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict()), spec.dataset)
+    return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict(), nonce), spec.dataset)
 
 
 class JobRequest:

@@ -28,7 +28,9 @@ class DatasetMeta:
     features: dict[str, str] = field(default_factory=dict)  # column -> dtype (tables)
     image_shape: list[int] | None = None  # (H, W) or (H, W, C) (images)
     # column -> public scale (the largest |value| the owner's declared bounds allow, see
-    # shared/schema.py); jobs divide by it instead of using statistics of the records
+    # shared/schema.py). Table jobs map each column from its declared bounds (``columns``) to
+    # [-1, 1] (shared.training.preprocess.declared_bounds); they divide by these scales only
+    # for metadata without declarations (published before schemas)
     feature_scales: dict[str, float] = field(default_factory=dict)
     description: str = ""
     # column -> the owner's declaration {type, unit, bounds | categories} (tables)

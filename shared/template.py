@@ -1,16 +1,22 @@
 """The code a researcher submits: a fixed wrapper around the trusted job runner.
 
 The researcher's side renders it; the owner's side recognises it exactly (same text, only the
-spec literal differs) and then prices and runs the *spec* with its own copy of ``shared`` --
-it never executes the submitted text. Anything else is custom code for a human to read.
+spec literal and the function name's nonce differ) and then prices and runs the *spec* with its
+own copy of ``shared`` -- it never executes the submitted text. Anything else is custom code for
+a human to read.
+
+Every rendering carries a fresh random nonce in the function name, so submitting the same job
+twice makes two distinct code requests (PySyft refuses a second request for identical code),
+each priced and charged on its own. The nonce is never part of the spec: it cannot change what
+runs, its randomness or its price.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import linecache
 import re
+import secrets
 import threading
 
 _TEMPLATE = '''@sy.syft_function_single_use(data=asset)
@@ -30,21 +36,32 @@ def _canonical(value):
     return value
 
 
-def func_name_for(spec: dict) -> str:
-    """A stable, unique function name: the job kind plus a hash of the spec."""
+NONCE_HEX = 12  # hex digits of the per-submission nonce at the end of the function name
+_NONCE = re.compile(rf"[0-9a-f]{{{NONCE_HEX}}}")
+
+
+def new_nonce() -> str:
+    """A fresh random nonce, so each submission of a job is a distinct code request."""
+    return secrets.token_hex(NONCE_HEX // 2)
+
+
+def func_name_for(spec: dict, nonce: str) -> str:
+    """The function name of one submission: the job kind (for the owner to read) and its nonce."""
     kind = spec["kind"]
     # the kind becomes part of an identifier the owner's tools show: lower-case words only
     if not (isinstance(kind, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", kind)):
         raise ValueError(f"job kind must be a short lower-case name, got {kind!r:.60}")
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return f"dpjob_{spec['kind']}_{digest}"
+    if not (isinstance(nonce, str) and _NONCE.fullmatch(nonce)):
+        raise ValueError(f"nonce must be {NONCE_HEX} lower-case hex digits (use new_nonce()), "
+                         f"got {nonce!r:.60}")
+    return f"dpjob_{kind}_{nonce}"
 
 
-def render(spec: dict) -> str:
-    """Source text of the syft function for ``spec`` (a JSON-able dict)."""
-    return _TEMPLATE.replace("{func_name}", func_name_for(spec)).replace(
-        "SPEC", repr(_canonical(spec))
-    )
+def render(spec: dict, nonce: str | None = None) -> str:
+    """Source text of the syft function for ``spec`` (a JSON-able dict); a fresh nonce unless
+    ``nonce`` is given (the owner re-renders with the submitted one to recognise it)."""
+    name = func_name_for(spec, new_nonce() if nonce is None else nonce)
+    return _TEMPLATE.replace("{func_name}", name).replace("SPEC", repr(_canonical(spec)))
 
 
 # CPython 3.11.7's AST constructor keeps a process-global recursion counter: two threads building
@@ -61,12 +78,13 @@ def recognise(source: str) -> dict | None:
             fn = tree.body[0]
             call = fn.body[-1].value  # return run_job(<spec>, data)
             spec = ast.literal_eval(call.args[0])
+            nonce = fn.name[-NONCE_HEX:]  # checked below: the whole text must match a rendering
     except (SyntaxError, IndexError, AttributeError, ValueError, TypeError):
         return None
     if not isinstance(spec, dict) or "kind" not in spec:
         return None
     try:
-        expected = render(spec)
+        expected = render(spec, nonce)
     except (KeyError, TypeError, ValueError):
         return None
     return spec if source.strip() == expected.strip() else None

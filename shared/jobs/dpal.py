@@ -277,7 +277,8 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
 
 def dpal_features(spec: DPALSpec, data, meta: DatasetMeta):
     """(X float32, y int64 label indices, model-config extras); costs no privacy: a fixed map
-    per record (public scales / row normalisation, or a frozen data-independent backbone)."""
+    per record (declared bounds / public scales / row normalisation, or a frozen
+    data-independent backbone)."""
     import numpy as np
 
     index = {c: i for i, c in enumerate(meta.labels)}
@@ -289,14 +290,11 @@ def dpal_features(spec: DPALSpec, data, meta: DatasetMeta):
         X = extract_features(images, spec.backbone)
         chans = 1 if images.ndim == 3 else images.shape[3]
         return X, y, {"channels": chans, "hw": list(images.shape[1:3])}
-    from ..training.preprocess import encode_labels, feature_columns, preprocess
+    from ..training.preprocess import (declared_bounds, encode_labels, feature_columns,
+                                       preprocess, table_preprocessing)
 
     cols = feature_columns(data, spec.label)
-    prep = {"preprocessing": "row_l2_normalise"}
-    scales = meta.feature_scales or {}
-    if scales and all(c in scales for c in cols):
-        prep = {"preprocessing": "public_scale",
-                "feature_scales": [float(scales[c]) for c in cols]}
+    prep = table_preprocessing(cols, declared_bounds(meta), meta.feature_scales)
     X = preprocess(data[cols].to_numpy(), prep)
     y = encode_labels(data[spec.label], meta.labels)
     return X, y, {**prep, "feature_columns": cols}

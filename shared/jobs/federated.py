@@ -83,13 +83,15 @@ class FedScheduleSpec(DPSGDTableSpec):
         The researcher chose ``init_state``: the round's model is still covered (DP-SGD composes
         adaptively) and its metrics are one of the schedule's R priced DP releases."""
         from ..training.federated import state_from_text
+        from ..training.preprocess import declared_bounds
         from ..training.table import train_dpsgd_table
 
         q, steps, sigma = self._schedule(meta)
         init = state_from_text(self.init_state) if self.init_state else None
         result = train_dpsgd_table(
             data, self, progress=progress, classes=meta.labels or None,
-            feature_scales=meta.feature_scales or None, noise_multiplier=sigma,
+            feature_scales=meta.feature_scales or None, feature_bounds=declared_bounds(meta),
+            noise_multiplier=sigma,
             init_state=init, sampling_seed=self.seed + 7919 * self.round,
             metrics_releases=self.rounds, metrics_index=self.round)
         result["round"] = self.round

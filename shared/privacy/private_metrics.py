@@ -6,8 +6,11 @@ exactly one cell by 1, so the L2 sensitivity is 1 and one release is ``GaussianD
 R releases (DP-AL rounds, federated rounds) are that event composed R times. Kinds whose training
 is only known to be (eps, delta)-DP (objective perturbation) use Laplace noise of scale
 b = 1 / metrics_epsilon instead (L1 sensitivity 1: pure DP, ``LaplaceDpEvent(b)``): a Gaussian
-needs delta of its own, and the training event already uses all of the job's delta. Accuracy and
-per-class accuracy are post-processing of the noisy histogram (free). Rates use the noisy cells
+needs delta of its own, and the training event already uses all of the job's delta. Accuracy,
+per-class accuracy (= per-class recall: correct among the test records of that true class), the
+same under the explicit name ``per_class_recall``, and the balanced accuracy (their mean, the
+macro recall) are all post-processing of the one noisy histogram: no privacy cost beyond the
+histogram's own price, whatever is derived from it. Rates use the noisy cells
 only (accuracy = noisy correct / noisy total; the planned size should the noisy total fall
 below 1): each record's train/test side is drawn on its own
 (:func:`shared.training.split.split_indices`), so the realised test-split size is a count of private
@@ -18,7 +21,8 @@ Not released on private records: train accuracy (a second release from the train
 on top of DP-SGD, for a number the test accuracy already answers) and AUC (its sensitivity is
 about 1/min(class size), data-dependent; a DP version needs a binned score histogram whose many
 cells make accuracy noisier at the same price). Both are computed exactly on the mock
-(``run_on_mock``), labelled as such.
+(``run_on_mock``), labelled as such; with more than two classes the mock's AUC is the macro
+average of one-vs-rest AUCs (``test_auc_average``).
 
 Noise comes from :func:`shared.randomness.secret_seed` (the OS; pinned only in tests/mock runs).
 """
@@ -154,11 +158,14 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
     if is_mock():
         out.update(_rates(counts, n, classes), evaluated_on="mock (exact; public mock data)")
         out.update(mock_extras() if mock_extras else {})
+        if out.get("test_auc") is not None:
+            out["test_auc_average"] = "binary" if k == 2 else "macro one-vs-rest"
         return out
     # decided on public quantities only: the planned test size (when given) and sigma
     if sigma is None or (n_test == 0 if n_test is not None else n == 0):
         out.update(evaluated_on="nothing: no private metrics released (evaluate on the mock)",
-                   test_accuracy=None, per_class_accuracy={})
+                   test_accuracy=None, per_class_accuracy={}, per_class_recall={},
+                   balanced_accuracy=None)
         return out
     if _EXACT_FOR_TESTS:
         noisy = counts
@@ -186,11 +193,15 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
 
 
 def _rates(h: np.ndarray, total: float, classes) -> dict:
-    """Accuracy (correct / ``total``) and per-class accuracy from a (class x [wrong, correct])
-    histogram, in [0, 1]."""
+    """Accuracy (correct / ``total``), per-class recall and balanced accuracy (mean recall over
+    the classes with a rate; None if any class has none) from a (class x [wrong, correct])
+    histogram, in [0, 1]. Post-processing of ``h``: on a DP histogram it costs nothing more."""
     per = {}
     for i, c in enumerate(classes):
         size = h[i].sum()
         per[str(c)] = float(np.clip(h[i, 1] / size, 0, 1)) if size >= 1 else None
     acc = float(np.clip(h[:, 1].sum() / total, 0, 1)) if total >= 1 else None
-    return {"test_accuracy": acc, "per_class_accuracy": per}
+    balanced = (float(np.mean(list(per.values())))
+                if per and all(v is not None for v in per.values()) else None)
+    return {"test_accuracy": acc, "per_class_accuracy": per, "per_class_recall": dict(per),
+            "balanced_accuracy": balanced}

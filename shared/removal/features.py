@@ -10,11 +10,18 @@ from .model import RemovableModel
 from .objective import RemovalError
 
 
-def table_pipeline(feature_columns: Sequence[str], feature_scales: Sequence[float] | None) -> dict:
-    """Feature map of a table: public column scales (clip(x / s_j, -1, 1)) when every column
-    has one, else row-wise L2 normalisation; then an intercept feature, all times 1/sqrt(d+1)
-    (public_scale) or 1/sqrt(2) (row normalised) so every row has norm <= 1."""
+def table_pipeline(feature_columns: Sequence[str], feature_scales: Sequence[float] | None,
+                   feature_bounds: Sequence[Sequence[float]] | None = None) -> dict:
+    """Feature map of a table: declared bounds to [-1, 1] (``bounds_scale``) when every column
+    has them, else public column scales (clip(x / s_j, -1, 1)) when every column has one, else
+    row-wise L2 normalisation; then an intercept feature, all times 1/sqrt(d+1) (per-column
+    maps) or 1/sqrt(2) (row normalised) so every row has norm <= 1."""
     d = len(feature_columns)
+    if feature_bounds is not None:
+        return {"input": "table", "preprocessing": "declared_bounds",
+                "feature_bounds": [[float(v) for v in b] for b in feature_bounds],
+                "feature_columns": list(feature_columns), "intercept": True,
+                "row_scale": 1 / math.sqrt(d + 1)}
     if feature_scales is not None:
         return {"input": "table", "preprocessing": "public_scale",
                 "feature_scales": [float(v) for v in feature_scales],
@@ -35,13 +42,15 @@ def unit_pipeline(source: str) -> dict:
 def make_features(X, pipeline: dict) -> np.ndarray:
     """float64 rows of norm <= 1 from raw table columns or unit-norm features (per ``pipeline``).
     Each row depends on its own record only."""
-    from ..training.preprocess import public_scale, row_l2_normalise
+    from ..training.preprocess import bounds_scale, public_scale, row_l2_normalise
 
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise RemovalError(f"features must be a 2-D array, got shape {X.shape}")
     prep = pipeline["preprocessing"]
-    if prep == "public_scale":
+    if prep == "declared_bounds":
+        F = bounds_scale(X, pipeline["feature_bounds"]).astype(np.float64)
+    elif prep == "public_scale":
         F = public_scale(X, pipeline["feature_scales"]).astype(np.float64)
     elif prep == "row_l2_normalise":
         F = row_l2_normalise(X).astype(np.float64)
@@ -58,13 +67,16 @@ def make_features(X, pipeline: dict) -> np.ndarray:
     return F / np.maximum(norms, 1.0)  # guards |x| <= 1 against rounding in the scale
 
 
-def job_features(spec, data, meta, extractor: dict | None = None
+def job_features(spec, data, meta, extractor: dict | None = None,
+                 pipeline: dict | None = None
                  ) -> tuple[np.ndarray, np.ndarray, dict, list | None]:
     """(X of norm <= 1, y as class indices, feature pipeline, table feature columns or None):
     the features a removal job trains on, computed the same way at training and at removal.
-    ``extractor``: the released result of a DP-SGD job, for ``features="dp_extractor"``."""
+    ``extractor``: the released result of a DP-SGD job, for ``features="dp_extractor"``;
+    ``pipeline``: a trained model's own table pipeline (a removal reuses it, so a model
+    trained under an older preprocessing keeps its features)."""
     from ..data import TABLE
-    from ..training.preprocess import encode_labels, feature_columns
+    from ..training.preprocess import declared_bounds, encode_labels, feature_columns
 
     if meta.kind == TABLE:
         from ..schema import clip_table
@@ -80,9 +92,14 @@ def job_features(spec, data, meta, extractor: dict | None = None
         X = make_features(dp_extractor_features(extractor, data, meta), pipeline)
     elif meta.kind == TABLE:
         cols = feature_columns(data, meta.label)
-        scales = meta.feature_scales or {}
+        if pipeline and pipeline.get("input") == "table":
+            cols = list(pipeline["feature_columns"])
+            return make_features(data[cols].to_numpy(), pipeline), y, dict(pipeline), cols
+        scales, bounds = meta.feature_scales or {}, declared_bounds(meta)
         pipeline = table_pipeline(cols, [scales[c] for c in cols]
-                                  if all(c in scales for c in cols) else None)
+                                  if all(c in scales for c in cols) else None,
+                                  [bounds[c] for c in cols]
+                                  if all(c in bounds for c in cols) else None)
         X = make_features(data[cols].to_numpy(), pipeline)
     else:
         from ..training.backbones import extract_features
@@ -154,5 +171,6 @@ def table_model_state(model: RemovableModel, cols: list, pipeline: dict) -> tupl
         lin[0].bias.copy_(torch.from_numpy(logits_w[:, d] * rs))
     config = model_config("logreg", d, len(classes))
     config.update(classes=classes, feature_columns=list(cols),
-                  **{k: v for k, v in pipeline.items() if k in ("preprocessing", "feature_scales")})
+                  **{k: v for k, v in pipeline.items() if k in ("preprocessing", "feature_scales",
+                                                           "feature_bounds")})
     return model_bytes(lin), config

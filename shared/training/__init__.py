@@ -14,13 +14,16 @@ from the precise module instead.
 """
 from .engine import DPTrainer, poisson_schedule
 from .models import build_from_config, build_model, model_config
-from .preprocess import encode_labels, feature_columns, preprocess, public_scale, row_l2_normalise
+from .preprocess import (bounds_scale, declared_bounds, encode_labels, feature_columns, preprocess,
+                         public_scale, row_l2_normalise, table_preprocessing)
 from .results import load_model, predict, predict_proba
 from .serialise import dump_state, load_state
 from .split import record_bytes, record_side, split_indices
 from .table import table_xy, train_dpsgd_table
 
-__all__ = ["DPTrainer", "build_from_config", "build_model", "dump_state", "encode_labels",
+__all__ = ["DPTrainer", "bounds_scale", "build_from_config", "build_model", "declared_bounds",
+           "dump_state", "encode_labels",
            "feature_columns", "load_model", "load_state", "model_config", "poisson_schedule",
            "predict", "predict_proba", "preprocess", "public_scale", "record_bytes",
-           "record_side", "row_l2_normalise", "split_indices", "table_xy", "train_dpsgd_table"]
+           "record_side", "row_l2_normalise", "split_indices", "table_preprocessing", "table_xy",
+           "train_dpsgd_table"]

@@ -1,4 +1,8 @@
-"""Using a released result without syft: rebuild the model, predict on new rows."""
+"""Using a released result without syft: rebuild the model, predict on new rows.
+
+Prediction applies the public input map recorded in the model's config (``preprocessing``:
+declared bounds to [-1, 1], or the older per-column scales / row normalisation of models
+released before), so new rows are mapped exactly as the training rows were."""
 from __future__ import annotations
 
 import numpy as np

@@ -24,27 +24,24 @@ from .device import default_device
 from .engine import DPTrainer, poisson_schedule
 from .metrics import mock_extras, predict_probs
 from .models import build_model, model_config
-from .preprocess import PUBLIC_SCALE, ROW_L2, encode_labels, feature_columns, preprocess
+from .preprocess import encode_labels, feature_columns, preprocess, table_preprocessing
 from .serialise import model_bytes
 from .split import split_indices
-
-PREPROCESSING = ROW_L2  # without public per-column scales
 
 Progress = Callable[[int, int], None]
 
 
 def table_xy(df: pd.DataFrame, label: str, classes: Sequence | None = None,
-             feature_scales: dict | None = None):
+             feature_scales: dict | None = None, feature_bounds: dict | None = None):
     """(X, y, feature columns, classes, preprocessing config) of a table job: X preprocessed
-    row by row (public map), y class indices. The split hashes these rows (split_indices)."""
+    row by row (public map: ``feature_bounds`` to [-1, 1], else ``feature_scales``, else row
+    normalisation; see :func:`table_preprocessing`), y class indices. The split hashes these
+    rows (split_indices)."""
     cols = feature_columns(df, label)
     classes = sorted(df[label].unique().tolist()) if classes is None else list(classes)
     if len(classes) < 2:
         raise ValueError(f"need at least two label values to classify, got {classes}")
-    prep = {"preprocessing": PREPROCESSING}
-    if feature_scales and all(c in feature_scales for c in cols):
-        prep = {"preprocessing": PUBLIC_SCALE,
-                "feature_scales": [float(feature_scales[c]) for c in cols]}
+    prep = table_preprocessing(cols, feature_bounds, feature_scales)
     return preprocess(df[cols].to_numpy(), prep), encode_labels(df[label], classes), cols, \
         classes, prep
 
@@ -53,6 +50,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       device: torch.device | str | None = None,
                       classes: Sequence | None = None,
                       feature_scales: dict | None = None,
+                      feature_bounds: dict | None = None,
                       noise_multiplier: float | None = None,
                       init_state: dict | None = None,
                       sampling_seed: int | None = None,
@@ -60,6 +58,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
+    ``feature_bounds`` / ``feature_scales``: public per-column declarations (:func:`table_xy`).
     ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
     of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
     ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``);
@@ -68,7 +67,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
     device = default_device(device)
-    X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales)
+    X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales,
+                                         feature_bounds)
     tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
     # The schedule is planned from the public record count, exactly as the owner priced it
     # (shared.jobs): the realised split sizes are Binomial and never enter the mechanism.
@@ -84,9 +84,13 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                         seed=spec.seed if sampling_seed is None else sampling_seed)
     # every training record at the planned rate; "mean" divides by the planned expected batch
     # size q * n_train, never by a function of the realised split or the realised batch
+    average = TailAverage(model, steps) if getattr(spec, "tail_average", False) else None
     done = trainer.run(torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), np.full(len(tr), q),
-                       steps, progress=progress, expected_batch_size=q * n_train)
+                       steps, progress=_hooked(progress, average),
+                       expected_batch_size=q * n_train)
     trainer.close()
+    if average is not None:
+        average.apply()
 
     # The guarantee is for the schedule actually executed, counted step by step.
     event = dpsgd_event(q, sigma, done)
@@ -106,6 +110,39 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                             (spec.seed, NOISE_STREAM, metrics_index), n_train),
         "privacy": privacy,
     }
+
+
+class TailAverage:
+    """The mean of the model's weights over the last half of the steps (Polyak-Ruppert tail
+    averaging). Post-processing of the DP-SGD iterates, so it costs no privacy; it averages out
+    much of the noise the last steps leave in the final iterate."""
+
+    def __init__(self, model: torch.nn.Module, steps: int):
+        self.model, self.start, self.count = model, steps // 2, 0
+        self.sums = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+
+    def update(self, done: int) -> None:
+        """Add the weights after step ``done`` if it is in the tail."""
+        if done > self.start:
+            for k, v in self.model.state_dict().items():
+                self.sums[k] += v.detach()
+            self.count += 1
+
+    def apply(self) -> None:
+        """Load the averaged weights into the model (nothing if no step was averaged)."""
+        if self.count:
+            self.model.load_state_dict({k: s / self.count for k, s in self.sums.items()})
+
+
+def _hooked(progress: Progress | None, average: TailAverage | None) -> Progress | None:
+    if average is None:
+        return progress
+
+    def hook(done: int, total: int) -> None:
+        average.update(done)
+        if progress is not None:
+            progress(done, total)
+    return hook
 
 
 def _initial_model(spec, n_features: int, n_classes: int, init_state: dict | None):

@@ -165,11 +165,11 @@ class Statistics(Job):
                           **({"column": column} if column else {}), **kw})
 
     def sum(self, column: str, bounds, epsilon: float, **kw) -> "Statistics":
-        return self._add({"type": "sum", "column": column, "bounds": list(bounds),
+        return self._add({"type": "sum", "column": column, "bounds": _bounds(bounds, column),
                           "epsilon": epsilon, **kw})
 
     def mean(self, column: str, bounds, epsilon: float, **kw) -> "Statistics":
-        return self._add({"type": "mean", "column": column, "bounds": list(bounds),
+        return self._add({"type": "mean", "column": column, "bounds": _bounds(bounds, column),
                           "epsilon": epsilon, **kw})
 
     def histogram(self, column: str, epsilon: float, **kw) -> "Statistics":
@@ -177,4 +177,14 @@ class Statistics(Job):
 
     def quantile(self, column: str, alphas, bounds, epsilon: float, **kw) -> "Statistics":
         return self._add({"type": "quantile", "column": column, "alphas": list(alphas),
-                          "bounds": list(bounds), "epsilon": epsilon, **kw})
+                          "bounds": _bounds(bounds, column), "epsilon": epsilon, **kw})
+
+
+def _bounds(bounds, column: str) -> list:
+    """``bounds`` as a list; a SpecError that says what to give when they are missing."""
+    if bounds is None or isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") \
+            or len(bounds) != 2:
+        raise SpecError(f"give bounds=(lower, upper) for {column!r}: values are clipped to them "
+                        "and the noise is scaled to them; the owner's declared bounds are in "
+                        "site.datasets[NAME].meta.columns")
+    return list(bounds)

@@ -20,7 +20,7 @@ def submit(site, job) -> "JobRequest":
     # a fresh nonce per submission: resubmitting the same job is a new request, priced on its own
     nonce = new_nonce()
     source = render(spec.to_dict(), nonce)
-    fn = compile_function(source, {"sy": sy, "asset": remote._asset})
+    fn = _quietly_compiled(source, {"sy": sy, "asset": remote._asset})
     from syft.types.errors import SyftException
 
     try:  # PySyft 0.9.5 raises some refusals and returns others
@@ -30,6 +30,18 @@ def submit(site, job) -> "JobRequest":
     if isinstance(res, sy.SyftError):
         raise ResearcherError(f"Submission failed: {res.message}")
     return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict(), nonce), spec.dataset)
+
+
+def _quietly_compiled(source: str, namespace: dict):
+    """The syft function of a rendered template. PySyft 0.9.5 displays "please create a project
+    ..." when a syft function is defined: advice for its own workflow, wrong here (the job is
+    submitted as a code request at once), so that one display is muted while it is defined."""
+    from unittest import mock
+
+    from syft.service.code import user_code
+
+    with mock.patch.object(user_code, "display", lambda *a, **k: None):
+        return compile_function(source, namespace)
 
 
 class JobRequest:

@@ -20,7 +20,8 @@ Accepted inputs:
   ``.xlsx`` (``sheet``; ``.xls``/``.xlsm`` are refused with advice). Every
   column other than ``label`` must be numeric (int, float or bool) without missing or infinite
   values; the label column must hold integer class ids (floats such as ``1.0`` are accepted and
-  converted; text labels must be mapped to integers first).
+  converted). With ``raw=True`` the columns come as read (text, missing values): an upload
+  normalises them from the declared schema (:mod:`datasite.typed_columns`).
 * ``load_images(folder, labels_csv)``: a folder of PNG/JPEG files (subfolders allowed) and a CSV
   with a header row and the two columns ``filename,label``; ``filename`` is the image's path
   relative to the folder (e.g. ``img_001.png`` or ``pneumonia/img_001.png``), ``label`` an

@@ -8,7 +8,9 @@ A file parsed into the same DataFrame as the equivalent plain CSV is imported id
 
 The payload is a pandas DataFrame in the file's column order with a fresh ``RangeIndex``; every
 column other than the label must be numeric (int, float or bool) without missing or infinite
-values; the label must hold integer class ids (floats such as ``1.0`` are converted).
+values; the label must hold integer class ids (floats such as ``1.0`` are converted). With
+``raw=True`` (an upload with a schema, a draft) the columns come as read, text and missing
+values included, and :mod:`datasite.typed_columns` normalises them from the declared schema.
 """
 from __future__ import annotations
 
@@ -45,9 +47,10 @@ def _parquet_size(p: Path, max_bytes: int) -> None:
             if schema.column(j).physical_type == "BYTE_ARRAY"]
     if text:  # variable-length values: no header bounds their decoded size
         raise IngestError(f"{p.name}: columns {listing(map(repr, text), 10)} hold text or "
-                          "bytes; every column must be numeric: encode features as numbers "
-                          "(one-hot columns for categories, numeric codes) and map label classes "
-                          "to integers (e.g. 0 = normal, 1 = pneumonia) first.")
+                          "bytes, which are not read from Parquet (no header bounds their decoded "
+                          "size): export the table as CSV or .xlsx (text categories and labels "
+                          "are then mapped from the schema), or encode them as numbers (category "
+                          "codes, integer classes) first.")
     width = [max(8, schema.column(j).length or 0) for j in range(md.num_columns)]
     values = sum(max(md.row_group(g).column(j).num_values, md.row_group(g).num_rows) * width[j]
                  for g in range(md.num_row_groups) for j in range(md.num_columns))
@@ -111,8 +114,8 @@ def _read_table(p: Path, max_bytes: int, sep=None, decimal=None, encoding=None,
 def load_table(path, label: str, name: str | None = None, *, sep: str | None = None,
                decimal: str | None = None, encoding: str | None = None,
                sheet: str | None = None, min_records: int = MIN_RECORDS,
-               max_classes: int = MAX_CLASSES,
-               max_bytes: int | None = None) -> tuple[pd.DataFrame, DatasetMeta]:
+               max_classes: int = MAX_CLASSES, max_bytes: int | None = None,
+               raw: bool = False) -> tuple[pd.DataFrame, DatasetMeta]:
     """Read and validate a table (CSV/TSV, .csv.gz, Parquet or .xlsx) with numeric features and
     a categorical label.
 
@@ -122,7 +125,9 @@ def load_table(path, label: str, name: str | None = None, *, sep: str | None = N
 
     ``sep``, ``decimal`` (``.`` or ``,``), ``encoding``: how a text file is written; each one not
     given is sniffed. ``sheet``: the sheet of an .xlsx (default: the first). ``max_bytes``: see
-    :func:`max_import_bytes`.
+    :func:`max_import_bytes`. ``raw``: return the columns and the label as read (text,
+    missing values), for checking and normalising against a declared schema
+    (:func:`datasite.schema.apply_table`); ``meta.labels`` is then empty.
     """
     p = existing_file(path, "Table file")
     name = dataset_name(name, p)
@@ -143,6 +148,12 @@ def load_table(path, label: str, name: str | None = None, *, sep: str | None = N
     if dupes:
         raise IngestError(f"{where}: duplicate column names {listing(dupes)}; rename them.")
     features = [c for c in df.columns if c != label]
+    if raw:
+        if not features:
+            raise IngestError(f"{where}: there are no feature columns besides the label.")
+        return df, DatasetMeta(name=name, kind=TABLE, n_records=int(len(df)), label=label,
+                               labels=[], features={c: str(df[c].dtype) for c in features},
+                               description=f"Table imported from {p.name} ({how}).")
     problems = _column_problems(df, features)
     if problems:
         raise IngestError(f"{where}: " + "; ".join(problems) + ".")

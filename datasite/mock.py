@@ -9,7 +9,9 @@ chance does not depend on the records, so it tells nobody anything about them. I
 to be statistically faithful: labels are drawn independently of the features.
 
 * tables: floats uniform over the declared bounds, ints uniform over the declared integer range,
-  booleans and categories uniform; columns independent.
+  booleans and categories uniform (category codes, their names are in the metadata); columns
+  independent. A column declared ``missing: true`` is float64 with a fixed public share
+  (:data:`MOCK_MISSING_SHARE`) of NaN, so code tried on the mock meets missing values.
 * images: the declared shape, uint8: each label gets smooth random "blob" templates drawn from the
   seed, and each mock image is a template plus smooth noise and random shifts.
 
@@ -21,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 from shared.data import TABLE, DatasetMeta
+
+
+MOCK_MISSING_SHARE = 0.1  # a public constant, not the real missing rate (that is not published)
 
 
 class MockError(ValueError):
@@ -73,6 +78,11 @@ def _table_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> pd.DataF
         raise MockError(f"Dataset {meta.name!r} has no declared columns; upload it with a "
                         "schema (datasite upload ... --schema schema.yaml).")
     cols = {c: _draw_column(v, n, rng) for c, v in meta.columns.items()}
+    for c, v in meta.columns.items():
+        if v.get("missing"):
+            x = cols[c].astype(np.float64)
+            x[rng.random(n) < MOCK_MISSING_SHARE] = np.nan
+            cols[c] = x
     cols[meta.label] = _mock_labels(meta.labels, n, rng).astype(np.int64)
     return pd.DataFrame(cols, columns=[*meta.columns, meta.label])
 

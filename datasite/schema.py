@@ -18,6 +18,11 @@ import pandas as pd
 from shared.data import TABLE, DatasetMeta, formula_like
 from shared.schema import DRAFT_KEY, SchemaError, meta_from_schema, normalise
 
+from .ingest_checks import MIN_RECORDS
+from .ingest_checks import check_count as check_min_records
+from .typed_columns import (coerce_column, draft_text_column, has_label, label_codes,
+                            refuse_comma_numbers)
+
 DRAFT_HEADER = """\
 # DRAFTED FROM THE DATA by `datasite schema draft`: NOT YET SAFE TO PUBLISH.
 # Everything below is published to researchers. Replace every bound with what the domain allows
@@ -68,17 +73,35 @@ def _outward(x: float, up: bool) -> float | int:
     return int(v) if v == int(v) else v
 
 
-def _draft_column(col: pd.Series) -> dict:
+def _draft_column(col: pd.Series) -> dict | None:
+    """A draft declaration of ``col`` (None for free text: the caller warns)."""
     if pd.api.types.is_bool_dtype(col):
         return {"type": "bool"}
-    x = col.to_numpy(dtype=float)
-    t = "int" if pd.api.types.is_integer_dtype(col) else "float"
-    lo, hi = _outward(float(x.min()), False), _outward(float(x.max()), True)
+    if not pd.api.types.is_numeric_dtype(col):
+        return draft_text_column(col)
+    x = col.to_numpy(dtype=float, na_value=np.nan)
+    present = x[np.isfinite(x)]
+    if not len(present):
+        return None
+    t = ("int" if pd.api.types.is_integer_dtype(col)
+         or (np.isnan(x).any() and np.all(present == np.round(present))) else "float")
+    lo, hi = _outward(float(present.min()), False), _outward(float(present.max()), True)
     if lo == hi:
         hi = lo + 1
     if t == "int":
         lo, hi = int(math.floor(lo)), int(math.ceil(hi))
-    return {"type": t, "unit": "", "bounds": [lo, hi]}
+    out = {"type": t, "unit": "", "bounds": [lo, hi]}
+    if np.isnan(x).any():
+        out["missing"] = True
+    return out
+
+
+def _draft_classes(labels: pd.Series) -> list:
+    """The classes found: integer codes sorted, or text names sorted (missing labels left out)."""
+    found = labels.dropna()
+    if pd.api.types.is_numeric_dtype(found) and np.all(found == np.round(found)):
+        return sorted(int(v) for v in found.unique())
+    return sorted({str(v).strip() for v in found.tolist() if str(v).strip()})
 
 
 def draft(path, label: str | None = None, labels: str | None = None, **read_options) -> dict:
@@ -94,24 +117,34 @@ def draft(path, label: str | None = None, labels: str | None = None, **read_opti
     else:
         if not label:
             raise SchemaError("A table draft needs --label COLUMN (the column to predict).")
-        payload, meta = ingest.load_table(p, label=label, **read_options)
+        payload, meta = ingest.load_table(p, label=label, raw=True, **read_options)
     out = {DRAFT_KEY: True, "kind": meta.kind, "records": meta.n_records, "description": "",
            "label": ({"column": label} if meta.kind == TABLE else {})}
-    out["label"]["classes"] = [int(c) for c in meta.labels]
     if meta.kind == TABLE:
-        out["columns"] = {c: _draft_column(payload[c]) for c in payload.columns if c != label}
+        # records without a label are dropped at upload: the declared count leaves them out
+        out["records"] = int(payload[label].map(has_label).sum())
+        out["label"]["classes"] = _draft_classes(payload[label])
+        refuse_comma_numbers(payload, p.name)
+        cols = {c: _draft_column(payload[c]) for c in payload.columns if c != label}
+        out["columns"] = {c: d or {"type": "category", "categories": []}
+                          for c, d in cols.items()}
     else:
+        out["label"]["classes"] = [int(c) for c in meta.labels]
         shape = list(payload["images"].shape[1:])
         out["image"] = {"height": shape[0], "width": shape[1],
                         "channels": shape[2] if len(shape) == 3 else 1}
     return out
 
 
-def formula_notes(columns, label: str | None = None, class_names: dict | None = None) -> list:
+def formula_notes(columns, label: str | None = None, class_names: dict | None = None,
+                  category_names: dict | None = None) -> list:
     """Owner notes on published names a spreadsheet would run as a formula (OWASP CSV
-    injection): researchers may export the mock or results and open them in Excel."""
+    injection): researchers may export the mock or results and open them in Excel.
+    ``category_names``: column -> its declared category names."""
     named = [("column", c) for c in columns] + [("label column", label)] + [
-        (f"name of class {k}", v) for k, v in (class_names or {}).items()]
+        (f"name of class {k}", v) for k, v in (class_names or {}).items()] + [
+        (f"category of column {c!r}", v) for c, names in (category_names or {}).items()
+        for v in names]
     return [f"{what} {name!r} starts with {name[:1]!r}, which spreadsheets run as a formula "
             "when a CSV holding it is opened; it is published as is (dp-datasite's own CSV "
             "exports quote it, other tools will not): rename it in the data and the schema "
@@ -123,7 +156,7 @@ def draft_text(path, label: str | None = None, labels: str | None = None,
     """The draft schema as YAML with its warning header; formula-like names are flagged in the
     header and on stderr."""
     schema = draft(path, label, labels, **read_options)
-    notes = formula_notes(schema.get("columns", {}), label)
+    notes = draft_notes(schema) + formula_notes(schema.get("columns", {}), label)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     # ASCII only: a line break inside a name (even U+2028) must not end the comment early
@@ -139,6 +172,14 @@ def _listing(values, show: int = 5) -> str:
                                        else "")
 
 
+def draft_notes(schema: dict) -> list[str]:
+    """Owner notes on a table draft: free-text columns left undeclared."""
+    return [f"column {c!r} holds free text (many distinct values, or none): it cannot be a "
+            "feature; drop it from the table and the schema (ids are never published), or "
+            "list its categories" for c, d in (schema.get("columns") or {}).items()
+            if d.get("type") == "category" and not d.get("categories")]
+
+
 def check_labels(labels: np.ndarray, schema: dict, where: str) -> None:
     """Refuse records whose label is not a declared class (nothing is dropped silently)."""
     classes = schema["label"]["classes"]
@@ -151,8 +192,11 @@ def check_labels(labels: np.ndarray, schema: dict, where: str) -> None:
 
 
 def apply_table(df: pd.DataFrame, schema: dict, where: str) -> tuple[pd.DataFrame, list[str]]:
-    """The table checked against ``schema``, cast to the declared dtypes, in declared column order
-    (label last); and notes for the owner only (e.g. how many values lie outside the bounds)."""
+    """The table checked against ``schema`` and normalised from it (text categories and labels to
+    their declared codes, yes/no to bool, allowed missing values to NaN, records without a label
+    dropped: :mod:`datasite.typed_columns`), cast to the declared dtypes, in declared column
+    order (label last); and notes for the owner only (e.g. how many values lie outside the
+    bounds, how many records had no label). Every problem with the columns is named at once."""
     label = schema["label"]["column"]
     declared = list(schema["columns"])
     missing = [c for c in declared if c not in df.columns]
@@ -163,34 +207,29 @@ def apply_table(df: pd.DataFrame, schema: dict, where: str) -> tuple[pd.DataFram
                               f"declared but not in the data: {_listing(missing)}" if missing else "",
                               f"in the data but not declared: {_listing(extra)} (declare or drop "
                               "them)" if extra else "") if x) + ".")
-    check_labels(df[label].to_numpy(), schema, f"{where}, label column {label!r}")
-    out, notes = {}, []
+    codes, bad = label_codes(df[label], schema["label"])
+    if bad:
+        raise SchemaError(f"{where}, label column {label!r}: {len(bad)} records have a label that "
+                          f"is not a declared class ({_listing(sorted({str(v) for v in bad}))}; "
+                          f"declared: {schema['label']['classes']}"
+                          + (f" = {list(schema['label']['names'].values())}"
+                             if schema["label"]["names"] else "")
+                          + "). Fix those records, or add the class to label.classes in the "
+                          "schema if it is a real class.")
+    keep = ~np.isnan(codes)
+    notes = ([] if keep.all() else [
+        f"{int((~keep).sum())} records have no label {label!r}: dropped, never imputed (the "
+        "schema's records count only the records with a label)"])
+    df = df[keep].reset_index(drop=True)
+    out, problems = {}, []
     for c in declared:
-        spec, x = schema["columns"][c], df[c]
-        if spec["type"] == "bool":
-            if not x.isin([0, 1, True, False]).all():
-                raise SchemaError(f"{where}: column {c!r} is declared bool but holds other values; "
-                                  "declare it as int/float/category or fix it.")
-            out[c] = x.astype(bool)
-            continue
-        values = x.to_numpy(dtype=float)
-        if spec["type"] in ("int", "category") and not np.all(values == np.round(values)):
-            raise SchemaError(f"{where}: column {c!r} is declared {spec['type']} but holds "
-                              "non-integer values; declare it as float.")
-        if spec["type"] == "category":
-            bad = ~np.isin(values, spec["categories"])
-            if bad.any():
-                raise SchemaError(f"{where}: column {c!r}: {int(bad.sum())} values are not declared "
-                                  f"categories ({_listing(sorted(set(values[bad].tolist())))}); fix "
-                                  "them or declare the category.")
-        else:
-            lo, hi = spec["bounds"]
-            outside = int(((values < lo) | (values > hi)).sum())
-            if outside:
-                notes.append(f"column {c!r}: {outside} values outside the declared bounds "
-                             f"[{lo}, {hi}] are kept but clipped to them inside every job")
-        out[c] = x.astype("int64" if spec["type"] in ("int", "category") else "float64")
-    out[label] = df[label].astype("int64")
+        col, bad, found = coerce_column(df[c], schema["columns"][c], c)
+        problems += bad
+        notes += found
+        out[c] = col
+    if problems:
+        raise SchemaError(f"{where}: " + "; ".join(problems) + ".")
+    out[label] = codes[keep].astype("int64")
     return pd.DataFrame(out, columns=[*declared, label]), notes
 
 
@@ -209,10 +248,13 @@ def apply_images(payload: dict, schema: dict, where: str) -> dict:
     return {"images": images, "labels": payload["labels"]}
 
 
-def check_count(n: int, schema: dict, where: str) -> None:
-    """The published count is the declared one, so the data must hold exactly that many."""
+def check_count(n: int, schema: dict, where: str, dropped: int = 0) -> None:
+    """The published count is the declared one, so the data must hold exactly that many
+    (records with a label: ``dropped`` records without one do not count)."""
     if n != schema["records"]:
-        raise SchemaError(f"{where}: the data holds {n} records but the schema declares "
+        held = (f"{n} records with a label ({dropped} more without a label are dropped)"
+                if dropped else f"{n} records")
+        raise SchemaError(f"{where}: the data holds {held} but the schema declares "
                           f"records: {schema['records']}. The record count is published as "
                           "declared: set records to the true count if it may be public.")
 
@@ -253,8 +295,12 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
             raise SchemaError(f"--label {label!r} differs from the schema's label column "
                               f"{declared!r}; drop --label or fix the schema.")
         payload, loaded = ingest.load_table(table, label=declared, name=name, sep=sep,
-                                            decimal=decimal, encoding=encoding, sheet=sheet)
+                                            decimal=decimal, encoding=encoding, sheet=sheet,
+                                            raw=True)
         payload, notes = apply_table(payload, schema, Path(table).name)
+        dropped = loaded.n_records - len(payload)
+        check_count(len(payload), schema, Path(table).name, dropped)
+        check_min_records(len(payload), Path(table).name, MIN_RECORDS)
         from .upload_warnings import table_warnings  # owner-only: leakage, ids, imbalance
 
         notes += table_warnings(payload, declared, schema)
@@ -262,9 +308,10 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
         payload, loaded = (ingest.load_images(images, labels, name=name) if images
                            else ingest.load_npz(npz, name=name))
         payload, notes = apply_images(payload, schema, Path(images or npz).name), []
-    check_count(loaded.n_records, schema, Path(table or images or npz).name)
+        check_count(loaded.n_records, schema, Path(images or npz).name)
     meta = meta_from_schema(schema, name, description)
-    notes += formula_notes(meta.features, meta.label if table else None, meta.class_names)
+    notes += formula_notes(meta.features, meta.label if table else None, meta.class_names,
+                           {c: v.get("names", []) for c, v in meta.columns.items()})
     # as many mock records as declared (capped): a job's batch size must fit the mock too
     mock = synthetic_mock(meta, n=min(meta.n_records, 2000), seed=seed)
     return payload, meta, mock, notes

@@ -33,7 +33,8 @@ class DatasetMeta:
     # for metadata without declarations (published before schemas)
     feature_scales: dict[str, float] = field(default_factory=dict)
     description: str = ""
-    # column -> the owner's declaration {type, unit, bounds | categories} (tables)
+    # column -> the owner's declaration {type, unit, bounds | categories [+ names], [missing]}
+    # (tables); names: the declared string categories, stored as codes 0..k-1 in that order
     columns: dict[str, dict] = field(default_factory=dict)
     class_names: dict[str, str] = field(default_factory=dict)  # str(class code) -> name
 

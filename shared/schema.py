@@ -8,15 +8,22 @@ YAML, see ``datasite.schema``)::
     records: 569                     # public by declaration: the owner publishes the count
     description: Wisconsin diagnostic breast cancer
     label: {column: diagnosis, classes: {0: malignant, 1: benign}}   # or classes: [0, 1]
+                                     # or string classes: [alive, dead] (codes 0, 1 in order)
     columns:                         # tables: every feature column, in this order
       mean_radius: {type: float, unit: um, bounds: [0, 50]}
       age: {type: int, unit: years, bounds: [0, 120]}
       smoker: {type: bool}
       stage: {type: category, categories: [1, 2, 3, 4]}
+      grade: {type: category, categories: [I, II, III]}   # stored as codes 0, 1, 2 (in order)
+      crp: {type: float, bounds: [0, 300], missing: true}   # missing values kept (NaN)
     image: {height: 28, width: 28, channels: 1}                        # images only
 
 Bounds are domain knowledge; jobs clip values outside them (:func:`clip_table`) and never widen
-them. This module imports nothing from syft, ``datasite`` or ``researcher``.
+them. String categories and string label classes are normalised to integer codes in the
+declared order plus their names (``names``), so the stored table and every job stay numeric and
+the names are published with the schema. ``missing: true`` lets a column hold missing values:
+they are stored as NaN (the column as float64) and table jobs fill them with the declared
+midpoint (``shared.training.preprocess.bounds_scale``); statistics queries drop them. This module imports nothing from syft, ``datasite`` or ``researcher``.
 """
 from __future__ import annotations
 
@@ -50,6 +57,42 @@ def _int(v, where: str) -> int:
     return v
 
 
+def _names(values: list, where: str) -> list[str]:
+    """Declared string names (categories or classes), refusing YAML's unquoted booleans."""
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            raise SchemaError(f"{where}: {v!r} is a YAML boolean: quote yes/no/true/false/on/off "
+                              "(e.g. 'yes') to declare them as names.")
+        if not isinstance(v, (str, int)) or not str(v).strip():
+            raise SchemaError(f"{where}: names must be non-empty strings or integers, got {v!r}.")
+        out.append(str(v).strip())
+    if len(set(out)) != len(out):
+        raise SchemaError(f"{where}: a name is listed twice.")
+    return out
+
+
+def _categories(spec: dict, where: str) -> dict:
+    """{categories: codes[, names]}: integer codes sorted as today, string categories as
+    codes 0..k-1 in the declared order with their names."""
+    cats, names = spec.get("categories"), spec.get("names")
+    if not isinstance(cats, list) or len(cats) < 2:
+        raise SchemaError(f"{where}: a category column needs categories: a list of at least "
+                          "two integer codes or names (e.g. [I, II, III]).")
+    if names is None and any(not isinstance(c, int) or isinstance(c, bool) for c in cats):
+        names = _names(cats, f"{where} categories")
+        return {"categories": list(range(len(names))), "names": names}
+    cats = [_int(c, f"{where} categories") for c in cats]
+    if len(set(cats)) != len(cats):
+        raise SchemaError(f"{where}: categories are listed twice.")
+    if names is None:
+        return {"categories": sorted(cats)}
+    if not isinstance(names, list) or cats != list(range(len(cats))) or len(names) != len(cats):
+        raise SchemaError(f"{where}: names need categories [0, 1, ..., k-1] and one name each "
+                          "(or list the names as the categories).")
+    return {"categories": cats, "names": _names(names, f"{where} names")}
+
+
 def _column(name: str, spec: Any) -> dict:
     where = f"schema column {name!r}"
     if not isinstance(spec, dict) or spec.get("type") not in TYPES:
@@ -57,7 +100,7 @@ def _column(name: str, spec: Any) -> dict:
                           "{type: float, unit: mm, bounds: [0, 50]}.")
     t = spec["type"]
     out = {"type": t, "unit": str(spec.get("unit") or "")}
-    unknown = set(spec) - {"type", "unit", "bounds", "categories"}
+    unknown = set(spec) - {"type", "unit", "bounds", "categories", "names", "missing"}
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)}.")
     if t in ("float", "int"):
@@ -72,17 +115,22 @@ def _column(name: str, spec: Any) -> dict:
             raise SchemaError(f"{where}: bounds need lower < upper, got [{lo}, {hi}].")
         out["bounds"] = [lo, hi]
     elif t == "category":
-        cats = spec.get("categories")
-        if not isinstance(cats, list) or len(cats) < 2:
-            raise SchemaError(f"{where}: a category column needs categories: a list of at least "
-                              "two integer codes.")
-        cats = [_int(c, f"{where} categories") for c in cats]
-        if len(set(cats)) != len(cats):
-            raise SchemaError(f"{where}: categories are listed twice.")
-        out["categories"] = sorted(cats)
+        out.update(_categories(spec, where))
     elif "bounds" in spec or "categories" in spec:
         raise SchemaError(f"{where}: a bool column takes no bounds or categories.")
+    if "names" in spec and t != "category":
+        raise SchemaError(f"{where}: only a category column takes names.")
+    missing = spec.get("missing", False)
+    if not isinstance(missing, bool):
+        raise SchemaError(f"{where}: missing is true or false, got {missing!r}.")
+    if missing:  # omitted when false: existing declarations keep their canonical form
+        out["missing"] = True
     return out
+
+
+def dtype_of(col: dict) -> str:
+    """The stored dtype of a declared column: float64 (NaN for missing) when it may be missing."""
+    return "float64" if col.get("missing") else DTYPES[col["type"]]
 
 
 def _label(spec: Any, kind: str) -> dict:
@@ -95,6 +143,12 @@ def _label(spec: Any, kind: str) -> dict:
     if isinstance(classes, dict):
         names = {str(_int(k, "schema label classes")): str(v) for k, v in classes.items()}
         classes = list(classes)
+    elif isinstance(classes, list) and any(not isinstance(c, int) or isinstance(c, bool)
+                                           for c in classes):
+        if spec.get("names"):
+            raise SchemaError("schema label: give either string classes or names, not both.")
+        found = _names(classes, "schema label classes")  # codes 0..k-1 in the declared order
+        names, classes = {str(i): v for i, v in enumerate(found)}, list(range(len(found)))
     if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
         raise SchemaError(f"schema label classes: give 2 to {MAX_CLASSES} integer class codes.")
     codes = sorted(_int(c, "schema label classes") for c in classes)
@@ -164,7 +218,7 @@ def meta_from_schema(schema: dict, name: str, description: str = "") -> DatasetM
                        labels=list(lab["classes"]), description=description or s["description"],
                        class_names=dict(lab["names"]))
     if s["kind"] == TABLE:
-        meta.features = {c: DTYPES[v["type"]] for c, v in s["columns"].items()}
+        meta.features = {c: dtype_of(v) for c, v in s["columns"].items()}
         meta.feature_scales = {c: scale_of(v) for c, v in s["columns"].items()}
         meta.columns = {c: dict(v) for c, v in s["columns"].items()}
     else:
@@ -180,7 +234,8 @@ CLIP_TO_BOUNDS = True
 
 def clip_table(df: pd.DataFrame, meta: DatasetMeta) -> pd.DataFrame:
     """``df`` with every declared numeric column clipped to its declared bounds (a per-record
-    map, so it costs no privacy; idempotent, so training and removal see the same features)."""
+    map, so it costs no privacy; idempotent, so training and removal see the same features).
+    Missing values (NaN, in columns declared ``missing: true``) stay NaN."""
     bounded = {c: v["bounds"] for c, v in (meta.columns or {}).items()
                if "bounds" in v and c in df.columns}
     if not CLIP_TO_BOUNDS or not bounded:

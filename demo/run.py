@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         _section("Owner: the privacy ledger")
         from datasite.ledger_view import render, report
 
-        print(render(report(owner.ledger)))
+        print(render(report(owner.ledger,
+                            sizes={n: m.n_records for n, m in owner.datasets().items()})))
         model = result.model
         print(f"model: {model.__class__.__name__} with "
               f"{sum(p.numel() for p in model.parameters())} parameters, loaded without syft")

@@ -23,6 +23,7 @@ from datasite.demo_data import schema_path, write_breast_cancer_csv
 from datasite.ingest import IngestError, load_table
 from datasite.publishing import DatasetsMixin
 from datasite.schema import prepare, read_schema
+from zip_bombs import raw_zip
 
 MiB = 1024 ** 2
 LABEL = "diagnosis"
@@ -301,20 +302,6 @@ def test_gzip_beyond_the_import_limit_is_refused(tmp_path, monkeypatch):
     assert len(load_table(p, "y", name="x")[0]) == 200_000
 
 
-def _zip(path: Path, members: list[tuple[str, bytes, int, int, int]]) -> None:
-    """A zip of raw members ``(name, compressed data, crc, uncompressed size, method)``."""
-    out, central = bytearray(), bytearray()
-    for name, data, crc, usize, method in members:
-        n = name.encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc,
-                               len(data), usize, len(n), 0, 0, 0, 0, 0, len(out)) + n
-        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data),
-                           usize, len(n), 0) + n + data
-    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central),
-                      len(out), 0)
-    path.write_bytes(bytes(out + central + end))
-
-
 SHEET = "xl/worksheets/sheet1.xml"
 
 
@@ -335,7 +322,7 @@ def _workbook_with(p: Path, small: Path, sheet_parts: tuple[bytes, bytes, int, b
                 co = zlib.compressobj(9, zlib.DEFLATED, -15)
                 members.append((info.filename, co.compress(raw) + co.flush(), zlib.crc32(raw),
                                 len(raw), zipfile.ZIP_DEFLATED))
-    _zip(p, members)
+    raw_zip(p, members)
     return p
 
 
@@ -396,7 +383,7 @@ def test_xlsx_with_unbounded_zip_compression_is_refused(tmp_path, small_xlsx):
             members.append((info.filename, raw, zlib.crc32(raw), len(raw),
                             12 if info.filename == SHEET else zipfile.ZIP_STORED))
     p = tmp_path / "bz.xlsx"
-    _zip(p, members)
+    raw_zip(p, members)
     _refused(lambda: load_table(p, "diagnosis", name="x"), "zip method 12", "not deflate")
 
 

@@ -25,6 +25,7 @@ import yaml
 from datasite.ingest import (DEFAULT_MAX_IMPORT_BYTES, MAX_IMPORT_BYTES_ENV, IngestError,
                              load_images, load_npz, load_table)
 from shared.data import DatasetMeta, csv_safe_frame, parse_published, published_description
+from zip_bombs import raw_zip
 
 MiB, GiB = 1024 ** 2, 1024 ** 3
 
@@ -73,20 +74,6 @@ def _npy_header(shape, dtype=np.uint8) -> bytes:
     return buf.getvalue()
 
 
-def _zip(path: Path, members: list[tuple[str, bytes, int, int, int]]) -> None:
-    """A zip of raw members ``(name, deflated data, crc, uncompressed size, method)``."""
-    out, central = bytearray(), bytearray()
-    for name, data, crc, usize, method in members:
-        n = name.encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc,
-                               len(data), usize, len(n), 0, 0, 0, 0, 0, len(out)) + n
-        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data),
-                           usize, len(n), 0) + n + data
-    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central),
-                      len(out), 0)
-    path.write_bytes(bytes(out + central + end))
-
-
 def _zeros_bomb(path: Path, n_images: int, side: int = 1024) -> Path:
     """An .npz whose ``images`` are ``n_images`` x side x side zeros, deflated: ~1000x smaller on
     disk. Built without ever holding the zeros (each MiB deflates to the same independent
@@ -104,7 +91,7 @@ def _zeros_bomb(path: Path, n_images: int, side: int = 1024) -> Path:
     labels = io.BytesIO()
     np.save(labels, (np.arange(n_images) % 2).astype(np.int64))
     lab = labels.getvalue()
-    _zip(path, [("images.npy", data, crc, len(header) + n_mib * MiB, zipfile.ZIP_DEFLATED),
+    raw_zip(path, [("images.npy", data, crc, len(header) + n_mib * MiB, zipfile.ZIP_DEFLATED),
                 ("labels.npy", lab, zlib.crc32(lab), len(lab), zipfile.ZIP_STORED)])
     return path
 
@@ -143,7 +130,7 @@ def test_npz_header_claiming_a_huge_array_is_refused_unallocated(tmp_path):
     lab = io.BytesIO()
     np.save(lab, np.zeros(12, np.int64))
     p = tmp_path / "liar.npz"
-    _zip(p, [("images.npy", member, zlib.crc32(member), len(member), zipfile.ZIP_STORED),
+    raw_zip(p, [("images.npy", member, zlib.crc32(member), len(member), zipfile.ZIP_STORED),
              ("labels.npy", lab.getvalue(), zlib.crc32(lab.getvalue()), len(lab.getvalue()),
               zipfile.ZIP_STORED)])
     msg, peak, _ = _refused(lambda: load_npz(p, name="x"), "1.0 TiB", MAX_IMPORT_BYTES_ENV)

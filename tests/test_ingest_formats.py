@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import time
-import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,7 +21,7 @@ from datasite.demo_data import schema_path, write_breast_cancer_csv
 from datasite.ingest import IngestError, load_table
 from datasite.publishing import DatasetsMixin
 from datasite.schema import prepare, read_schema
-from zip_bombs import raw_zip
+from bomb_tools import raw_zip, refused_measured
 
 MiB = 1024 ** 2
 LABEL = "diagnosis"
@@ -212,31 +210,10 @@ def test_gz_that_is_not_gzip_is_refused(tmp_path):
 
 
 # -- bombs ------------------------------------------------------------------------------------
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _refused_cheaply(fn, *words, max_seconds: float = 5.0, max_peak: int = 64 * MiB) -> str:
     """``fn`` raises IngestError naming ``words``, within ``max_seconds`` and allocating at most
     ``max_peak`` bytes (tracemalloc's peak or the growth of peak RSS, whichever is larger)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        rss0 = _vm("VmRSS")
-    except OSError:
-        rss0 = None
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        msg = _refused(fn, *words)
-    finally:
-        seconds = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    if rss0 is not None:
-        peak = max(peak, _vm("VmHWM") - rss0)
+    msg, peak, seconds = refused_measured(fn, *words)
     assert seconds < max_seconds, f"took {seconds:.1f} s to refuse"
     assert peak < max_peak, f"{peak / MiB:.0f} MiB allocated before refusing"
     return msg

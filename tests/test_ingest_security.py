@@ -11,8 +11,6 @@ import csv
 import gzip
 import io
 import struct
-import time
-import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,46 +23,12 @@ import yaml
 from datasite.ingest import (DEFAULT_MAX_IMPORT_BYTES, MAX_IMPORT_BYTES_ENV, IngestError,
                              load_images, load_npz, load_table)
 from shared.data import DatasetMeta, csv_safe_frame, parse_published, published_description
-from zip_bombs import raw_zip
+from bomb_tools import raw_zip, refused_measured
 
 MiB, GiB = 1024 ** 2, 1024 ** 3
 
 
 # -- measuring -------------------------------------------------------------------------------
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _refused(fn, *words) -> tuple[str, int, float]:
-    """Run ``fn``, which must raise IngestError naming ``words``; return (message, peak bytes
-    allocated while it ran, seconds). The peak is the larger of tracemalloc's peak (numpy and
-    Python allocations) and the growth of the process's peak RSS (VmHWM, reset first: C-level
-    buffers such as zlib's, PIL's or Arrow's are invisible to tracemalloc)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        rss0 = _vm("VmRSS")
-    except OSError:
-        rss0 = None
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        with pytest.raises(IngestError) as e:
-            fn()
-    finally:
-        seconds = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    if rss0 is not None:
-        peak = max(peak, _vm("VmHWM") - rss0)
-    msg = str(e.value)
-    for w in words:
-        assert w.lower() in msg.lower(), f"{w!r} not in {msg!r}"
-    return msg, peak, seconds
-
-
 # -- crafting bombs --------------------------------------------------------------------------
 def _npy_header(shape, dtype=np.uint8) -> bytes:
     buf = io.BytesIO()
@@ -110,7 +74,7 @@ def test_crafted_zip_is_a_valid_bomb(tmp_path):
 def test_npz_zeros_bomb_over_the_default_limit_is_refused_from_headers(tmp_path):
     p = _zeros_bomb(tmp_path / "bomb.npz", 2560)  # 2.5 GiB of zeros in ~2.6 MB
     assert p.stat().st_size < 3 * MiB
-    msg, peak, seconds = _refused(lambda: load_npz(p, name="x"), "images", "2.5 GiB",
+    msg, peak, seconds = refused_measured(lambda: load_npz(p, name="x"), "images", "2.5 GiB",
                                   MAX_IMPORT_BYTES_ENV, "decompression bomb")
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
     assert seconds < 2.0
@@ -118,7 +82,7 @@ def test_npz_zeros_bomb_over_the_default_limit_is_refused_from_headers(tmp_path)
 
 def test_npz_bomb_under_the_limit_is_refused_by_its_compression_ratio(tmp_path):
     p = _zeros_bomb(tmp_path / "bomb.npz", 256)  # 256 MiB: within 2 GiB, but ~1000x
-    msg, peak, seconds = _refused(lambda: load_npz(p, name="x"), "images", "decompression bomb",
+    msg, peak, seconds = refused_measured(lambda: load_npz(p, name="x"), "images", "decompression bomb",
                                   "np.savez")
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
     assert seconds < 2.0
@@ -133,7 +97,7 @@ def test_npz_header_claiming_a_huge_array_is_refused_unallocated(tmp_path):
     raw_zip(p, [("images.npy", member, zlib.crc32(member), len(member), zipfile.ZIP_STORED),
              ("labels.npy", lab.getvalue(), zlib.crc32(lab.getvalue()), len(lab.getvalue()),
               zipfile.ZIP_STORED)])
-    msg, peak, _ = _refused(lambda: load_npz(p, name="x"), "1.0 TiB", MAX_IMPORT_BYTES_ENV)
+    msg, peak, _ = refused_measured(lambda: load_npz(p, name="x"), "1.0 TiB", MAX_IMPORT_BYTES_ENV)
     assert peak < 32 * MiB
 
 
@@ -147,7 +111,7 @@ def test_npz_bzip2_member_is_refused_before_its_header_is_read(tmp_path):
                 f.write(bytes(MiB))
         zf.writestr("labels.npy", b"")
     assert p.stat().st_size < 10_000
-    msg, peak, _ = _refused(lambda: load_npz(p, name="x"), "compression other than deflate",
+    msg, peak, _ = refused_measured(lambda: load_npz(p, name="x"), "compression other than deflate",
                             "np.savez")
     assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
 
@@ -159,11 +123,11 @@ def test_npz_limit_is_configurable_and_genuine_data_loads(tmp_path, monkeypatch)
              labels=np.arange(40) % 2)  # 640 KiB, uncompressed
     assert load_npz(p, name="x")[1].n_records == 40  # the default limit lets it in
     monkeypatch.setenv(MAX_IMPORT_BYTES_ENV, "256K")
-    _refused(lambda: load_npz(p, name="x"), "640.1 KiB", "256.0 KiB", MAX_IMPORT_BYTES_ENV)
+    refused_measured(lambda: load_npz(p, name="x"), "640.1 KiB", "256.0 KiB", MAX_IMPORT_BYTES_ENV)
     monkeypatch.setenv(MAX_IMPORT_BYTES_ENV, "1M")
     assert load_npz(p, name="x")[1].n_records == 40
     monkeypatch.setenv(MAX_IMPORT_BYTES_ENV, "lots")
-    _refused(lambda: load_npz(p, name="x"), MAX_IMPORT_BYTES_ENV, "8G")
+    refused_measured(lambda: load_npz(p, name="x"), MAX_IMPORT_BYTES_ENV, "8G")
     assert DEFAULT_MAX_IMPORT_BYTES == 2 * GiB
 
 
@@ -171,7 +135,7 @@ def test_single_npy_file_is_refused_unread(tmp_path):
     p = tmp_path / "big.npz"
     with open(p, "wb") as f:  # a raw .npy claiming 4 GiB: refused from its magic alone
         f.write(_npy_header((4096, 1024, 1024)))
-    _, peak, _ = _refused(lambda: load_npz(p, name="x"), "single .npy")
+    _, peak, _ = refused_measured(lambda: load_npz(p, name="x"), "single .npy")
     assert peak < 16 * MiB
 
 
@@ -210,7 +174,7 @@ def test_png_folder_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     d = _image_folder(tmp_path, _png_bomb(4096), 12)
     assert sum(f.stat().st_size for f in d.glob("*.png")) < 12 * 64_000
     monkeypatch.setenv(MAX_IMPORT_BYTES_ENV, "64M")
-    msg, peak, seconds = _refused(lambda: load_images(d, name="x"), "12 images of 4096x4096",
+    msg, peak, seconds = refused_measured(lambda: load_images(d, name="x"), "12 images of 4096x4096",
                                   "192.0 MiB", MAX_IMPORT_BYTES_ENV)
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
     assert seconds < 2.0
@@ -219,7 +183,7 @@ def test_png_folder_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
 def test_png_beyond_pils_pixel_limit_is_refused(tmp_path):
     """One 16384x16384 image (268 M pixels, past PIL's MAX_IMAGE_PIXELS bomb guard) x 12."""
     d = _image_folder(tmp_path, _png_bomb(16384), 12)
-    _, peak, _ = _refused(lambda: load_images(d, name="x"))
+    _, peak, _ = refused_measured(lambda: load_images(d, name="x"))
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
 
 
@@ -228,12 +192,12 @@ def test_compressed_labels_csv_is_refused_not_inflated(tmp_path):
     d = _image_folder(tmp_path, _png_bomb(64), 12)
     lines = b"filename,label\n" + b"img_000.png,0\n" * (8 * MiB // 14)  # 8 MiB -> tens of KB
     (d / "labels.csv.gz").write_bytes(gzip.compress(lines, 9))
-    _, peak, _ = _refused(lambda: load_images(d, d / "labels.csv.gz", name="x"),
+    _, peak, _ = refused_measured(lambda: load_images(d, d / "labels.csv.gz", name="x"),
                           "gzip-compressed", "decompress it first")
     assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
     table = tmp_path / "t.csv"  # a gzip file named .csv is refused the same way
     table.write_bytes(gzip.compress(b"a,y\n" + b"1,0\n1,1\n" * 100))
-    _refused(lambda: load_table(table, "y", name="t"), "gzip-compressed")
+    refused_measured(lambda: load_table(table, "y", name="t"), "gzip-compressed")
 
 
 def test_parquet_constant_column_bomb_is_refused_from_metadata(tmp_path, monkeypatch):
@@ -249,7 +213,7 @@ def test_parquet_constant_column_bomb_is_refused_from_metadata(tmp_path, monkeyp
             w.write_table(block)
     assert p.stat().st_size < 200_000
     monkeypatch.setenv(MAX_IMPORT_BYTES_ENV, "64M")
-    msg, peak, seconds = _refused(lambda: load_table(p, "y", name="t"), "10485760 rows",
+    msg, peak, seconds = refused_measured(lambda: load_table(p, "y", name="t"), "10485760 rows",
                                   "160.0 MiB", MAX_IMPORT_BYTES_ENV)
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
     assert seconds < 2.0
@@ -270,7 +234,7 @@ def test_parquet_dictionary_text_bomb_is_refused_from_metadata(tmp_path):
             w.write_table(block)
     del block
     assert p.stat().st_size < 400_000  # 200 MB of text in a few hundred KB
-    _, peak, _ = _refused(lambda: load_table(p, "y", name="t"), "'note'", "text", "encode")
+    _, peak, _ = refused_measured(lambda: load_table(p, "y", name="t"), "'note'", "text", "encode")
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
 
 

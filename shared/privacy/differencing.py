@@ -19,10 +19,14 @@ from scipy import special
 from ..removal import RemovableModel, train_removable, training_epsilon
 
 
-def attack_vector(w0: np.ndarray, w1: np.ndarray, X_rest: np.ndarray, lam: float) -> np.ndarray:
-    """H (w1 - w0) - lam w0 for a binary model ((d,) weights), H at w0 on ``X_rest``."""
+def attack_vector(w0: np.ndarray, w1: np.ndarray, X_rest: np.ndarray, lam: float,
+                  n_reg: int | None = None) -> np.ndarray:
+    """H (w1 - w0) - lam w0 for a binary model ((d,) weights), H at w0 on ``X_rest`` with the
+    regulariser lam * n_reg (the release's public count after the forget; default
+    ``len(X_rest)``: a mismatch adds lam * offset * (w1 - w0) and blurs the record)."""
     p = special.expit(X_rest @ w0)  # the logistic Hessian does not depend on the label's sign
-    H = (X_rest * (p * (1 - p))[:, None]).T @ X_rest + lam * len(X_rest) * np.eye(len(w0))
+    n_reg = len(X_rest) if n_reg is None else int(n_reg)
+    H = (X_rest * (p * (1 - p))[:, None]).T @ X_rest + lam * n_reg * np.eye(len(w0))
     return H @ (w1 - w0) - lam * w0
 
 

@@ -58,7 +58,7 @@ def test_from_dict_wrong_kind_for_class():
     (dict(clip_norm=math.nan), "clip_norm is NaN"),
     (dict(learning_rate=math.nan), "learning_rate is NaN"),
     (dict(delta=1e-2), r"delta=0.01 is too large for 455 training records.*1/n"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(batch_size=-1), r"batch_size=-1 is out of range: allowed 0..100000 \(0: chosen from"),
     (dict(batch_size=456), "batch_size=456 exceeds the 455 training records"),
     (dict(epochs=0), "epochs must be >= 1"),
     (dict(clip_norm=0.0), "clip_norm must be a finite number > 0"),

@@ -327,7 +327,8 @@ def test_price_bounded_gives_the_in_process_price(worker):
     dpal = _spec("dpal", start_size=60, query_sizes=[40], batch_size=32, epochs_per_round=2.0)
     assert worker.price_bounded(dpal, META.to_json(), 120, 2048) == (
         event_to_json(planned_event(dpal, META)), record_events(dpal, META))
-    for bad, error in ((dict(epsilon=1e308), SpecError), (dict(epochs=3000), SpecError)):
+    for bad, error in ((dict(epsilon=1e308), SpecError),
+                      (dict(epochs=3000, batch_size=64), SpecError)):
         with pytest.raises(worker.PricingError) as e:  # the owner catches PricingError alone
             worker.price_bounded(_spec("dpsgd_table", **bad), META.to_json(), 60, 2048)
         assert isinstance(e.value, error)

@@ -170,3 +170,47 @@ def test_three_class_mock_run_reports_macro_auc():
     m = run_job(spec, df, meta, pin_randomness=0, mock=True)["metrics"]
     assert m["test_auc_average"] == "macro one-vs-rest" and m["test_auc"] > 0.8
     assert set(m["per_class_recall"]) == {"0", "1", "2"} and m["balanced_accuracy"] > 0.5
+
+
+# -- batch size from the public record count ----------------------------------------------------
+def _big_meta(records: int) -> DatasetMeta:
+    schema = {"kind": "table", "records": records, "label": {"column": "y", "classes": [0, 1]},
+              "columns": {"age": {"type": "int", "bounds": [18, 90]}}}
+    return meta_from_schema(schema, "big")
+
+
+def test_auto_batch_size_follows_the_public_count():
+    from shared.jobs.bounds import STEPS_MAX, STEPS_PER_EPOCH_MAX, auto_batch_size, dpsgd_steps
+
+    assert auto_batch_size(455, 30) == 64  # the measured default on small tables
+    assert auto_batch_size(40, 30) == 40  # never above the training records
+    assert auto_batch_size(10_000, 30) == 100  # a 1% sample rate
+    for n, epochs in ((10_000, 30), (50_000, 300), (8_000, 30 * 10), (123_457, 100)):
+        b = auto_batch_size(n, epochs)
+        assert b <= n and -(-n // b) <= STEPS_PER_EPOCH_MAX
+        assert dpsgd_steps(n, b, epochs) <= STEPS_MAX
+        smaller_fails = (dpsgd_steps(n, b - 1, epochs) > STEPS_MAX
+                         or -(-n // (b - 1)) > STEPS_PER_EPOCH_MAX)
+        assert smaller_fails or b == 64  # the smallest batch that passes both checks
+
+
+def test_a_large_table_trains_with_the_default_batch_but_not_a_fixed_64():
+    """8,000 training records: the old fixed 64 fails the 1% sample-rate check; the default
+    (0 = from the public count) passes it, prices, and is what the result reports."""
+    from shared.errors import SpecError
+    from shared.jobs import DPSGDTableSpec
+    from shared.jobs.federated import FedScheduleSpec
+
+    meta = _big_meta(10_000)
+    spec = DPSGDTableSpec("big", "y", 2.0, 1e-6)
+    spec.validate(meta)
+    assert spec.batch_for(meta) == 80 and spec.resolved(meta).batch_size == 80
+    assert spec.planned_event(meta) is not None
+    with pytest.raises(SpecError, match="batch_size >= 80"):
+        dataclasses.replace(spec, batch_size=64).validate(meta)
+    # ten federated rounds of 30 epochs: 300 epochs over 8,000 records fit in STEPS_MAX
+    fed = FedScheduleSpec("big", "y", 2.0, 1e-6, rounds=10)
+    fed.validate(meta)
+    assert fed.batch_for(meta) > 80
+    with pytest.raises(SpecError, match="DP-SGD steps"):
+        dataclasses.replace(fed, batch_size=80).validate(meta)

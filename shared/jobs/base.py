@@ -140,8 +140,12 @@ class SpecBase:
             bounds.check_int("epochs", self.epochs, 1, bounds.EPOCHS_MAX,
                              why=f"the whole job is also held to {bounds.STEPS_MAX} steps")
         if hasattr(self, "batch_size"):
-            self._require_at_least_one("batch_size")
-            bounds.check_int("batch_size", self.batch_size, 1, bounds.BATCH_SIZE_MAX)
+            auto = getattr(self, "AUTO_BATCH_SIZE", False)  # 0 = from the public record count
+            if not auto:
+                self._require_at_least_one("batch_size")
+            bounds.check_int("batch_size", self.batch_size, 0 if auto else 1,
+                             bounds.BATCH_SIZE_MAX,
+                             why="0: chosen from the public record count" if auto else "")
         if hasattr(self, "clip_norm"):
             self._require_positive("clip_norm", "learning_rate")
             bounds.check_number("clip_norm", self.clip_norm, 0, bounds.CLIP_NORM_MAX,

@@ -1,7 +1,7 @@
 """DP-SGD on a table: the first job kind, and the template the others follow."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from ..data import TABLE, DatasetMeta, n_train_records
@@ -18,18 +18,21 @@ MODELS = ("logreg", "mlp")
 class DPSGDTableSpec(JobSpec):
     """DP-SGD training of a classifier on a table, at (epsilon, delta) for the training records.
 
-    ``batch_size`` is the expected batch size of Poisson sampling; ``delta`` must be below
+    ``batch_size`` is the expected batch size of Poisson sampling (0, the default: chosen from
+    the public record count by :func:`bounds.auto_batch_size`, 64 up to 6,400 training
+    records, then a 1% sample rate); ``delta`` must be below
     1 / (number of training records). ``metrics_epsilon``: the test metrics' own DP release
     (:mod:`shared.privacy.private_metrics`), composed onto the price; 0 = no metrics.
     ``tail_average``: release the mean of the weights over the last half of the steps
     (post-processing: no privacy cost; False = the last iterate).
 
-    The defaults (30 epochs, learning rate 2, batch 64, clip 1) were chosen by measurement
+    The defaults (30 epochs, learning rate 2, batch 64 on small tables, clip 1) were chosen by measurement
     (``benchmarks/table_utility.py``: breast cancer, GBSG2, FLCHAIN) on features scaled from the
     declared bounds to [-1, 1]: at eps=1..4 they clearly beat the majority class.
     """
 
     KIND: ClassVar[str] = "dpsgd_table"
+    AUTO_BATCH_SIZE: ClassVar[bool] = True
 
     dataset: str
     label: str
@@ -37,7 +40,7 @@ class DPSGDTableSpec(JobSpec):
     delta: float
     model: str = "logreg"
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 0
     clip_norm: float = 1.0
     learning_rate: float = 2.0
     hidden: int = 32
@@ -63,6 +66,18 @@ class DPSGDTableSpec(JobSpec):
         """How many times the schedule runs (a federated schedule prices all its rounds)."""
         return 1
 
+    def batch_for(self, meta: DatasetMeta) -> int:
+        """The expected batch this job runs at: ``batch_size``, or when 0 the rule of
+        :func:`bounds.auto_batch_size` on the public training count (all rounds' epochs)."""
+        if self.batch_size:
+            return self.batch_size
+        return bounds.auto_batch_size(n_train_records(meta.n_records, self.test_fraction),
+                                      self.epochs * self._rounds_priced())
+
+    def resolved(self, meta: DatasetMeta) -> "DPSGDTableSpec":
+        """This spec with the batch size it runs at (what the result reports)."""
+        return replace(self, batch_size=self.batch_for(meta))
+
     def planned_event(self, meta: DatasetMeta):
         """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
         from ..privacy.accounting import dpsgd_event
@@ -71,7 +86,7 @@ class DPSGDTableSpec(JobSpec):
         from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
-                                    self.batch_size, self.epochs)
+                                    self.batch_for(meta), self.epochs)
         return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps),
                             metrics_sigma(self))
 
@@ -80,7 +95,7 @@ class DPSGDTableSpec(JobSpec):
         from ..training.table import train_dpsgd_table
 
         # Public label set and column declarations from the metadata, never from the records.
-        return train_dpsgd_table(data, self, progress=progress, classes=meta.labels or None,
+        return train_dpsgd_table(data, self.resolved(meta), progress=progress, classes=meta.labels or None,
                                  feature_scales=meta.feature_scales or None,
                                  feature_bounds=declared_bounds(meta))
 
@@ -92,10 +107,11 @@ class DPSGDTableSpec(JobSpec):
         if self.label != meta.label:
             raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                             f"not {self.label!r}")
-        n = check_training_size(meta.n_records, self.test_fraction, self.delta, self.batch_size)
-        bounds.check_sample_rate(n, self.batch_size, self.KIND)
-        bounds.check_steps(bounds.dpsgd_steps(n, self.batch_size, self.epochs)
+        batch = self.batch_for(meta)
+        n = check_training_size(meta.n_records, self.test_fraction, self.delta, batch)
+        bounds.check_sample_rate(n, batch, self.KIND)
+        bounds.check_steps(bounds.dpsgd_steps(n, batch, self.epochs)
                            * self._rounds_priced(), self.KIND)
         bounds.check_model_size(bounds.table_params(self.model, len(meta.features),
                                                     len(meta.labels), self.hidden),
-                                self.batch_size, f"model {self.model!r}")
+                                batch, f"model {self.model!r}")

@@ -60,7 +60,7 @@ class FedScheduleSpec(DPSGDTableSpec):
         from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
-                                    self.batch_size, self.epochs)
+                                    self.batch_for(meta), self.epochs)
         return q, steps, noise_multiplier(self, q, steps * self.rounds)
 
     def planned_event(self, meta: DatasetMeta):
@@ -89,7 +89,7 @@ class FedScheduleSpec(DPSGDTableSpec):
         q, steps, sigma = self._schedule(meta)
         init = state_from_text(self.init_state) if self.init_state else None
         result = train_dpsgd_table(
-            data, self, progress=progress, classes=meta.labels or None,
+            data, self.resolved(meta), progress=progress, classes=meta.labels or None,
             feature_scales=meta.feature_scales or None, feature_bounds=declared_bounds(meta),
             noise_multiplier=sigma,
             init_state=init, sampling_seed=self.seed + 7919 * self.round,

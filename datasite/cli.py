@@ -55,6 +55,12 @@ def _add_table_format(s) -> None:
     s.add_argument("--sheet", default=None, help="sheet of an .xlsx workbook (default: the first)")
 
 
+def _add_id_column(s) -> None:
+    s.add_argument("--id-column", default=None,
+                   help="the table's patient-id column: kept privately to name records for "
+                        "`datasite forget`; never a feature, never published")
+
+
 def _table_format(args) -> dict:
     return {k: getattr(args, k) for k in ("sep", "decimal", "encoding", "sheet")}
 
@@ -69,7 +75,8 @@ def cmd_upload(args) -> None:
     out = upload(args.dataset, table=args.table, label=args.label, images=args.images,
                  labels=args.labels, npz=args.npz, schema=args.schema,
                  mock=args.mock, description=args.description or "",
-                 budget_epsilon=args.budget_eps, delta=args.delta, **_table_format(args))
+                 budget_epsilon=args.budget_eps, delta=args.delta, id_column=args.id_column,
+                 **_table_format(args))
     meta = out["meta"] if args.replace else out
     print(f"Uploaded {escape(meta.name)}: {meta.kind}, {meta.n_records} records, labels "
           f"{escape(meta.labels)}; mock published, real data kept on this machine.")
@@ -82,7 +89,8 @@ def cmd_upload(args) -> None:
 def cmd_schema_draft(args) -> None:
     from .schema import draft_text
 
-    text = draft_text(args.file, label=args.label, labels=args.labels, **_table_format(args))
+    text = draft_text(args.file, label=args.label, labels=args.labels, id_column=args.id_column,
+                      **_table_format(args))
     if not args.output:
         print(text, end="")
         return
@@ -228,33 +236,6 @@ def cmd_stop(args) -> None:
           "the rounds not run were refunded.")
 
 
-def cmd_forget(args) -> None:
-    report = _site(args).forget(args.dataset, args.record, data_only=args.data_only)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-        return
-    print(f"Record {report['record']} removed from {escape(report['dataset'])} for good.")
-    for m in report["models"]:
-        c = m["certificate"]
-        if m["status"] == "withdrawn":
-            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): WITHDRAWN -- "
-                  f"{escape(m['reason'], 1000)}")
-        else:
-            r = m["released"]
-            own = ("retrained with fresh noise (residual budget was used up)" if c["retrained"]
-                   else f"certified Newton update, residual {c['residual_used']:.3g} of "
-                        f"{c['budget']:.3g} used (eps={c['eps']:g}, delta={c['delta']:g})")
-            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): fresh DP "
-                  f"release v{m['version']}"
-                  f" sent (eps={r['training_epsilon']:.3g}, delta={r['delta']:g}, "
-                  f"{r['n_train']} records); owner's copy: {own}")
-    if not report["models"]:
-        print("  no removal-enabled model was trained on this record")
-    for d in report["dp_models"]:
-        print(f"  DP model {escape(d['request'][:8])} ({escape(d['researcher'])}), not updated: "
-              f"{escape(d['guarantee'], 1000)}")
-
-
 def cmd_audit(args) -> None:
     from .audit import load_spec, render
 
@@ -319,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true",
                    help="a new version of an existing dataset under the same name (the "
                         "ledger's spend carries over; record ids become the new row numbers)")
+    _add_id_column(s)
 
     datasets = sub.add_parser("datasets", help="manage datasets").add_subparsers(
         dest="datasets_cmd", required=True)
@@ -341,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", help="label column (tables)")
     s.add_argument("--labels", help="labels.csv (image folders)")
     _add_table_format(s)
+    _add_id_column(s)
     s.add_argument("-o", "--output", help="write here (default: print)")
     s.set_defaults(fn=cmd_schema_draft)
 
@@ -381,10 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("request")
     s = cmd("stop", cmd_stop, "stop serving a federated schedule (refunds rounds not run)")
     s.add_argument("request")
-    s = cmd("forget", cmd_forget, "remove a record for good; update removal-enabled models")
+    s = cmd("forget", cli_datasets.cmd_forget,
+            "remove a record for good; update removal-enabled models")
     s.add_argument("dataset")
-    s.add_argument("--record", type=int, required=True,
-                   help="record id: its row number in the uploaded file, from 0")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--record", help="the record's patient id when the dataset was uploaded "
+                       "with --id-column, else its row number in the uploaded file, from 0")
+    which.add_argument("--row", type=int, help="the record's row number in the uploaded file, "
+                       "from 0, even when the dataset has a patient-id column")
     s.add_argument("--data-only", action="store_true",
                    help="remove it from the data even if no removal-enabled model exists")
     s.add_argument("--json", action="store_true")

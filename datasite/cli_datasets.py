@@ -1,6 +1,9 @@
-"""`datasite datasets ...` and what `datasite upload --replace` reports: managing datasets
-from the command line (the work is done by :mod:`datasite.publishing`)."""
+"""`datasite datasets ...`, `datasite forget` and what `datasite upload --replace` reports:
+managing datasets and their records from the command line (the work is done by
+:mod:`datasite.publishing` and :mod:`datasite.forget`)."""
 from __future__ import annotations
+
+import json
 
 from shared.display import escape
 
@@ -10,7 +13,9 @@ from .config import SiteError, open_site
 def print_replaced(report: dict) -> None:
     """What a new version changed: the spend that carries over, the models it withdrew."""
     name = escape(report["meta"].name)
-    print(f"This is a new version of {name}: record ids are now the new file's row numbers.")
+    ids = ("; patient ids are its id column's" if report.get("patient_ids") else "")
+    print(f"This is a new version of {name}: record ids are now the new file's row "
+          f"numbers{ids}.")
     spent = report["spent"]
     if spent is None:
         print(f"  {name} has no budget yet: set one with `datasite budget`.")
@@ -27,6 +32,40 @@ def print_replaced(report: dict) -> None:
     if report["old_path_kept"]:
         print(f"  a job started on the old version meanwhile: it is kept at "
               f"{escape(report['old_path_kept'])}; remove it once that job has finished.")
+
+
+def cmd_forget(args) -> None:
+    """`datasite forget`: the record named by its patient id (``--record`` on a dataset with an
+    id column), else by its row number; what happened to the models trained on it."""
+    from .owner import OwnerSite
+
+    site = OwnerSite(open_site(args.name, args.home))
+    report = site.forget(args.dataset, args.record, data_only=args.data_only, row=args.row)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    who = (f"Patient {escape(repr(report['patient_id']))} (record {report['record']})"
+           if report.get("patient_id") is not None else f"Record {report['record']}")
+    print(f"{who} removed from {escape(report['dataset'])} for good.")
+    for m in report["models"]:
+        c = m["certificate"]
+        if m["status"] == "withdrawn":
+            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): WITHDRAWN -- "
+                  f"{escape(m['reason'], 1000)}")
+        else:
+            r = m["released"]
+            own = ("retrained with fresh noise (residual budget was used up)" if c["retrained"]
+                   else f"certified Newton update, residual {c['residual_used']:.3g} of "
+                        f"{c['budget']:.3g} used (eps={c['eps']:g}, delta={c['delta']:g})")
+            print(f"  model {escape(m['request'][:8])} ({escape(m['researcher'])}): fresh DP "
+                  f"release v{m['version']}"
+                  f" sent (eps={r['training_epsilon']:.3g}, delta={r['delta']:g}, "
+                  f"{r['n_train']} records); owner's copy: {own}")
+    if not report["models"]:
+        print("  no removal-enabled model was trained on this record")
+    for d in report["dp_models"]:
+        print(f"  DP model {escape(d['request'][:8])} ({escape(d['researcher'])}), not updated: "
+              f"{escape(d['guarantee'], 1000)}")
 
 
 def cmd_delete(args) -> None:

@@ -101,11 +101,14 @@ class DecisionsMixin:
 
         return stop(self, request_id)
 
-    def forget(self, dataset: str, record_id: int, data_only: bool = False) -> dict:
-        """Remove a record for good and update the removal-enabled models trained on it."""
+    def forget(self, dataset: str, record=None, data_only: bool = False, *,
+               row: int | None = None) -> dict:
+        """Remove a record for good and update the removal-enabled models trained on it.
+        ``record``: its patient id on a dataset uploaded with an id column, else its row
+        number; ``row``: its row number in any case."""
         from .forget import forget
 
-        return forget(self, dataset, record_id, data_only=data_only)
+        return forget(self, dataset, record, data_only=data_only, row=row)
 
     def audit(self, dataset: str, spec: dict, canaries: int = 1000,
               confidence: float = 0.95) -> dict:

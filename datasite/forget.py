@@ -36,7 +36,10 @@ the budgets can pay for (:func:`affordable_forgets`). Plain DP models cannot be 
 listed with what their DP guarantee still says.
 
 Record ids are the row numbers of the uploaded file (0-based); they do not shift when records are
-removed. The mock is synthetic and holds no real record (checked at upload), so it needs no change.
+removed. A dataset uploaded with ``--id-column`` names its records by patient id instead (text, as
+the id column writes it; ``--row`` still takes a row number): the id leaves the private map with
+the record, and the audit log records the record id only. The mock is synthetic and holds no
+real record (checked at upload), so it needs no change.
 """
 from __future__ import annotations
 
@@ -49,7 +52,9 @@ from shared.protocol import ResultPayload
 
 from .config import SiteError
 from .execution import execute_once
-from .storage import delete_records, read_private, record_ids, removed_ids
+from .ingest_ids import id_text
+from .storage import (delete_records, has_patient_ids, patient_record, read_private, record_ids,
+                      removed_ids)
 
 def register_release(site, request_id: str, result: ResultPayload, researcher: str) -> None:
     """Remember a released removal-enabled model: its owner copy and the records it reflects."""
@@ -154,21 +159,49 @@ def _forgets_message(out: dict) -> str:
     return text
 
 
-def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
-    """Remove record ``record_id`` from ``dataset`` and update the models trained on it."""
-    row = site.state.dataset(dataset)
-    if row is None:
-        raise SiteError(f"No dataset {dataset!r} on {site.name}; known: "
-                        f"{', '.join(site.state.dataset_names()) or 'none'}.")
-    path = row["path"]
-    record_id = int(record_id)
+def resolve_record(path, dataset: str, record=None, row: int | None = None) -> tuple:
+    """(record id, patient id or None) of the record to forget. ``record``: its patient id
+    (text) on a dataset uploaded with an id column, else its row number; ``row``: its row
+    number in any case. An unknown id is refused without naming any other."""
+    if (record is None) == (row is None):
+        raise SiteError("Name the record to forget by its patient id (--record) or by its row "
+                        "number (--row), one of the two.")
+    if row is None and has_patient_ids(path):
+        pid = id_text(record)
+        found = None if pid is None else patient_record(path, pid)
+        if found is None or found in removed_ids(path):
+            raise SiteError(f"Patient id {pid or record!r} is not in {dataset} (or was already "
+                            "forgotten): give it as the uploaded file's id column writes it "
+                            "(text: leading zeros count), or name the record by its row number "
+                            "with --row.")
+        return found, pid
+    number = record if row is None else row
+    try:
+        record_id = int(number) if isinstance(number, (int, np.integer)) else int(str(number))
+    except ValueError:
+        raise SiteError(f"{dataset} was uploaded without --id-column: name the record by its row "
+                        f"number in the uploaded file (from 0), not {number!r}.") from None
     if record_id in removed_ids(path):
         raise SiteError(f"Record {record_id} was already removed from {dataset}; nothing to do.")
     ids = record_ids(path)
-    where = np.flatnonzero(ids == record_id)
-    if len(where) != 1:
+    if not (ids == record_id).any():
         raise SiteError(f"Dataset {dataset} has no record {record_id}: record ids are the row "
                         f"numbers of the uploaded file, 0 to {int(ids.max()) if len(ids) else -1}.")
+    return record_id, None
+
+
+def forget(site, dataset: str, record=None, data_only: bool = False, *,
+           row: int | None = None) -> dict:
+    """Remove a record from ``dataset`` and update the models trained on it. ``record``: its
+    patient id on a dataset uploaded with an id column, else its row number; ``row``: its row
+    number in any case (:func:`resolve_record`)."""
+    found = site.state.dataset(dataset)
+    if found is None:
+        raise SiteError(f"No dataset {dataset!r} on {site.name}; known: "
+                        f"{', '.join(site.state.dataset_names()) or 'none'}.")
+    path = found["path"]
+    record_id, patient_id = resolve_record(path, dataset, record, row)
+    ids = record_ids(path)
     models = [m for m in site.state.models_for(dataset) if m["status"] == "active"]
     if not models and not data_only:
         raise SiteError(
@@ -186,7 +219,7 @@ def forget(site, dataset: str, record_id: int, data_only: bool = False) -> dict:
     site.state.update_dataset_meta(dataset, meta.to_json())  # n_records prices later jobs
     site.ledger.log("forget", None, {"dataset": dataset, "record": record_id,
                                      "models": [m["request_id"] for m in affected]})
-    report = {"dataset": dataset, "record": record_id, "models": [],
+    report = {"dataset": dataset, "record": record_id, "patient_id": patient_id, "models": [],
               "dp_models": _dp_models(site, dataset)}
     for m, (owner_copy, released, cert) in zip(affected, updates):
         report["models"].append(_release_update(site, m, record_id, owner_copy, released, cert))

@@ -22,6 +22,8 @@ Accepted inputs:
   values; the label column must hold integer class ids (floats such as ``1.0`` are accepted and
   converted). With ``raw=True`` the columns come as read (text, missing values): an upload
   normalises them from the declared schema (:mod:`datasite.typed_columns`).
+  ``load_table_with_ids(path, label, id_column)`` also splits off a patient-id column first and
+  returns its ids as text (:mod:`datasite.ingest_ids`): never a feature, never published.
 * ``load_images(folder, labels_csv)``: a folder of PNG/JPEG files (subfolders allowed) and a CSV
   with a header row and the two columns ``filename,label``; ``filename`` is the image's path
   relative to the folder (e.g. ``img_001.png`` or ``pneumonia/img_001.png``), ``label`` an
@@ -44,6 +46,7 @@ This module is the entry point (``datasite.schema`` and the tests import the loa
 the work is done by one module per job:
 
 * :mod:`datasite.ingest_checks`: the error type, dataset names, paths, labels and record counts;
+* :mod:`datasite.ingest_ids`: the patient-id column, split off and checked;
 * :mod:`datasite.ingest_limits`: size limits and decompression-bomb checks;
 * :mod:`datasite.ingest_table`, :mod:`datasite.ingest_images`, :mod:`datasite.ingest_npz`: one
   reader per input format; :mod:`datasite.ingest_csv` and :mod:`datasite.ingest_excel` read the
@@ -56,7 +59,8 @@ from .ingest_images import load_images
 from .ingest_limits import (DEFAULT_MAX_IMPORT_BYTES, MAX_COMPRESSION_RATIO, MAX_IMPORT_BYTES_ENV,
                             max_import_bytes)
 from .ingest_npz import load_npz
-from .ingest_table import load_table
+from .ingest_table import load_table, load_table_with_ids
 
 __all__ = ["DEFAULT_MAX_IMPORT_BYTES", "MAX_COMPRESSION_RATIO", "MAX_IMPORT_BYTES_ENV",
-           "IngestError", "load_images", "load_npz", "load_table", "max_import_bytes"]
+           "IngestError", "load_images", "load_npz", "load_table", "load_table_with_ids",
+           "max_import_bytes"]

@@ -144,11 +144,12 @@ def sniff_decimal(text: str, sep: str) -> str:
 
 
 def read_text_table(p: Path, *, compressed: bool, max_bytes: int, sep: str | None = None,
-                    decimal: str | None = None,
-                    encoding: str | None = None) -> tuple[pd.DataFrame, str]:
+                    decimal: str | None = None, encoding: str | None = None,
+                    text_columns: tuple = ()) -> tuple[pd.DataFrame, str]:
     """The table in delimited text file ``p`` (gzip-compressed if ``compressed``) and a note of
     the format it was read with. Each of ``sep``, ``decimal``, ``encoding`` that is None is
-    sniffed (see the module); an IngestError says what failed and which option fixes it."""
+    sniffed (see the module); an IngestError says what failed and which option fixes it.
+    ``text_columns``: columns read as text, never as numbers (an id ``00123`` keeps its zeros)."""
     sep, decimal, encoding = text_options(sep, decimal, encoding)
     head, complete, encoding = _scan(p, compressed, max_bytes, encoding)
     if encoding is None:
@@ -167,7 +168,8 @@ def read_text_table(p: Path, *, compressed: bool, max_bytes: int, sep: str | Non
     fmt = f"separator {sep!r}, decimal {decimal!r}, encoding {encoding}"
     try:
         df = pd.read_csv(p, sep=sep, decimal=decimal, encoding=encoding,
-                         compression="gzip" if compressed else None)
+                         compression="gzip" if compressed else None,
+                         dtype={c: str for c in text_columns} or None)
     except pd.errors.EmptyDataError:
         raise IngestError(f"{p.name}: the file is empty (no header, no records).") from None
     except Exception as e:  # parser and decoding errors

@@ -11,6 +11,8 @@ column other than the label must be numeric (int, float or bool) without missing
 values; the label must hold integer class ids (floats such as ``1.0`` are converted). With
 ``raw=True`` (an upload with a schema, a draft) the columns come as read, text and missing
 values included, and :mod:`datasite.typed_columns` normalises them from the declared schema.
+A patient-id column (``--id-column``) is split off first and returned apart
+(:func:`load_table_with_ids`, :mod:`datasite.ingest_ids`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .ingest_checks import (MAX_CLASSES, MIN_RECORDS, IngestError, check_classes
                             dataset_name, existing_file, integer_labels, listing)
 from .ingest_csv import COMMA_NUMBER, read_text_table
 from .ingest_excel import REFUSED_WORKBOOKS, read_xlsx, refuse_workbook
+from .ingest_ids import check_id_column, split_ids
 from .ingest_limits import check_inflated, max_import_bytes, refuse_compressed
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
@@ -81,8 +84,9 @@ def table_format(p: Path) -> str:
 
 
 def _read_table(p: Path, max_bytes: int, sep=None, decimal=None, encoding=None,
-                sheet=None) -> tuple[pd.DataFrame, str]:
-    """The file's table and a note of how it was read (format options used)."""
+                sheet=None, text_columns: tuple = ()) -> tuple[pd.DataFrame, str]:
+    """The file's table and a note of how it was read (format options used); a text file's
+    ``text_columns`` are read as text."""
     kind = table_format(p)
     if kind not in ("text", "gzip-text") and (sep or decimal or encoding):
         raise IngestError(f"{p.name}: --sep, --decimal and --encoding apply to CSV/TSV text "
@@ -98,7 +102,7 @@ def _read_table(p: Path, max_bytes: int, sep=None, decimal=None, encoding=None,
         refuse_compressed(p, "table")
     if kind in ("text", "gzip-text"):
         return read_text_table(p, compressed=kind == "gzip-text", max_bytes=max_bytes, sep=sep,
-                               decimal=decimal, encoding=encoding)
+                               decimal=decimal, encoding=encoding, text_columns=text_columns)
     if kind == "xlsx":
         return read_xlsx(p, sheet, max_bytes)
     try:
@@ -129,10 +133,28 @@ def load_table(path, label: str, name: str | None = None, *, sep: str | None = N
     missing values), for checking and normalising against a declared schema
     (:func:`datasite.schema.apply_table`); ``meta.labels`` is then empty.
     """
+    df, meta, _ = load_table_with_ids(path, label, None, name, sep=sep, decimal=decimal,
+                                      encoding=encoding, sheet=sheet, min_records=min_records,
+                                      max_classes=max_classes, max_bytes=max_bytes, raw=raw)
+    return df, meta
+
+
+def load_table_with_ids(path, label: str, id_column: str | None, name: str | None = None, *,
+                        sep: str | None = None, decimal: str | None = None,
+                        encoding: str | None = None, sheet: str | None = None,
+                        min_records: int = MIN_RECORDS, max_classes: int = MAX_CLASSES,
+                        max_bytes: int | None = None,
+                        raw: bool = False) -> tuple[pd.DataFrame, DatasetMeta, list | None]:
+    """:func:`load_table` of a table with a patient-id column: ``id_column`` is split off right
+    after the file is read (:func:`datasite.ingest_ids.split_ids`, a CSV's read as text), so
+    it is neither a feature nor in the metadata; returns (table, metadata, the ids as text in
+    row order). ``id_column`` None: no id column, and the ids are None."""
+    check_id_column(id_column, label)
     p = existing_file(path, "Table file")
     name = dataset_name(name, p)
     df, how = _read_table(p, max_import_bytes(max_bytes), sep=sep, decimal=decimal,
-                          encoding=encoding, sheet=sheet)
+                          encoding=encoding, sheet=sheet,
+                          text_columns=(id_column,) if id_column else ())
     where = p.name
     df.columns = [str(c) for c in df.columns]
     df = df.reset_index(drop=True)
@@ -147,13 +169,16 @@ def load_table(path, label: str, name: str | None = None, *, sep: str | None = N
     dupes = sorted(c for c, k in Counter(df.columns).items() if k > 1)
     if dupes:
         raise IngestError(f"{where}: duplicate column names {listing(dupes)}; rename them.")
+    ids = None
+    if id_column:  # before anything else looks at the columns
+        df, ids = split_ids(df, id_column, where)
     features = [c for c in df.columns if c != label]
     if raw:
         if not features:
             raise IngestError(f"{where}: there are no feature columns besides the label.")
         return df, DatasetMeta(name=name, kind=TABLE, n_records=int(len(df)), label=label,
                                labels=[], features={c: str(df[c].dtype) for c in features},
-                               description=f"Table imported from {p.name} ({how}).")
+                               description=f"Table imported from {p.name} ({how})."), ids
     problems = _column_problems(df, features)
     if problems:
         raise IngestError(f"{where}: " + "; ".join(problems) + ".")
@@ -166,7 +191,7 @@ def load_table(path, label: str, name: str | None = None, *, sep: str | None = N
     meta = DatasetMeta(name=name, kind=TABLE, n_records=int(len(df)), label=label, labels=classes,
                        features={c: str(df[c].dtype) for c in features},
                        description=f"Table imported from {p.name} ({how}).")
-    return df, meta
+    return df, meta, ids
 
 
 def _column_problems(df: pd.DataFrame, features: list[str]) -> list[str]:

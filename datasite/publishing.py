@@ -10,6 +10,10 @@ and the owner's row are switched over, and the old directory is removed -- unles
 on it meanwhile, in which case it is kept (the report names it) until the owner removes it or
 ``datasets delete`` does. The ledger is keyed by the dataset's name, so its budgets, entries
 and spend carry over to the new version: the same patients are in it.
+
+Patient ids (``id_column``): the table's id column is split off as the file is read
+(:mod:`datasite.ingest_ids`); its ids are stored privately beside the records, each version
+with its own map, and name the record to forget. They reach nothing published.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from shared.data import DatasetMeta, published_description
 
 from .config import SiteError
 from .states import Request
-from .storage import remove_private, removed_ids, write_private
+from .storage import has_patient_ids, remove_private, removed_ids, write_private
 from .upload_checks import check_inputs, check_options
 
 # Requests that stop a dataset being replaced or deleted: their job reads the current version,
@@ -40,28 +44,34 @@ class DatasetsMixin:
                schema=None, mock: str = "synthetic", description: str = "", seed: int = 0,
                budget_epsilon: float | None = None, delta: float | None = None,
                replace: bool = False, sep: str | None = None, decimal: str | None = None,
-               encoding: str | None = None, sheet: str | None = None) -> DatasetMeta:
+               encoding: str | None = None, sheet: str | None = None,
+               id_column: str | None = None) -> DatasetMeta:
         """Import real data, check it against the owner's public ``schema`` (a YAML path or a
         dict), publish the metadata and mock built from the schema alone. ``replace``: a new
         version of an existing dataset (see :meth:`replace_dataset`). ``sep``, ``decimal``,
-        ``encoding``, ``sheet``: how the table file is written (sniffed when not given)."""
+        ``encoding``, ``sheet``: how the table file is written (sniffed when not given).
+        ``id_column``: the table's patient-id column, kept privately to name records at
+        ``forget``; it is not a feature and never published (leave it out of the schema)."""
         return self._import(dataset, replace, schema=schema, mock=mock, description=description,
                              seed=seed, budget_epsilon=budget_epsilon, delta=delta, table=table,
                              label=label, images=images, labels=labels, npz=npz, sep=sep,
-                             decimal=decimal, encoding=encoding, sheet=sheet)["meta"]
+                             decimal=decimal, encoding=encoding, sheet=sheet,
+                             id_column=id_column)["meta"]
 
     def replace_dataset(self, dataset: str, **upload_args) -> dict:
         """A new version of ``dataset`` under the same name (``upload`` arguments). Nothing
         changes unless the new data passes every check; the ledger's spend carries over (same
-        patients); record ids are the new file's row numbers, so released removal-enabled
-        models of the old version are withdrawn. Returns what changed."""
+        patients); record ids are the new file's row numbers (and patient ids, with
+        ``id_column``, those of its id column), so released removal-enabled models of the old
+        version are withdrawn. Returns what changed."""
         return self._import(dataset, True, **upload_args)
 
     def _import(self, dataset: str, replace: bool, *, schema=None, mock: str = "synthetic",
                 description: str = "", seed: int = 0, budget_epsilon: float | None = None,
                 delta: float | None = None, **sources) -> dict:
         check_options(sources.get("table"), sources.get("images"), sources.get("labels"),
-                      sources.get("npz"), mock, budget_epsilon, delta)
+                      sources.get("npz"), mock, budget_epsilon, delta,
+                      id_column=sources.get("id_column"), label=sources.get("label"))
         old = self.state.dataset(dataset)  # the owner's own tables: no login yet
         if replace:
             self._check_replaceable(dataset, old)
@@ -70,15 +80,16 @@ class DatasetsMixin:
                             "another name, or upload a new version of it with --replace.")
         check_inputs(table=sources.get("table"), images=sources.get("images"),
                      labels=sources.get("labels"), npz=sources.get("npz"), schema=schema)
-        payload, meta, mock_payload = self._prepared(dataset, schema, description, seed, sources)
+        payload, meta, mock_payload, ids = self._prepared(dataset, schema, description, seed,
+                                                          sources)
         self._check_budget_fits(meta, budget_epsilon, delta)
         on_server = dataset in self._server_dataset_names()  # the first login
         if replace:
-            return self._swap(old, meta, payload, mock_payload, budget_epsilon, delta)
+            return self._swap(old, meta, payload, mock_payload, budget_epsilon, delta, ids)
         if on_server:
             raise SiteError(f"A dataset named {dataset!r} is already published on {self.name}; "
                             "choose another name.")
-        path = write_private(self.home.private, meta, payload)
+        path = write_private(self.home.private, meta, payload, ids)
         try:
             self._publish(meta, mock_payload)
             self.state.add_dataset(dataset, meta.kind, meta.to_json(), str(path))
@@ -92,16 +103,15 @@ class DatasetsMixin:
         return {"meta": meta, "path": str(path), "spent": self._spent(dataset)}
 
     def _prepared(self, dataset: str, schema, description: str, seed: int, sources: dict):
-        from .schema import SchemaError, prepare
+        from .schema import SchemaError, prepare_upload
 
         try:
-            payload, meta, mock_payload, notes = prepare(
-                dataset, schema, description=description, seed=seed, **sources)
+            up = prepare_upload(dataset, schema, description=description, seed=seed, **sources)
         except SchemaError as e:
             raise SiteError(str(e)) from None
-        for note in notes:  # the owner's eyes only: counts about the records are never published
+        for note in up.notes:  # the owner's eyes only: counts about records are never published
             print(f"note: {note}", file=sys.stderr)
-        return payload, meta, mock_payload
+        return up.payload, up.meta, up.mock, up.ids
 
     def _check_budget_fits(self, meta: DatasetMeta, epsilon: float | None,
                            delta: float | None) -> None:
@@ -150,11 +160,12 @@ class DatasetsMixin:
             return c.execute(q).first() is not None
 
     def _swap(self, old: dict, meta: DatasetMeta, payload, mock_payload,
-              budget_epsilon: float | None, delta: float | None) -> dict:
-        """Write the new version beside the old one, then switch the published dataset and the
-        owner's row over; on any failure, undo back to the old version."""
+              budget_epsilon: float | None, delta: float | None, ids: list | None) -> dict:
+        """Write the new version (with its own patient-id map) beside the old one, then switch
+        the published dataset and the owner's row over; on any failure, undo back to the old
+        version."""
         name = meta.name
-        new_path = self._write_version(meta, payload)
+        new_path = self._write_version(meta, payload, ids)
         old_meta = DatasetMeta.from_json(old["meta_json"])
         old_mock = self._published_mock(old_meta)
         published = False
@@ -192,16 +203,16 @@ class DatasetsMixin:
             self.set_budget(name, budget_epsilon, delta)
         return {"meta": meta, "path": str(new_path), "old_path_kept": kept,
                 "withdrawn": withdrawn, "spent": self._spent(name),
-                "forgotten_before": forgotten}
+                "forgotten_before": forgotten, "patient_ids": has_patient_ids(new_path)}
 
-    def _write_version(self, meta: DatasetMeta, payload) -> Path:
+    def _write_version(self, meta: DatasetMeta, payload, ids: list | None = None) -> Path:
         root = self.home.private
         taken = [int(m.group(1)) for p in root.iterdir()
                  if (m := re.fullmatch(re.escape(meta.name) + r"\.v(\d+)", p.name))]
         final = root / f"{meta.name}.v{max(taken, default=1) + 1}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
         try:
-            write_private(tmp, meta, payload).rename(final)
+            write_private(tmp, meta, payload, ids).rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

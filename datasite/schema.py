@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -104,12 +105,16 @@ def _draft_classes(labels: pd.Series) -> list:
     return sorted({str(v).strip() for v in found.tolist() if str(v).strip()})
 
 
-def draft(path, label: str | None = None, labels: str | None = None, **read_options) -> dict:
+def draft(path, label: str | None = None, labels: str | None = None,
+          id_column: str | None = None, **read_options) -> dict:
     """A schema drafted from the data at ``path`` (table, .npz or image folder), marked as such.
+    ``id_column``: a table's patient-id column, left out (never published).
     ``read_options``: ``sep``, ``decimal``, ``encoding``, ``sheet`` of a table file."""
     from . import ingest
 
     p = Path(path).expanduser()
+    if id_column and (p.is_dir() or p.suffix.lower() == ".npz"):
+        raise SchemaError("--id-column applies to tables only; drop it.")
     if p.is_dir():
         payload, meta = ingest.load_images(p, labels)
     elif p.suffix.lower() == ".npz":
@@ -117,7 +122,8 @@ def draft(path, label: str | None = None, labels: str | None = None, **read_opti
     else:
         if not label:
             raise SchemaError("A table draft needs --label COLUMN (the column to predict).")
-        payload, meta = ingest.load_table(p, label=label, raw=True, **read_options)
+        payload, meta, _ = ingest.load_table_with_ids(p, label, id_column, raw=True,
+                                                      **read_options)
     out = {DRAFT_KEY: True, "kind": meta.kind, "records": meta.n_records, "description": "",
            "label": ({"column": label} if meta.kind == TABLE else {})}
     if meta.kind == TABLE:
@@ -152,10 +158,10 @@ def formula_notes(columns, label: str | None = None, class_names: dict | None = 
 
 
 def draft_text(path, label: str | None = None, labels: str | None = None,
-               **read_options) -> str:
+               id_column: str | None = None, **read_options) -> str:
     """The draft schema as YAML with its warning header; formula-like names are flagged in the
-    header and on stderr."""
-    schema = draft(path, label, labels, **read_options)
+    header and on stderr. ``id_column``: a table's patient-id column, left out."""
+    schema = draft(path, label, labels, id_column, **read_options)
     notes = draft_notes(schema) + formula_notes(schema.get("columns", {}), label)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -267,12 +273,27 @@ NO_SCHEMA = ("Upload needs the dataset's reviewed public schema (--schema schema
              "line, then upload with --schema schema.yaml.")
 
 
-def prepare(name: str, schema, *, table=None, label=None, images=None, labels=None, npz=None,
-            description: str = "", seed: int = 0, sep=None, decimal=None, encoding=None,
-            sheet=None) -> tuple[object, DatasetMeta, object, list]:
-    """(private payload, published metadata, mock, owner-only notes) for an upload.
-    ``sep``, ``decimal``, ``encoding``, ``sheet``: how the table file is written (see
-    :func:`datasite.ingest.load_table`; sniffed when not given).
+def prepare(name: str, schema, **upload) -> tuple[object, DatasetMeta, object, list]:
+    """(private payload, published metadata, mock, owner-only notes) of
+    :func:`prepare_upload`, for a caller that keeps no patient ids."""
+    return tuple(prepare_upload(name, schema, **upload))[:4]
+
+
+class Prepared(NamedTuple):
+    payload: object  # the private records
+    meta: DatasetMeta  # published
+    mock: object  # published
+    notes: list  # the owner's eyes only
+    ids: list | None  # private: each record's patient id (text), None without --id-column
+
+
+def prepare_upload(name: str, schema, *, table=None, label=None, images=None, labels=None,
+                   npz=None, id_column=None, description: str = "", seed: int = 0, sep=None,
+                   decimal=None, encoding=None, sheet=None) -> Prepared:
+    """The private payload, published metadata and mock, owner-only notes and private patient
+    ids of an upload. ``sep``, ``decimal``, ``encoding``, ``sheet``: how the table file is
+    written (see :func:`datasite.ingest.load_table`; sniffed when not given). ``id_column``:
+    the table's patient-id column, split off as the file is read: it is in none of the rest.
 
     The metadata and the mock are functions of ``schema``, ``name``, ``description`` and
     ``seed`` only; the data is read just to check it against the schema (any mismatch refuses
@@ -289,15 +310,26 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
     if (schema["kind"] == TABLE) != bool(table):
         raise SchemaError(f"The schema declares kind {schema['kind']!r}, which does not match the "
                           "data given (--table for tables, --npz/--images for images).")
+    if id_column and not table:
+        raise SchemaError("--id-column applies to tables only; drop it.")
+    ids = None
     if table:
         declared = schema["label"]["column"]
         if label and label != declared:
             raise SchemaError(f"--label {label!r} differs from the schema's label column "
                               f"{declared!r}; drop --label or fix the schema.")
-        payload, loaded = ingest.load_table(table, label=declared, name=name, sep=sep,
-                                            decimal=decimal, encoding=encoding, sheet=sheet,
-                                            raw=True)
+        if id_column and id_column in schema["columns"]:
+            raise SchemaError(f"The schema declares the id column {id_column!r}: delete it from "
+                              "the schema's columns (the id column is never published; draft "
+                              "the schema with --id-column to leave it out).")
+        payload, loaded, ids = ingest.load_table_with_ids(
+            table, declared, id_column, name=name, sep=sep, decimal=decimal, encoding=encoding,
+            sheet=sheet, raw=True)
+        if ids is not None:  # the records apply_table drops (no label) take their ids along
+            ids = [i for i, kept in zip(ids, payload[declared].map(has_label)) if kept]
         payload, notes = apply_table(payload, schema, Path(table).name)
+        if ids is not None and len(ids) != len(payload):
+            raise AssertionError("patient ids out of step with the records")
         dropped = loaded.n_records - len(payload)
         check_count(len(payload), schema, Path(table).name, dropped)
         check_min_records(len(payload), Path(table).name, MIN_RECORDS)
@@ -314,4 +346,4 @@ def prepare(name: str, schema, *, table=None, label=None, images=None, labels=No
                            {c: v.get("names", []) for c, v in meta.columns.items()})
     # as many mock records as declared (capped): a job's batch size must fit the mock too
     mock = synthetic_mock(meta, n=min(meta.n_records, 2000), seed=seed)
-    return payload, meta, mock, notes
+    return Prepared(payload, meta, mock, notes, ids)

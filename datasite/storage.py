@@ -1,4 +1,10 @@
-"""Real datasets on the owner's disk (the private side). Written atomically, read by jobs."""
+"""Real datasets on the owner's disk (the private side). Written atomically, read by jobs.
+
+A dataset directory holds the records (``data.parquet`` or ``data.npz``), their metadata, the
+record ids (row numbers of the uploaded file, fixed when records are removed), the ids removed
+so far and, for a table uploaded with ``--id-column``, the patient-id map (patient id as text ->
+record id). Jobs read the records and the metadata only (:func:`read_private`).
+"""
 from __future__ import annotations
 
 import json
@@ -14,10 +20,13 @@ from shared.data import IMAGES, TABLE, DatasetMeta
 
 RECORD_IDS = "record_ids.npy"
 REMOVED_IDS = "removed_ids.json"
+PATIENT_IDS = "patient_ids.json"
 
 
-def write_private(root: Path, meta: DatasetMeta, payload) -> Path:
-    """Store ``payload`` under ``root/NAME`` all at once (temp dir + rename)."""
+def write_private(root: Path, meta: DatasetMeta, payload, patient_ids: list | None = None) -> Path:
+    """Store ``payload`` under ``root/NAME`` all at once (temp dir + rename); ``patient_ids``:
+    each record's patient id (text, in payload order), kept as the map patient id -> record
+    id beside the records."""
     final = root / meta.name
     if final.exists():
         raise FileExistsError(final)
@@ -30,6 +39,11 @@ def write_private(root: Path, meta: DatasetMeta, payload) -> Path:
         (tmp / "meta.json").write_text(meta.to_json())
         # record ids: row numbers of the uploaded file; they stay fixed when records are removed
         np.save(tmp / RECORD_IDS, np.arange(meta.n_records, dtype=np.int64))
+        if patient_ids is not None:
+            if len(patient_ids) != meta.n_records or len(set(patient_ids)) != len(patient_ids):
+                raise ValueError("patient ids must be distinct, one per record")
+            (tmp / PATIENT_IDS).write_text(json.dumps({str(p): i for i, p in
+                                                       enumerate(patient_ids)}))
         tmp.chmod(0o700)
         tmp.rename(final)
     except BaseException:
@@ -64,11 +78,29 @@ def removed_ids(path: Path) -> set[int]:
     return set(json.loads(f.read_text())) if f.exists() else set()
 
 
+def has_patient_ids(path: Path) -> bool:
+    """Whether the dataset was uploaded with a patient-id column."""
+    return (Path(path) / PATIENT_IDS).exists()
+
+
+def patient_record(path: Path, patient_id: str) -> int | None:
+    """The record id of ``patient_id`` (text); None when it is not in the dataset (never was,
+    or was forgotten)."""
+    found = _patient_map(Path(path)).get(str(patient_id))
+    return None if found is None else int(found)
+
+
+def _patient_map(path: Path) -> dict:
+    f = path / PATIENT_IDS
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def delete_records(path: Path, ids: list[int]) -> DatasetMeta:
     """Remove the records with ``ids`` from the stored data, for good; returns the new metadata.
 
     Each file is replaced atomically (write, fsync, rename); the ids file is written last, so an
-    interruption leaves the data already without the record and a retry finds it removed.
+    interruption leaves the data already without the record and a retry finds it removed. The
+    removed records' patient ids leave the patient-id map too: nothing names them any more.
     """
     path = Path(path)
     payload, meta = read_private(path)
@@ -85,6 +117,10 @@ def delete_records(path: Path, ids: list[int]) -> DatasetMeta:
     _atomic(path / "meta.json", lambda f: f.write(meta.to_json().encode()))
     _atomic(path / REMOVED_IDS, lambda f: f.write(json.dumps(
         sorted(removed_ids(path) | {int(i) for i in ids})).encode()))
+    if has_patient_ids(path):
+        gone = {int(i) for i in ids}
+        kept = {p: r for p, r in _patient_map(path).items() if r not in gone}
+        _atomic(path / PATIENT_IDS, lambda f: f.write(json.dumps(kept).encode()))
     _atomic(path / RECORD_IDS, lambda f: np.save(f, current[keep]))
     return meta
 

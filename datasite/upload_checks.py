@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import SiteError
 from .ingest_checks import IngestError, existing_file
+from .ingest_ids import check_id_column
 
 # as datasite.ingest_table reads them (not imported from there: pandas would slow this down)
 TEXT_TABLES = (".csv", ".tsv", ".tab", ".txt")  # also gzip-compressed: .csv.gz, ...
@@ -78,10 +79,15 @@ def _check_table_file(p: Path) -> None:
     # other suffixes: datasite.ingest refuses them, with advice, before any login too
 
 
-def check_options(table, images, labels, npz, mock, budget_epsilon, delta) -> None:
-    """The upload's options fit together (one source, a known mock, a whole budget)."""
+def check_options(table, images, labels, npz, mock, budget_epsilon, delta, *,
+                  id_column=None, label=None) -> None:
+    """The upload's options fit together (one source, a known mock, a whole budget, an id
+    column only for a table and not its label)."""
     if len([x for x in (table, images, npz) if x]) != 1:
         raise SiteError("Give exactly one of --table FILE, --images DIR or --npz FILE.")
+    if id_column is not None and not table:
+        raise SiteError("--id-column applies to tables only (--table FILE); drop it.")
+    check_id_column(id_column, label)
     if mock != "synthetic":
         raise SiteError(f"Unknown mock kind {mock!r}; the only one is 'synthetic'.")
     if (budget_epsilon is None) != (delta is None):

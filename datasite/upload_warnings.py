@@ -163,8 +163,9 @@ def _id_like(name: str, x: pd.Series) -> str | None:
     else:
         return None
     return (f"looks like an identifier ({why}): it says nothing about a patient's condition, "
-            "a model can memorise records by it, and its order may follow the outcome. Drop it "
-            "from the schema (keep ids outside the uploaded table)")
+            "a model can memorise records by it, and its order may follow the outcome. If it is "
+            f"the patient id, upload with --id-column {name} (kept private, used by "
+            "`datasite forget --record ID`); otherwise drop it from the schema")
 
 
 # -- leakage -------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def test_leaking_column_is_flagged_with_score_why_and_what_to_do(export):
 
 def test_id_constant_and_imbalance_are_flagged(export):
     df, notes = export
-    assert any("looks like an identifier" in n for n in _about(notes, "patient_id")), notes
+    ids = _about(notes, "patient_id")
+    assert any("looks like an identifier" in n and "--id-column patient_id" in n for n in ids), notes
     assert any(f"in {N - 10} of {N} rows" in n for n in _about(notes, "site")), notes
     deaths = int(df["died"].sum())
     imbalance = [n for n in notes if n.startswith("extreme class imbalance")]

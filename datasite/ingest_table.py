@@ -2,7 +2,8 @@
 
 Formats, by the file's suffix: delimited text ``.csv``, ``.tsv``, ``.txt`` (separator, decimal
 comma and encoding sniffed or given, see :mod:`datasite.ingest_csv`) and the same gzip-compressed
-(``.csv.gz``, inflated with a hard limit); ``.parquet``; Excel ``.xlsx`` (one sheet, see
+(``.csv.gz``, inflated with a hard limit); ``.parquet`` (sized from its footer, text read as
+dictionaries: :mod:`datasite.parquet_table`); Excel ``.xlsx`` (one sheet, see
 :mod:`datasite.ingest_excel`). Other compressions and workbook formats are refused with advice.
 A file parsed into the same DataFrame as the equivalent plain CSV is imported identically.
 
@@ -29,7 +30,8 @@ from .ingest_checks import (MAX_CLASSES, MIN_RECORDS, IngestError, check_classes
 from .ingest_csv import COMMA_NUMBER, read_text_table
 from .ingest_excel import REFUSED_WORKBOOKS, read_xlsx, refuse_workbook
 from .ingest_ids import check_id_column, split_ids
-from .ingest_limits import check_inflated, max_import_bytes, refuse_compressed
+from .ingest_limits import max_import_bytes, refuse_compressed
+from .parquet_table import read_parquet
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -37,28 +39,6 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _OTHER_COMPRESSIONS = {".zip": "zip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd", ".7z": "7-Zip"}
 _FORMATS = (".csv, .tsv, .tab or .txt (optionally gzip-compressed: .csv.gz), .parquet or "
             "Excel .xlsx")
-
-
-def _parquet_size(p: Path, max_bytes: int) -> None:
-    """Size a Parquet file from its metadata (no column read): dictionary and run-length
-    encoding let a few KB stand for billions of values."""
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(p).metadata
-    schema = md.schema
-    text = [schema.column(j).name for j in range(md.num_columns)
-            if schema.column(j).physical_type == "BYTE_ARRAY"]
-    if text:  # variable-length values: no header bounds their decoded size
-        raise IngestError(f"{p.name}: columns {listing(map(repr, text), 10)} hold text or "
-                          "bytes, which are not read from Parquet (no header bounds their decoded "
-                          "size): export the table as CSV or .xlsx (text categories and labels "
-                          "are then mapped from the schema), or encode them as numbers (category "
-                          "codes, integer classes) first.")
-    width = [max(8, schema.column(j).length or 0) for j in range(md.num_columns)]
-    values = sum(max(md.row_group(g).column(j).num_values, md.row_group(g).num_rows) * width[j]
-                 for g in range(md.num_row_groups) for j in range(md.num_columns))
-    check_inflated(values, f"the table ({md.num_rows} rows, {md.num_columns} columns)", p.name,
-                   max_bytes)
 
 
 def table_format(p: Path) -> str:
@@ -106,8 +86,7 @@ def _read_table(p: Path, max_bytes: int, sep=None, decimal=None, encoding=None,
     if kind == "xlsx":
         return read_xlsx(p, sheet, max_bytes)
     try:
-        _parquet_size(p, max_bytes)
-        return pd.read_parquet(p), "Parquet"
+        return read_parquet(p, max_bytes), "Parquet"  # sized from its footer first
     except IngestError:
         raise
     except Exception as e:  # corrupt parquet, permissions

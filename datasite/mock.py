@@ -9,13 +9,19 @@ chance does not depend on the records, so it tells nobody anything about them. I
 to be statistically faithful: labels are drawn independently of the features.
 
 * tables: floats uniform over the declared bounds, ints uniform over the declared integer range,
-  booleans and categories uniform (category codes, their names are in the metadata); columns
-  independent. A column declared ``missing: true`` is float64 with a fixed public share
-  (:data:`MOCK_MISSING_SHARE`) of NaN, so code tried on the mock meets missing values.
+  dates uniform whole days over their bounds (days since the origin), booleans and categories
+  uniform (category codes, their names are in the metadata); columns independent. A column
+  declared ``missing: true`` is float64 with a fixed public share (:data:`MOCK_MISSING_SHARE`)
+  of NaN, so code tried on the mock meets missing values.
+* declared rates replace the uniform shares: a category's ``rates``, a bool's ``rate`` (share
+  true), a column's ``missing_rate``, the label's ``rates`` (``meta.label_rates``). The owner
+  declares them public in the schema, so following them costs no privacy; without them the mock
+  is drawn exactly as before.
 * images: the declared shape, uint8: each label gets smooth random "blob" templates drawn from the
   seed, and each mock image is a template plus smooth noise and random shifts.
 
-Labels are uniform over the declared classes and every class appears at least once.
+Labels are uniform over the declared classes (or follow their declared rates) and every class
+appears at least once.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ import pandas as pd
 from shared.data import TABLE, DatasetMeta
 
 
-MOCK_MISSING_SHARE = 0.1  # a public constant, not the real missing rate (that is not published)
+# a public constant, not the real missing rate (that is published only if the owner declares
+# it: missing_rate)
+MOCK_MISSING_SHARE = 0.1
 
 
 class MockError(ValueError):
@@ -48,14 +56,25 @@ def synthetic_mock(meta: DatasetMeta, n: int | None = None, seed: int = 0):
         raise MockError("The label set is empty; declare the classes in the schema.")
     n = default_mock_size(meta.n_records, len(labels)) if n is None else max(int(n), len(labels))
     rng = np.random.default_rng(seed)
+    rates = list(getattr(meta, "label_rates", None) or []) or None
     if meta.kind == TABLE:
-        return _table_mock(meta, n, rng)
-    return _images_mock(meta, n, rng)
+        return _table_mock(meta, n, rng, rates)
+    return _images_mock(meta, n, rng, rates)
 
 
-def _mock_labels(labels: list, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` labels uniform over ``labels``, each label at least once, shuffled."""
-    idx = np.concatenate([np.arange(len(labels)), rng.integers(0, len(labels), n - len(labels))])
+def _shares(rates) -> np.ndarray:
+    p = np.asarray(rates, dtype=np.float64)
+    return p / p.sum()  # declared within a tolerance of 1 (shared.schema)
+
+
+def _mock_labels(labels: list, n: int, rng: np.random.Generator,
+                 rates: list | None = None) -> np.ndarray:
+    """``n`` labels uniform over ``labels`` (or drawn with the declared ``rates``), each label
+    at least once, shuffled."""
+    k = len(labels)
+    rest = (rng.integers(0, k, n - k) if rates is None
+            else rng.choice(k, n - k, p=_shares(rates)))
+    idx = np.concatenate([np.arange(k), rest])
     rng.shuffle(idx)
     return np.asarray(labels)[idx]
 
@@ -64,16 +83,22 @@ def _mock_labels(labels: list, n: int, rng: np.random.Generator) -> np.ndarray:
 def _draw_column(col: dict, n: int, rng: np.random.Generator) -> np.ndarray:
     t = col["type"]
     if t == "bool":
+        if "rate" in col:
+            return rng.random(n) < col["rate"]
         return rng.integers(0, 2, n).astype(bool)
     if t == "category":
-        return rng.choice(np.asarray(col["categories"], dtype=np.int64), n)
+        cats = np.asarray(col["categories"], dtype=np.int64)
+        return rng.choice(cats, n, p=_shares(col["rates"]) if "rates" in col else None)
     lo, hi = col["bounds"]
     if t == "int":
         return rng.integers(int(lo), int(hi), n, endpoint=True).astype(np.int64)
+    if t == "date" and np.ceil(lo) < np.floor(hi):  # whole days, as most exports hold
+        return rng.integers(int(np.ceil(lo)), int(np.floor(hi)), n, endpoint=True) + 0.0
     return rng.uniform(float(lo), float(hi), n) + 0.0  # + 0.0: no -0.0
 
 
-def _table_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> pd.DataFrame:
+def _table_mock(meta: DatasetMeta, n: int, rng: np.random.Generator,
+                rates: list | None) -> pd.DataFrame:
     if not meta.columns:
         raise MockError(f"Dataset {meta.name!r} has no declared columns; upload it with a "
                         "schema (datasite upload ... --schema schema.yaml).")
@@ -81,9 +106,9 @@ def _table_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> pd.DataF
     for c, v in meta.columns.items():
         if v.get("missing"):
             x = cols[c].astype(np.float64)
-            x[rng.random(n) < MOCK_MISSING_SHARE] = np.nan
+            x[rng.random(n) < v.get("missing_rate", MOCK_MISSING_SHARE)] = np.nan
             cols[c] = x
-    cols[meta.label] = _mock_labels(meta.labels, n, rng).astype(np.int64)
+    cols[meta.label] = _mock_labels(meta.labels, n, rng, rates).astype(np.int64)
     return pd.DataFrame(cols, columns=[*meta.columns, meta.label])
 
 
@@ -109,12 +134,13 @@ def _smooth_noise(shape: tuple, h: int, w: int, cells: int, rng: np.random.Gener
     return upsample(rng.standard_normal(shape + (cells, cells)), h, w)
 
 
-def _images_mock(meta: DatasetMeta, n: int, rng: np.random.Generator) -> dict:
+def _images_mock(meta: DatasetMeta, n: int, rng: np.random.Generator,
+                 rates: list | None) -> dict:
     shape = tuple(meta.image_shape)
     h, w = shape[0], shape[1]
     c = shape[2] if len(shape) == 3 else None
     channels = (c,) if c else ()
-    labels = _mock_labels(meta.labels, n, rng).astype(np.int64)
+    labels = _mock_labels(meta.labels, n, rng, rates).astype(np.int64)
     # one smooth template per label; each image = randomly shifted template + smooth noise
     templates = _smooth_noise((len(meta.labels),) + channels, h + 4, w + 4, 5, rng)
     which = np.searchsorted(np.asarray(meta.labels), labels)

@@ -5,6 +5,11 @@ A draft is written *from the data* (bounds are the data's range rounded outwards
 those found), so it is marked twice (a header comment and ``drafted_from_data: true``) and
 upload refuses it until the owner has reviewed it and removed the marker: publishing data
 ranges as found would be exactly the non-DP disclosure the schema exists to prevent.
+
+The draft never writes the optional rates (``missing_rate``, a category's or the label's
+``rates``, a bool's ``rate``): they would be the data's own shares, private unless the owner
+chooses to publish them. They are left out (its header says they may be declared), so a
+reviewed draft gives a uniform mock until the owner declares them.
 """
 from __future__ import annotations
 
@@ -17,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from shared.data import TABLE, DatasetMeta, formula_like
-from shared.schema import DRAFT_KEY, SchemaError, meta_from_schema, normalise
+from shared.schema import DRAFT_KEY, SchemaError, feature_columns, meta_from_schema, normalise
 
 from .ingest_checks import MIN_RECORDS
 from .ingest_checks import check_count as check_min_records
-from .typed_columns import (coerce_column, draft_text_column, has_label, label_codes,
-                            refuse_comma_numbers)
+from .typed_columns import (coerce_column, draft_date_column, draft_text_column, has_label,
+                            label_codes, plain_columns, refuse_comma_numbers)
 
 DRAFT_HEADER = """\
 # DRAFTED FROM THE DATA by `datasite schema draft`: NOT YET SAFE TO PUBLISH.
@@ -30,6 +35,8 @@ DRAFT_HEADER = """\
 # (e.g. age [0, 120]), not what this data happens to hold; check types, units and the label
 # classes; confirm that the record count may be public. Then delete the line
 # `drafted_from_data: true` and upload with --schema.
+# Optional, to make the mock more realistic: missing_rate, rates (categories, label), rate
+# (bool). They are published; this draft never fills them in from the data.
 """
 
 
@@ -77,7 +84,9 @@ def _outward(x: float, up: bool) -> float | int:
 def _draft_column(col: pd.Series) -> dict | None:
     """A draft declaration of ``col`` (None for free text: the caller warns)."""
     if pd.api.types.is_bool_dtype(col):
-        return {"type": "bool"}
+        return {"type": "bool", **({"missing": True} if col.isna().any() else {})}
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return draft_date_column(col)
     if not pd.api.types.is_numeric_dtype(col):
         return draft_text_column(col)
     x = col.to_numpy(dtype=float, na_value=np.nan)
@@ -124,6 +133,7 @@ def draft(path, label: str | None = None, labels: str | None = None,
             raise SchemaError("A table draft needs --label COLUMN (the column to predict).")
         payload, meta, _ = ingest.load_table_with_ids(p, label, id_column, raw=True,
                                                       **read_options)
+        payload = plain_columns(payload)
     out = {DRAFT_KEY: True, "kind": meta.kind, "records": meta.n_records, "description": "",
            "label": ({"column": label} if meta.kind == TABLE else {})}
     if meta.kind == TABLE:
@@ -179,11 +189,15 @@ def _listing(values, show: int = 5) -> str:
 
 
 def draft_notes(schema: dict) -> list[str]:
-    """Owner notes on a table draft: free-text columns left undeclared."""
+    """Owner notes on a table draft: free-text columns left undeclared, date layouts to check."""
+    cols = (schema.get("columns") or {}).items()
     return [f"column {c!r} holds free text (many distinct values, or none): it cannot be a "
-            "feature; drop it from the table and the schema (ids are never published), or "
-            "list its categories" for c, d in (schema.get("columns") or {}).items()
-            if d.get("type") == "category" and not d.get("categories")]
+            "feature; declare it {type: drop} (ids are never published), or list its "
+            "categories" for c, d in cols
+            if d.get("type") == "category" and not d.get("categories")] + [
+        f"column {c!r} is drafted as dates written {d['format']!r}: check that the export "
+        "writes them that way (when every day is 12 or less, day-first and month-first both "
+        "read)" for c, d in cols if "%d" in d.get("format", "") and "%m" in d.get("format", "")]
 
 
 def check_labels(labels: np.ndarray, schema: dict, where: str) -> None:
@@ -204,15 +218,15 @@ def apply_table(df: pd.DataFrame, schema: dict, where: str) -> tuple[pd.DataFram
     order (label last); and notes for the owner only (e.g. how many values lie outside the
     bounds, how many records had no label). Every problem with the columns is named at once."""
     label = schema["label"]["column"]
-    declared = list(schema["columns"])
-    missing = [c for c in declared if c not in df.columns]
-    extra = [c for c in df.columns if c not in declared and c != label]
+    missing = [c for c in schema["columns"] if c not in df.columns]
+    extra = [c for c in df.columns if c not in schema["columns"] and c != label]
     if missing or extra:
         raise SchemaError(f"{where}: the columns differ from the schema: "
                           + "; ".join(x for x in (
                               f"declared but not in the data: {_listing(missing)}" if missing else "",
                               f"in the data but not declared: {_listing(extra)} (declare or drop "
                               "them)" if extra else "") if x) + ".")
+    df = plain_columns(df)  # Parquet/Excel dtypes read as the same CSV text would be
     codes, bad = label_codes(df[label], schema["label"])
     if bad:
         raise SchemaError(f"{where}, label column {label!r}: {len(bad)} records have a label that "
@@ -226,7 +240,8 @@ def apply_table(df: pd.DataFrame, schema: dict, where: str) -> tuple[pd.DataFram
     notes = ([] if keep.all() else [
         f"{int((~keep).sum())} records have no label {label!r}: dropped, never imputed (the "
         "schema's records count only the records with a label)"])
-    df = df[keep].reset_index(drop=True)
+    df = df[keep]  # the file's row index is kept: problems name its rows
+    declared = list(feature_columns(schema))  # columns declared {type: drop} are left out
     out, problems = {}, []
     for c in declared:
         col, bad, found = coerce_column(df[c], schema["columns"][c], c)

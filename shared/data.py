@@ -34,9 +34,13 @@ class DatasetMeta:
     feature_scales: dict[str, float] = field(default_factory=dict)
     description: str = ""
     # column -> the owner's declaration {type, unit, bounds | categories [+ names], [missing]}
-    # (tables); names: the declared string categories, stored as codes 0..k-1 in that order
+    # (tables; plus a date's origin and format, declared rates: see shared/schema.py); names:
+    # the declared string categories, stored as codes 0..k-1 in that order
     columns: dict[str, dict] = field(default_factory=dict)
     class_names: dict[str, str] = field(default_factory=dict)  # str(class code) -> name
+    # the owner's declared class shares, in ``labels`` order (empty: none declared); they shape
+    # the mock only and are public by declaration (shared/schema.py)
+    label_rates: list[float] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

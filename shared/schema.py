@@ -16,7 +16,30 @@ YAML, see ``datasite.schema``)::
       stage: {type: category, categories: [1, 2, 3, 4]}
       grade: {type: category, categories: [I, II, III]}   # stored as codes 0, 1, 2 (in order)
       crp: {type: float, bounds: [0, 300], missing: true}   # missing values kept (NaN)
+      admitted: {type: date, origin: 2000-01-01, bounds: [2010-01-01, 2025-01-01]}
+      dob: {type: date, origin: 2000-01-01, bounds: [1900-01-01, 2025-01-01], format: '%d/%m/%Y'}
+      visit_id: {type: drop}                                 # in the export, never stored
     image: {height: 28, width: 28, channels: 1}                        # images only
+
+A ``date`` column is stored as float64 days since its declared ``origin`` (its unit reads "days
+since 2000-01-01"; normalised bounds are in days, so jobs treat it as a float column). Its
+bounds may be ISO dates or days; text cells are ISO 8601 unless ``format`` (a strptime string,
+quoted in YAML) says how the export writes them (``%d/%m/%Y`` day-first, ``%m/%d/%Y``
+month-first); datetime cells (Excel, Parquet) are read as they are (:mod:`shared.dates`). A
+column declared ``type: drop`` is in the export but dropped at upload: never stored, never
+published (e.g. a date the owner does not want used).
+
+Optional declared rates shape the mock only (:mod:`datasite.mock`); they are published as
+declared, so the owner declares them only when they may be public (the draft never fills them
+in from the data)::
+
+      crp: {type: float, bounds: [0, 300], missing: true, missing_rate: 0.17}
+      grade: {type: category, categories: [I, II, III], rates: [0.5, 0.3, 0.2]}
+      smoker: {type: bool, rate: 0.3}           # share true
+    label: {column: outcome, classes: [alive, dead], rates: [0.8, 0.2]}
+
+``missing_rate`` (0 <= rate < 1) needs ``missing: true``; ``rates`` give one share per category
+or class in the declared order and sum to 1.
 
 Bounds are domain knowledge; jobs clip values outside them (:func:`clip_table`) and never widen
 them. String categories and string label classes are normalised to integer codes in the
@@ -27,16 +50,24 @@ midpoint (``shared.training.preprocess.bounds_scale``); statistics queries drop 
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import dates
 from .data import IMAGES, TABLE, DatasetMeta
 
-TYPES = ("float", "int", "bool", "category")
-DTYPES = {"float": "float64", "int": "int64", "bool": "bool", "category": "int64"}
+TYPES = ("float", "int", "bool", "category", "date", "drop")
+DTYPES = {"float": "float64", "int": "int64", "bool": "bool", "category": "int64",
+          "date": "float64"}
+# keys each type takes besides type, unit, missing and missing_rate
+_KEYS = {"float": {"bounds"}, "int": {"bounds"}, "bool": {"rate"},
+         "category": {"categories", "names", "rates"}, "date": {"origin", "bounds", "format"},
+         "drop": set()}
+RATE_SUM_TOLERANCE = 1e-6
 MAX_CLASSES = 1000
 DRAFT_KEY = "drafted_from_data"
 
@@ -72,25 +103,89 @@ def _names(values: list, where: str) -> list[str]:
     return out
 
 
+def _rates(v, k: int, what: str, where: str) -> list[float]:
+    """``k`` declared shares in [0, 1] that sum to 1, one per ``what`` (category, class)."""
+    if not isinstance(v, list) or len(v) != k:
+        raise SchemaError(f"{where}: give one share per {what} in the declared order ({k} "
+                          f"numbers that sum to 1), got {v!r}.")
+    out = [float(_number(x, where)) for x in v]
+    if any(not 0 <= x <= 1 for x in out):
+        raise SchemaError(f"{where}: every share lies in [0, 1], got {v!r}.")
+    if abs(sum(out) - 1) > RATE_SUM_TOLERANCE:
+        raise SchemaError(f"{where}: the shares must sum to 1, they sum to {sum(out):.6g}.")
+    return out
+
+
+def _sorted_rates(codes: list, rates: list | None) -> dict:
+    """{rates: ...} reordered with ``codes`` into sorted code order ({} when not declared)."""
+    return {} if rates is None else {"rates": [r for _, r in sorted(zip(codes, rates))]}
+
+
 def _categories(spec: dict, where: str) -> dict:
-    """{categories: codes[, names]}: integer codes sorted as today, string categories as
-    codes 0..k-1 in the declared order with their names."""
+    """{categories: codes[, names][, rates]}: integer codes sorted as today, string categories
+    as codes 0..k-1 in the declared order with their names; rates follow their categories."""
     cats, names = spec.get("categories"), spec.get("names")
     if not isinstance(cats, list) or len(cats) < 2:
         raise SchemaError(f"{where}: a category column needs categories: a list of at least "
                           "two integer codes or names (e.g. [I, II, III]).")
+    rates = (_rates(spec["rates"], len(cats), "category", f"{where} rates") if "rates" in spec
+             else None)
     if names is None and any(not isinstance(c, int) or isinstance(c, bool) for c in cats):
         names = _names(cats, f"{where} categories")
-        return {"categories": list(range(len(names))), "names": names}
+        return {"categories": list(range(len(names))), "names": names,
+                **_sorted_rates(list(range(len(names))), rates)}
     cats = [_int(c, f"{where} categories") for c in cats]
     if len(set(cats)) != len(cats):
         raise SchemaError(f"{where}: categories are listed twice.")
     if names is None:
-        return {"categories": sorted(cats)}
+        return {"categories": sorted(cats), **_sorted_rates(cats, rates)}
     if not isinstance(names, list) or cats != list(range(len(cats))) or len(names) != len(cats):
         raise SchemaError(f"{where}: names need categories [0, 1, ..., k-1] and one name each "
                           "(or list the names as the categories).")
-    return {"categories": cats, "names": _names(names, f"{where} names")}
+    return {"categories": cats, "names": _names(names, f"{where} names"),
+            **_sorted_rates(cats, rates)}
+
+
+def _bounds(spec: dict, t: str, where: str, to_number=None) -> list:
+    b = spec.get("bounds")
+    if not isinstance(b, (list, tuple)) or len(b) != 2:
+        example = " (ISO dates or days, e.g. [2010-01-01, 2025-01-01])" if t == "date" else ""
+        raise SchemaError(f"{where}: a {t} column needs bounds [lower, upper]{example} from "
+                          "domain knowledge (values outside are clipped inside jobs).")
+    lo, hi = ((to_number or _number)(x, f"{where} bounds") for x in b)
+    if t == "int":
+        lo, hi = (_int(x, f"{where} bounds (an int column)") for x in (lo, hi))
+    if not lo < hi:
+        raise SchemaError(f"{where}: bounds need lower < upper, got {list(b)}.")
+    return [lo, hi]
+
+
+def _date(spec: dict, where: str) -> dict:
+    """{unit, origin, bounds (days since origin)[, format]} of a date column."""
+    origin = dates.as_datetime(spec.get("origin")) or dates.parse_iso(spec.get("origin"))
+    if origin is None or origin.time() != dt.time():
+        raise SchemaError(f"{where}: a date column needs origin: an ISO date such as 2000-01-01 "
+                          f"(the day its values count from), got {spec.get('origin')!r}.")
+    iso = origin.date().isoformat()
+    unit = f"days since {iso}"
+    if spec.get("unit") not in (None, "", unit):
+        raise SchemaError(f"{where}: a date column's unit is {unit!r} (from its origin); omit "
+                          "unit.")
+
+    def days(v, at: str) -> float:
+        when = dates.as_datetime(v) or dates.parse_iso(v)
+        if when is None:
+            return _number(v, f"{at} (ISO dates such as 2010-01-01, or days since the origin)")
+        d = dates.days_since(when, origin)
+        return int(d) if d == int(d) else d
+
+    out = {"unit": unit, "origin": iso, "bounds": _bounds(spec, "date", where, days)}
+    if "format" in spec:
+        why = dates.check_format(spec["format"])
+        if why:
+            raise SchemaError(f"{where} format: {why}.")
+        out["format"] = spec["format"]
+    return out
 
 
 def _column(name: str, spec: Any) -> dict:
@@ -99,32 +194,43 @@ def _column(name: str, spec: Any) -> dict:
         raise SchemaError(f"{where}: give a mapping with type one of {', '.join(TYPES)}, e.g. "
                           "{type: float, unit: mm, bounds: [0, 50]}.")
     t = spec["type"]
-    out = {"type": t, "unit": str(spec.get("unit") or "")}
-    unknown = set(spec) - {"type", "unit", "bounds", "categories", "names", "missing"}
+    if t == "drop":
+        if set(spec) != {"type"}:
+            raise SchemaError(f"{where}: a dropped column takes no other keys; write "
+                              "{type: drop}.")
+        return {"type": t}
+    unknown = set(spec) - {"type", "unit", "missing", "missing_rate"} - _KEYS[t]
     if unknown:
-        raise SchemaError(f"{where}: unknown keys {sorted(unknown)}.")
+        takes = sorted({ty for ty, keys in _KEYS.items() if unknown & keys})
+        hint = f" (that is for {', '.join(takes)} columns)" if takes else ""
+        raise SchemaError(f"{where}: a {t} column takes no {', '.join(sorted(unknown))}{hint}.")
+    out = {"type": t, "unit": str(spec.get("unit") or "")}
     if t in ("float", "int"):
-        b = spec.get("bounds")
-        if not isinstance(b, (list, tuple)) or len(b) != 2:
-            raise SchemaError(f"{where}: a {t} column needs bounds [lower, upper] from domain "
-                              "knowledge (values outside are clipped inside jobs).")
-        lo, hi = (_number(x, f"{where} bounds") for x in b)
-        if t == "int":
-            lo, hi = (_int(x, f"{where} bounds (an int column)") for x in (lo, hi))
-        if not lo < hi:
-            raise SchemaError(f"{where}: bounds need lower < upper, got [{lo}, {hi}].")
-        out["bounds"] = [lo, hi]
+        out["bounds"] = _bounds(spec, t, where)
     elif t == "category":
         out.update(_categories(spec, where))
-    elif "bounds" in spec or "categories" in spec:
-        raise SchemaError(f"{where}: a bool column takes no bounds or categories.")
-    if "names" in spec and t != "category":
-        raise SchemaError(f"{where}: only a category column takes names.")
+    elif t == "date":
+        out.update(_date(spec, where))
+    elif "rate" in spec:  # a bool column (the only type that takes rate)
+        rate = float(_number(spec["rate"], f"{where} rate"))
+        if not 0 <= rate <= 1:
+            raise SchemaError(f"{where}: rate is the share of true values, in [0, 1], got "
+                              f"{spec['rate']!r}.")
+        out["rate"] = rate
     missing = spec.get("missing", False)
     if not isinstance(missing, bool):
         raise SchemaError(f"{where}: missing is true or false, got {missing!r}.")
     if missing:  # omitted when false: existing declarations keep their canonical form
         out["missing"] = True
+    if "missing_rate" in spec:
+        rate = _number(spec["missing_rate"], f"{where} missing_rate")
+        if not missing:
+            raise SchemaError(f"{where}: missing_rate needs missing: true (the mock has missing "
+                              "values only where the data may have them).")
+        if not 0 <= rate < 1:
+            raise SchemaError(f"{where}: missing_rate is the mock's share of missing values, "
+                              f"0 <= rate < 1, got {rate!r}.")
+        out["missing_rate"] = float(rate)
     return out
 
 
@@ -151,15 +257,19 @@ def _label(spec: Any, kind: str) -> dict:
         names, classes = {str(i): v for i, v in enumerate(found)}, list(range(len(found)))
     if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
         raise SchemaError(f"schema label classes: give 2 to {MAX_CLASSES} integer class codes.")
-    codes = sorted(_int(c, "schema label classes") for c in classes)
+    declared = [_int(c, "schema label classes") for c in classes]
+    codes = sorted(declared)
     if len(set(codes)) != len(codes):
         raise SchemaError("schema label classes: a class is listed twice.")
+    rates = (_rates(spec["rates"], len(codes), "class", "schema label rates")
+             if "rates" in spec else None)
     column = spec.get("column", "label" if kind == IMAGES else None)
     if kind == TABLE and not isinstance(column, str):
         raise SchemaError("schema label: name the label column, e.g. {column: diagnosis, ...}.")
     if kind == IMAGES and column != "label":
         raise SchemaError("schema label: image datasets have no label column name; omit column.")
-    return {"column": column, "classes": codes, "names": names}
+    return {"column": column, "classes": codes, "names": names,
+            **_sorted_rates(declared, rates)}
 
 
 def normalise(schema: Any) -> dict:
@@ -190,6 +300,9 @@ def normalise(schema: Any) -> dict:
             raise SchemaError(f"schema columns: the label {out['label']['column']!r} is declared "
                               "under label, not under columns.")
         out["columns"] = {str(c): _column(str(c), s) for c, s in cols.items()}
+        if all(v["type"] == "drop" for v in out["columns"].values()):
+            raise SchemaError("schema columns: every column is dropped; keep at least one "
+                              "feature column.")
     else:
         img = schema.get("image")
         if not isinstance(img, dict):
@@ -200,6 +313,11 @@ def normalise(schema: Any) -> dict:
             raise SchemaError("schema image: positive height and width, channels 1 or 3.")
         out["image"] = {"height": h, "width": w, "channels": c}
     return out
+
+
+def feature_columns(schema: dict) -> dict:
+    """The declared columns of a normalised table schema that are stored (not ``drop``)."""
+    return {c: v for c, v in schema["columns"].items() if v["type"] != "drop"}
 
 
 def scale_of(col: dict) -> float:
@@ -216,11 +334,12 @@ def meta_from_schema(schema: dict, name: str, description: str = "") -> DatasetM
     lab = s["label"]
     meta = DatasetMeta(name=name, kind=s["kind"], n_records=s["records"], label=lab["column"],
                        labels=list(lab["classes"]), description=description or s["description"],
-                       class_names=dict(lab["names"]))
+                       class_names=dict(lab["names"]), label_rates=list(lab.get("rates", [])))
     if s["kind"] == TABLE:
-        meta.features = {c: dtype_of(v) for c, v in s["columns"].items()}
-        meta.feature_scales = {c: scale_of(v) for c, v in s["columns"].items()}
-        meta.columns = {c: dict(v) for c, v in s["columns"].items()}
+        kept = feature_columns(s)
+        meta.features = {c: dtype_of(v) for c, v in kept.items()}
+        meta.feature_scales = {c: scale_of(v) for c, v in kept.items()}
+        meta.columns = {c: dict(v) for c, v in kept.items()}
     else:
         im = s["image"]
         meta.image_shape = ([im["height"], im["width"]] if im["channels"] == 1

@@ -219,9 +219,10 @@ def test_parquet_constant_column_bomb_is_refused_from_metadata(tmp_path, monkeyp
     assert seconds < 2.0
 
 
-def test_parquet_dictionary_text_bomb_is_refused_from_metadata(tmp_path):
+def test_parquet_dictionary_text_bomb_is_never_decoded_per_row(tmp_path):
     """One 4 KB string in 50,000 rows of a plain string column (dictionary-encoded on disk):
-    200 MB once Arrow decodes it, before pandas could refuse the column as non-numeric."""
+    200 MB if Arrow decoded it per row; read as a dictionary (datasite.parquet_table) it stays
+    a few MB until the column is refused as non-numeric (tests/test_parquet_typed.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -234,7 +235,8 @@ def test_parquet_dictionary_text_bomb_is_refused_from_metadata(tmp_path):
             w.write_table(block)
     del block
     assert p.stat().st_size < 400_000  # 200 MB of text in a few hundred KB
-    _, peak, _ = refused_measured(lambda: load_table(p, "y", name="t"), "'note'", "text", "encode")
+    _, peak, _ = refused_measured(lambda: load_table(p, "y", name="t"), "'note'", "non-numeric",
+                                  "encode")
     assert peak < 32 * MiB, f"{peak / MiB:.0f} MiB allocated before refusing"
 
 

@@ -63,3 +63,68 @@ def test_mock_needs_declared_classes_and_columns():
                                    image_shape=[4, 4]))
     with pytest.raises(MockError, match="--schema"):
         synthetic_mock(DatasetMeta(name="x", kind="table", n_records=5, label="y", labels=[0, 1]))
+
+
+# -- declared rates -----------------------------------------------------------------------------
+TYPED = {"kind": "table", "records": 300,
+         "label": {"column": "grade", "classes": [1, 3, 5, 7]},
+         "columns": {"age": {"type": "int", "unit": "years", "bounds": [18, 95]},
+                     "temp": {"type": "float", "unit": "C", "bounds": [-5, -1]},
+                     "flag": {"type": "bool"},
+                     "stage": {"type": "category", "categories": [2, 4, 8]},
+                     "crp": {"type": "float", "bounds": [0, 300], "missing": True}}}
+# sha256 of synthetic_mock(TYPED, n=500, seed=3).to_csv(index=False), computed with the mock as
+# it was before declared rates existed (commit b0ec6a6): undeclared schemas draw the same mock
+BEFORE_RATES_SHA256 = "9152ad93d219ae769b3afad081e506503f9fd40dee8a0d90b81520e51f582d02"
+
+
+def test_undeclared_rates_draw_the_mock_as_before():
+    import hashlib
+
+    from datasite.mock import MOCK_MISSING_SHARE
+
+    mock = synthetic_mock(meta_from_schema(TYPED, "t"), n=500, seed=3)
+    assert hashlib.sha256(mock.to_csv(index=False).encode()).hexdigest() == BEFORE_RATES_SHA256
+    big = synthetic_mock(meta_from_schema(TYPED, "t"), n=5000, seed=0)
+    assert abs(big["crp"].isna().mean() - MOCK_MISSING_SHARE) < 0.02
+    assert abs(big["flag"].mean() - 0.5) < 0.03
+    for share in big["grade"].value_counts(normalize=True):
+        assert abs(share - 0.25) < 0.03
+
+
+def test_declared_rates_are_followed_within_sampling_error():
+    """5,000 mock records: each declared share within 0.03 (over 4 standard errors)."""
+    schema = {**TYPED, "label": {"column": "grade", "classes": [7, 1, 5, 3],
+                                 "rates": [0.05, 0.6, 0.35, 0.0]},  # declared order: 7, 1, 5, 3
+              "columns": {**TYPED["columns"],
+                          "flag": {"type": "bool", "rate": 0.2},
+                          "stage": {"type": "category", "categories": [8, 2, 4],
+                                    "rates": [0.7, 0.1, 0.2]},
+                          "sex": {"type": "category", "categories": ["F", "M"],
+                                  "rates": [0.35, 0.65]},
+                          "crp": {"type": "float", "bounds": [0, 300], "missing": True,
+                                  "missing_rate": 0.17}}}
+    meta = meta_from_schema(schema, "t")
+    assert meta.label_rates == [0.6, 0.0, 0.35, 0.05]  # in code order 1, 3, 5, 7
+    mock = synthetic_mock(meta, n=5000, seed=0)
+
+    def close(x, want):
+        assert abs(x - want) < 0.03, (x, want)
+
+    close(mock["flag"].mean(), 0.2)
+    close(mock["crp"].isna().mean(), 0.17)
+    stage = mock["stage"].value_counts(normalize=True)
+    close(stage[8], 0.7), close(stage[2], 0.1), close(stage[4], 0.2)
+    close((mock["sex"] == 1).mean(), 0.65)  # M is code 1
+    grade = mock["grade"].value_counts(normalize=True)
+    close(grade[1], 0.6), close(grade[5], 0.35), close(grade[7], 0.05)
+    assert (mock["grade"] == 3).sum() == 1  # a class declared at share 0 still appears once
+    assert mock["age"].between(18, 95).all()  # undeclared columns as before
+    pd.testing.assert_frame_equal(mock, synthetic_mock(meta, n=5000, seed=0))
+
+
+def test_declared_label_rates_shape_image_mocks_too():
+    schema = {**cxr_schema(900, size=12, n_classes=2), "label": {"classes": [0, 1],
+                                                                "rates": [0.9, 0.1]}}
+    labels = synthetic_mock(meta_from_schema(schema, "cxr"), n=2000)["labels"]
+    assert abs(labels.mean() - 0.1) < 0.03

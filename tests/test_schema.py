@@ -173,3 +173,153 @@ def test_image_schemas(tmp_path):
                                          "label": {"classes": [0, 5]}})
     with pytest.raises(SchemaError, match="not a declared class"):
         prepare("cxr", tmp_path / "one.yaml", npz=npz)
+
+
+# -- declared rates, dates, dropped columns --------------------------------------------------
+RATED = {"kind": "table", "records": 400,
+         "label": {"column": "outcome", "classes": ["alive", "dead"], "rates": [0.7, 0.3]},
+         "columns": {"grade": {"type": "category", "categories": ["I", "II", "III"],
+                               "rates": [0.5, 0.3, 0.2]},
+                     "smoker": {"type": "bool", "rate": 0.25},
+                     "crp": {"type": "float", "bounds": [0, 300], "missing": True,
+                             "missing_rate": 0.17},
+                     "admitted": {"type": "date", "origin": "2000-01-01",
+                                  "bounds": ["2010-01-01", "2030-01-01"]},
+                     "mrn": {"type": "drop"}}}
+
+
+def _cohort(seed: int, smokers: float, missing: float, dead: float, n: int = 400):
+    """A real table; different seeds and shares give tables with different real rates."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "grade": rng.choice(["I", "II", "III"], n, p=[0.2, 0.2, 0.6] if seed else None),
+        "smoker": np.where(rng.random(n) < smokers, "yes", "no"),
+        "crp": np.where(rng.random(n) < missing, np.nan, rng.uniform(0, 300, n).round(1)),
+        "admitted": (pd.Timestamp("2012-01-01")
+                     + pd.to_timedelta(rng.integers(0, 4000, n), unit="D")).strftime("%Y-%m-%d"),
+        "mrn": [f"MRN{seed}{i:06d}" for i in range(n)],
+        "outcome": np.where(rng.random(n) < dead, "dead", "alive")})
+
+
+def _real_rates(df: pd.DataFrame) -> dict:
+    """The schema with each rate taken from the data: what the draft must never do."""
+    s = {**RATED, "label": {**RATED["label"],
+                            "rates": [1 - (df["outcome"] == "dead").mean(),
+                                      (df["outcome"] == "dead").mean()]}}
+    shares = df["grade"].value_counts(normalize=True)
+    s["columns"] = {**RATED["columns"],
+                    "grade": {**RATED["columns"]["grade"],
+                              "rates": [float(shares.get(g, 0)) for g in ["I", "II", "III"]]},
+                    "smoker": {"type": "bool", "rate": float((df["smoker"] == "yes").mean())},
+                    "crp": {**RATED["columns"]["crp"],
+                            "missing_rate": float(df["crp"].isna().mean())}}
+    return s
+
+
+def test_mock_with_declared_rates_is_a_function_of_the_schema_alone(tmp_path):
+    """The attack: two hospitals' tables with very different real shares (smokers, missing lab
+    values, deaths, grades) and the same declared schema publish byte-identical metadata and
+    mocks, whose shares are the declared ones. Switched off (rates taken from the data, as a
+    draft must never do) the publications differ and carry each table's shares."""
+    paths = {}
+    for name, args in (("a", (0, 0.1, 0.05, 0.2)), ("b", (1, 0.6, 0.4, 0.5))):
+        (tmp_path / name).mkdir()
+        paths[name] = tmp_path / name / "cohort.csv"
+        _cohort(*args).to_csv(paths[name], index=False)
+    frames = {k: pd.read_csv(p) for k, p in paths.items()}
+    smokers = {k: f["smoker"].eq("yes").mean() for k, f in frames.items()}
+    assert abs(smokers["a"] - smokers["b"]) > 0.3
+    published = {k: _published(p, RATED) for k, p in paths.items()}
+    assert published["a"] == published["b"]
+    mock = prepare("bc", RATED, table=paths["a"])[2]
+    assert abs(mock["smoker"].mean() - 0.25) < 0.1 and "mrn" not in mock.columns
+    assert b"MRN" not in published["a"][0] + published["a"][1]
+    # defence off: rates from the data make the publications differ
+    leaky = {k: _published(p, _real_rates(frames[k])) for k, p in paths.items()}
+    assert leaky["a"][0] != leaky["b"][0] and leaky["a"][1] != leaky["b"][1]
+    share = f'{frames["b"]["crp"].isna().mean()}'.encode()
+    assert share in leaky["b"][0] and share not in published["b"][0]
+
+
+def test_the_draft_never_fills_in_rates(tmp_path):
+    path = tmp_path / "cohort.csv"
+    _cohort(1, 0.6, 0.4, 0.5).to_csv(path, index=False)
+    drafted = draft(path, label="outcome")
+    assert "rates" not in drafted["label"]
+    for c, d in drafted["columns"].items():
+        assert not {"rates", "rate", "missing_rate"} & set(d), c
+    assert drafted["columns"]["crp"]["missing"] is True  # what it does propose
+    assert drafted["columns"]["admitted"]["type"] == "date"
+
+
+@pytest.mark.parametrize("column, message", [
+    ({"type": "float", "bounds": [0, 1], "missing_rate": 0.1}, "missing_rate needs missing: true"),
+    ({"type": "float", "bounds": [0, 1], "missing": True, "missing_rate": 1.0},
+     r"0 <= rate < 1, got 1.0"),
+    ({"type": "float", "bounds": [0, 1], "missing": True, "missing_rate": -0.1}, "0 <= rate < 1"),
+    ({"type": "float", "bounds": [0, 1], "missing": True, "missing_rate": "10%"},
+     "expected a finite number"),
+    ({"type": "category", "categories": ["a", "b"], "rates": [0.5, 0.6]},
+     "shares must sum to 1, they sum to 1.1"),
+    ({"type": "category", "categories": ["a", "b"], "rates": [1.0]},
+     r"one share per category in the declared order \(2 numbers"),
+    ({"type": "category", "categories": ["a", "b"], "rates": [1.5, -0.5]}, r"in \[0, 1\]"),
+    ({"type": "bool", "rate": 1.2}, r"share of true values, in \[0, 1\]"),
+    ({"type": "bool", "rates": [0.5, 0.5]}, "a bool column takes no rates .that is for category"),
+    ({"type": "float", "bounds": [0, 1], "rate": 0.5}, "takes no rate .that is for bool"),
+    ({"type": "date", "bounds": ["2010-01-01", "2020-01-01"]}, "needs origin: an ISO date"),
+    ({"type": "date", "origin": "2000-13-01", "bounds": [0, 1]}, "needs origin"),
+    ({"type": "date", "origin": "2000-01-01"}, r"needs bounds \[lower, upper\] \(ISO dates"),
+    ({"type": "date", "origin": "2000-01-01", "bounds": ["2020-01-01", "2010-01-01"]},
+     "lower < upper"),
+    ({"type": "date", "origin": "2000-01-01", "bounds": ["2010-01-01", "soon"]},
+     "ISO dates such as 2010-01-01, or days since the origin"),
+    ({"type": "date", "origin": "2000-01-01", "bounds": [0, 10], "format": "%d/%m/%y"},
+     "two-digit years"),
+    ({"type": "date", "origin": "2000-01-01", "bounds": [0, 10], "format": "%m/%Y"},
+     "does not name a day, a month and a year"),
+    ({"type": "date", "origin": "2000-01-01", "bounds": [0, 10], "unit": "years"},
+     "unit is 'days since 2000-01-01'"),
+    ({"type": "drop", "bounds": [0, 1]}, r"write \{type: drop\}"),
+])
+def test_rate_date_and_drop_declarations_are_validated(column, message):
+    base = {"kind": "table", "records": 10, "label": {"column": "y", "classes": [0, 1]}}
+    with pytest.raises(SchemaError, match=message):
+        shared_schema.normalise({**base, "columns": {"x": column, "z": {"type": "bool"}}})
+
+
+def test_label_rates_and_the_last_column_are_validated():
+    base = {"kind": "table", "records": 10, "columns": {"x": {"type": "bool"}}}
+    with pytest.raises(SchemaError, match="schema label rates: the shares must sum to 1"):
+        shared_schema.normalise({**base, "label": {"column": "y", "classes": [0, 1],
+                                                   "rates": [0.5, 0.4]}})
+    with pytest.raises(SchemaError, match="one share per class"):
+        shared_schema.normalise({**base, "label": {"column": "y", "classes": [0, 1, 2],
+                                                   "rates": [0.5, 0.5]}})
+    with pytest.raises(SchemaError, match="every column is dropped"):
+        shared_schema.normalise({**base, "label": {"column": "y", "classes": [0, 1]},
+                                 "columns": {"x": {"type": "drop"}}})
+
+
+def test_rate_and_date_declarations_normalise_idempotently():
+    """Rates follow their categories and classes into code order; date bounds become days;
+    YAML's own dates (unquoted 2000-01-01) read like quoted ones."""
+    import datetime as dt
+
+    import yaml
+
+    n = shared_schema.normalise(RATED)
+    assert shared_schema.normalise(n) == n
+    assert n["label"]["rates"] == [0.7, 0.3]
+    ints = shared_schema.normalise({**RATED, "columns": {
+        "stage": {"type": "category", "categories": [3, 1, 2], "rates": [0.6, 0.3, 0.1]}}})
+    assert ints["columns"]["stage"]["categories"] == [1, 2, 3]
+    assert ints["columns"]["stage"]["rates"] == [0.3, 0.1, 0.6]
+    assert n["columns"]["admitted"] == {"type": "date", "unit": "days since 2000-01-01",
+                                        "origin": "2000-01-01", "bounds": [3653, 10958]}
+    loaded = yaml.safe_load("{type: date, origin: 2000-01-01, bounds: [2010-01-01, 10958]}")
+    assert loaded["origin"] == dt.date(2000, 1, 1)
+    got = shared_schema.normalise({**RATED, "columns": {"admitted": loaded}})
+    assert got["columns"]["admitted"] == n["columns"]["admitted"]
+    meta = shared_schema.meta_from_schema(RATED, "c")
+    assert "mrn" not in meta.columns and meta.label_rates == [0.7, 0.3]

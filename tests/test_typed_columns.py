@@ -303,3 +303,162 @@ def test_formula_like_category_names_are_noted_for_the_owner(tmp_path):
     notes = _upload_with(tmp_path, df, _small_schema(
         df, sex={"type": "category", "categories": ["=F", "M"]}))[3]
     assert sum(n.startswith("category of column 'sex' '=F' starts with '='") for n in notes) == 1
+
+
+# -- dates and dropped columns --------------------------------------------------------------------
+DATE_SCHEMA = {"kind": "table", "records": 60, "label": {"column": "y", "classes": [0, 1]},
+               "columns": {
+                   "age": {"type": "int", "bounds": [0, 120]},
+                   "admitted": {"type": "date", "origin": "2000-01-01",
+                                "bounds": ["2010-01-01", "2030-01-01"]},
+                   "born": {"type": "date", "origin": "2000-01-01",
+                            "bounds": ["1900-01-01", "2030-01-01"], "format": "%d/%m/%Y"},
+                   "visit_id": {"type": "drop"}}}
+
+
+def _dated(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    """ISO admission dates, day-first birth dates, an id column the owner drops."""
+    rng = np.random.default_rng(seed)
+    admitted = pd.Timestamp("2012-01-01") + pd.to_timedelta(rng.integers(0, 4000, n), unit="D")
+    born = admitted - pd.to_timedelta(rng.integers(7000, 30000, n), unit="D")
+    return pd.DataFrame({"age": rng.integers(20, 90, n),
+                         "admitted": admitted.strftime("%Y-%m-%d"),
+                         "born": born.strftime("%d/%m/%Y"),
+                         "visit_id": [f"V{i:05d}" for i in range(n)],
+                         "y": rng.integers(0, 2, n)})
+
+
+def _days(texts, fmt: str) -> np.ndarray:
+    return ((pd.to_datetime(pd.Series(texts), format=fmt) - pd.Timestamp("2000-01-01"))
+            / pd.Timedelta(days=1)).to_numpy()
+
+
+def test_dates_become_days_since_the_origin_and_drop_columns_go(tmp_path):
+    from shared.training import declared_bounds
+
+    df = _dated()
+    payload, meta, mock, notes = _upload_with(tmp_path, df, DATE_SCHEMA)
+    assert list(payload.columns) == ["age", "admitted", "born", "y"]  # visit_id never stored
+    assert payload["admitted"].dtype == np.float64 and payload["born"].dtype == np.float64
+    assert (payload["admitted"].to_numpy() == _days(df["admitted"], "%Y-%m-%d")).all()
+    assert (payload["born"].to_numpy() == _days(df["born"], "%d/%m/%Y")).all()
+    assert payload.loc[0, "admitted"] == (pd.Timestamp(df.loc[0, "admitted"])
+                                          - pd.Timestamp("2000-01-01")).days
+    # published: days, the origin, no dropped column; jobs see a float column bounded in days
+    assert "visit_id" not in meta.features and "visit_id" not in meta.columns
+    assert meta.columns["admitted"] == {"type": "date", "unit": "days since 2000-01-01",
+                                        "origin": "2000-01-01", "bounds": [3653, 10958]}
+    assert meta.features["admitted"] == "float64" and meta.feature_scales["born"] == 36524
+    assert declared_bounds(meta) == {"age": [0.0, 120.0], "admitted": [3653.0, 10958.0],
+                                     "born": [-36524.0, 10958.0]}
+    assert list(mock.columns) == ["age", "admitted", "born", "y"]
+    assert mock["admitted"].between(3653, 10958).all()
+    assert (mock["admitted"] == mock["admitted"].round()).all()  # whole days
+    assert "V00007" not in published_description(meta)
+
+
+def test_date_forms_day_first_month_first_times_and_datetimes():
+    """The declared format decides how 03/04/2021 reads; ISO times give fractions of a day;
+    datetime cells (Excel, Parquet) are read as they are, time zones by their wall clock."""
+    from datasite.typed_columns import coerce_column
+
+    day_first = {"type": "date", "origin": "2021-01-01", "bounds": [0, 400],
+                 "format": "%d/%m/%Y"}
+    col, problems, _ = coerce_column(pd.Series(["03/04/2021", "01/01/2021"]), day_first, "d")
+    assert not problems and col.tolist() == [92.0, 0.0]  # 3 April
+    month_first = dict(day_first, format="%m/%d/%Y")
+    assert coerce_column(pd.Series(["03/04/2021"]), month_first, "d")[0].tolist() == [62.0]
+    iso = {k: v for k, v in day_first.items() if k != "format"}
+    col = coerce_column(pd.Series(["2021-01-02T12:00", "2021-01-01 06:00:00"]), iso, "d")[0]
+    assert col.tolist() == [1.5, 0.25]
+    import datetime as dt
+
+    cells = pd.Series([dt.datetime(2021, 1, 3), dt.date(2021, 1, 2),
+                       pd.Timestamp("2021-01-05", tz="Europe/Zurich")], dtype=object)
+    assert coerce_column(cells, iso, "d")[0].tolist() == [2.0, 1.0, 4.0]
+    stamps = pd.Series(pd.to_datetime(["2021-01-11", None, "2021-01-01"]))
+    col, problems, _ = coerce_column(stamps, dict(iso, missing=True), "d")
+    assert not problems and col.isna().tolist() == [False, True, False] and col[0] == 10.0
+    compact = dict(day_first, format="%Y%m%d")  # numbers read through the declared format
+    assert coerce_column(pd.Series([20210111]), compact, "d")[0].tolist() == [10.0]
+
+
+def test_unparseable_dates_are_refused_with_count_and_rows(tmp_path):
+    df = _dated()
+    df.loc[[4, 9, 30], "born"] = ["31/02/1970", "unknown", "1970-05-04"]  # ISO is not %d/%m/%Y
+    with pytest.raises(SchemaError, match=r"column 'born' is declared date but 3 values are not "
+                                          r"dates written as '%d/%m/%Y': '1970-05-04', "
+                                          r"'31/02/1970', 'unknown' \(spreadsheet rows 6, 11, 32"):
+        _upload_with(tmp_path, df, DATE_SCHEMA)
+    wrong = dict(DATE_SCHEMA, columns={**DATE_SCHEMA["columns"],
+                                       "born": {**DATE_SCHEMA["columns"]["born"],
+                                                "format": "%m/%d/%Y"}})
+    with pytest.raises(SchemaError, match=r"'born' is declared date but \d+ values"):
+        _upload_with(tmp_path, _dated(), wrong)  # day-first dates read as month-first fail
+    # missing: true keeps them as NaN, with a note naming the rows (owner only)
+    allowed = dict(DATE_SCHEMA, columns={**DATE_SCHEMA["columns"],
+                                         "born": {**DATE_SCHEMA["columns"]["born"],
+                                                  "missing": True}})
+    payload, meta, _, notes = _upload_with(tmp_path, df, allowed)
+    assert payload["born"].isna().tolist() == [i in (4, 9, 30) for i in range(len(df))]
+    assert any("'born': 3 values that are not dates" in n and "rows 6, 11, 32" in n
+               for n in notes)
+    assert "unknown" not in published_description(meta)
+
+
+def test_dates_outside_bounds_are_kept_noted_and_clipped_in_jobs(tmp_path):
+    df = _dated()
+    df.loc[2, "admitted"] = "2045-06-01"  # after the declared upper bound 2030-01-01
+    payload, meta, _, notes = _upload_with(tmp_path, df, DATE_SCHEMA)
+    assert payload.loc[2, "admitted"] == (pd.Timestamp("2045-06-01")
+                                          - pd.Timestamp("2000-01-01")).days
+    assert any("'admitted': 1 values outside the declared bounds [3653, 10958]" in n
+               for n in notes)
+    assert clip_table(payload, meta).loc[2, "admitted"] == 10958
+
+
+def test_a_date_column_trains_like_a_float_column(tmp_path):
+    """DP-SGD on a table with date columns: declared bounds in days scale them like any float
+    (no crash, finite accuracy, on the real table and the mock)."""
+    from shared.runner import run_job
+
+    payload, meta, mock, _ = _upload_with(tmp_path, _dated(400), dict(DATE_SCHEMA, records=400))
+    spec = dict(kind="dpsgd_table", dataset="t", label="y", epsilon=2.0, delta=1e-5, epochs=2)
+    for data, is_mock in ((payload, False), (mock, True)):
+        result = run_job(spec, data, meta, pin_randomness=0, mock=is_mock)
+        assert np.isfinite(result["metrics"]["test_accuracy"])
+
+
+def test_a_column_holding_datetimes_must_be_declared_a_date():
+    """A datetime column declared float would silently become nanoseconds: refused."""
+    from datasite.typed_columns import coerce_column
+
+    stamps = pd.Series(pd.to_datetime(["2021-01-11", "2021-01-01"]))
+    col, problems, _ = coerce_column(stamps, {"type": "float", "bounds": [0, 1]}, "when")
+    assert col is None and "holds dates but is declared float" in problems[0]
+
+
+def test_draft_proposes_dates_with_origin_and_year_bounds(tmp_path):
+    df = _dated()
+    df.loc[5, "admitted"] = None
+    path = tmp_path / "d.csv"
+    df.to_csv(path, index=False)
+    cols = draft(path, label="y")["columns"]
+    years = pd.to_datetime(df["admitted"]).dt.year.dropna().astype(int)
+    assert cols["admitted"] == {"type": "date", "origin": "2000-01-01", "missing": True,
+                                "bounds": [f"{years.min()}-01-01", f"{years.max() + 1}-01-01"]}
+    born = pd.to_datetime(df["born"], format="%d/%m/%Y").dt.year
+    assert cols["born"] == {"type": "date", "origin": "2000-01-01", "format": "%d/%m/%Y",
+                            "bounds": [f"{born.min()}-01-01", f"{born.max() + 1}-01-01"]}
+    assert cols["visit_id"] == {"type": "category", "categories": []}  # free text: noted
+    notes = ds_schema.draft_notes(draft(path, label="y"))
+    assert any("'visit_id' holds free text" in n and "{type: drop}" in n for n in notes)
+    assert any("'born' is drafted as dates written '%d/%m/%Y'" in n for n in notes)
+    month_first = df.assign(born=pd.to_datetime(df["born"], format="%d/%m/%Y")
+                            .dt.strftime("%m/%d/%Y"))
+    month_first.to_csv(path, index=False)  # days above 12 settle the layout
+    assert draft(path, label="y")["columns"]["born"]["format"] == "%m/%d/%Y"
+    reviewed_schema = {k: v for k, v in draft(path, label="y").items() if k != DRAFT_KEY}
+    reviewed_schema["columns"]["visit_id"] = {"type": "drop"}
+    payload = prepare("t", reviewed_schema, table=str(path))[0]
+    assert (payload["born"].to_numpy() == _days(month_first["born"], "%m/%d/%Y")).all()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 TABLE = "table"
@@ -47,7 +47,10 @@ class DatasetMeta:
 
     @classmethod
     def from_json(cls, text: str) -> "DatasetMeta":
-        return cls(**json.loads(text))
+        """Published metadata back; keys this version does not know (a newer site's) are
+        ignored, so an older researcher client still reads a newer site's catalogue."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def power_of_ten_scale(max_abs: float) -> float:

@@ -323,3 +323,14 @@ def test_rate_and_date_declarations_normalise_idempotently():
     assert got["columns"]["admitted"] == n["columns"]["admitted"]
     meta = shared_schema.meta_from_schema(RATED, "c")
     assert "mrn" not in meta.columns and meta.label_rates == [0.7, 0.3]
+
+
+def test_published_metadata_from_a_newer_site_still_reads():
+    """A key this version does not know (a newer site's field) is ignored, not an error."""
+    import json
+
+    from shared.data import DatasetMeta
+
+    meta = DatasetMeta(name="bc", kind="table", n_records=10, label="y", labels=[0, 1])
+    text = json.dumps({**json.loads(meta.to_json()), "a_future_field": [1, 2]})
+    assert DatasetMeta.from_json(text) == meta

@@ -67,6 +67,22 @@ class DPSGD(Job):
         self.spec = DPSGDTableSpec(dataset=dataset, label=label, delta=_delta(delta),
                                    **privacy_fields(epsilon, privacy), **options).validate()
 
+    def feature_names(self, site) -> list[str]:
+        """The model's inputs by name, from the dataset's public metadata, in the order of the
+        model's weights: ``grade=II`` per declared category, ``age`` per number or bool,
+        ``crp_missing`` after a column declared ``missing: true``."""
+        from shared.training.preprocess import feature_names
+
+        return feature_names(site.datasets[self.spec.dataset].meta)
+
+    def features(self, site):
+        """The mock's rows as the model sees them: a DataFrame with one column per
+        :meth:`feature_names` entry (one-hot categories, scaled numbers, missing indicators)."""
+        from shared.training.preprocess import model_inputs
+
+        remote = site.datasets[self.spec.dataset]
+        return model_inputs(remote.mock, remote.meta)
+
 
 class DPSGDImages(Job):
     """DP-SGD on images: a GroupNorm CNN or ResNet-9 trained end to end, or (``model="head"``,

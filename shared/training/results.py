@@ -1,8 +1,10 @@
 """Using a released result without syft: rebuild the model, predict on new rows.
 
 Prediction applies the public input map recorded in the model's config (``preprocessing``:
-declared bounds to [-1, 1], or the older per-column scales / row normalisation of models
-released before), so new rows are mapped exactly as the training rows were."""
+the schema's columns -- one-hot categories, bounds to [-1, 1], missing indicators --, or the
+declared bounds / per-column scales / row normalisation of models released before), so new rows
+are mapped exactly as the training rows were. Category columns may hold the declared codes or,
+when the schema names them, the names (e.g. ``"II"``)."""
 from __future__ import annotations
 
 import numpy as np

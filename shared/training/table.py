@@ -24,7 +24,8 @@ from .device import default_device
 from .engine import DPTrainer, poisson_schedule
 from .metrics import mock_extras, predict_probs
 from .models import build_model, model_config
-from .preprocess import encode_labels, feature_columns, preprocess, table_preprocessing
+from .preprocess import (declared_order, encode_labels, feature_columns, preprocess,
+                         table_preprocessing)
 from .serialise import model_bytes
 from .split import split_indices
 
@@ -32,16 +33,18 @@ Progress = Callable[[int, int], None]
 
 
 def table_xy(df: pd.DataFrame, label: str, classes: Sequence | None = None,
-             feature_scales: dict | None = None, feature_bounds: dict | None = None):
+             feature_scales: dict | None = None, feature_bounds: dict | None = None,
+             columns: dict | None = None):
     """(X, y, feature columns, classes, preprocessing config) of a table job: X preprocessed
-    row by row (public map: ``feature_bounds`` to [-1, 1], else ``feature_scales``, else row
-    normalisation; see :func:`table_preprocessing`), y class indices. The split hashes these
-    rows (split_indices)."""
-    cols = feature_columns(df, label)
+    row by row (public map: the schema's declarations ``columns`` -- one-hot categories,
+    missing indicators --, else ``feature_bounds`` to [-1, 1], else ``feature_scales``, else
+    row normalisation; see :func:`table_preprocessing`), y class indices. With declarations
+    the columns follow the declared order. The split hashes these rows (split_indices)."""
+    cols = declared_order(feature_columns(df, label), columns)
     classes = sorted(df[label].unique().tolist()) if classes is None else list(classes)
     if len(classes) < 2:
         raise ValueError(f"need at least two label values to classify, got {classes}")
-    prep = table_preprocessing(cols, feature_bounds, feature_scales)
+    prep = table_preprocessing(cols, feature_bounds, feature_scales, columns)
     return preprocess(df[cols].to_numpy(), prep), encode_labels(df[label], classes), cols, \
         classes, prep
 
@@ -51,6 +54,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       classes: Sequence | None = None,
                       feature_scales: dict | None = None,
                       feature_bounds: dict | None = None,
+                      columns: dict | None = None,
                       noise_multiplier: float | None = None,
                       init_state: dict | None = None,
                       sampling_seed: int | None = None,
@@ -58,7 +62,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
-    ``feature_bounds`` / ``feature_scales``: public per-column declarations (:func:`table_xy`).
+    ``columns`` (``meta.columns``) / ``feature_bounds`` / ``feature_scales``: public per-column
+    declarations (:func:`table_xy`).
     ``noise_multiplier``: use this sigma instead of calibrating one to ``spec.epsilon`` (a round
     of a longer schedule priced as a whole); ``init_state``: start from these weights (warm start);
     ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``);
@@ -68,7 +73,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     """
     device = default_device(device)
     X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales,
-                                         feature_bounds)
+                                         feature_bounds, columns)
     tr, te = split_indices(X, y, spec.test_fraction, spec.seed)
     # The schedule is planned from the public record count, exactly as the owner priced it
     # (shared.jobs): the realised split sizes are Binomial and never enter the mechanism.
@@ -78,7 +83,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     sigma = (target_noise_multiplier(spec, q, steps) if noise_multiplier is None
              else float(noise_multiplier))
 
-    model = _initial_model(spec, len(cols), len(classes), init_state)
+    model = _initial_model(spec, X.shape[1], len(classes), init_state)  # one-hot: > len(cols)
     trainer = DPTrainer(model, clip_norm=spec.clip_norm, noise_multiplier=sigma,
                         learning_rate=spec.learning_rate, device=device,
                         seed=spec.seed if sampling_seed is None else sampling_seed)
@@ -100,7 +105,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                    expected_batch_size=q * n_train)
 
     model.eval()
-    config = model_config(spec.model, len(cols), len(classes), spec.hidden)
+    config = model_config(spec.model, X.shape[1], len(classes), spec.hidden)
     config.update(classes=classes, feature_columns=cols, **prep)
     return {
         "model_state": model_bytes(model),

@@ -121,7 +121,7 @@ def product_split(df: pd.DataFrame, meta, seed: int, test_fraction: float = 0.2)
     from shared.training.table import table_xy
 
     X, y, *_ = table_xy(clip_table(df, meta), meta.label, meta.labels,
-                        meta.feature_scales or None, declared_bounds(meta))
+                        meta.feature_scales or None, declared_bounds(meta), meta.columns or None)
     return split_indices(X, y, test_fraction, seed)
 
 

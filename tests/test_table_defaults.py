@@ -17,8 +17,9 @@ from shared.privacy import private_metrics as pm
 from shared.runner import run_job
 from shared.schema import meta_from_schema
 from shared.training.models import build_model, model_config
-from shared.training.preprocess import (DECLARED_BOUNDS, PUBLIC_SCALE, bounds_scale,
-                                        declared_bounds, preprocess, table_preprocessing)
+from shared.training.preprocess import (DECLARED_BOUNDS, PUBLIC_SCALE, SCHEMA_COLUMNS,
+                                        bounds_scale, declared_bounds, preprocess,
+                                        table_preprocessing)
 from shared.training.results import load_model, predict_proba
 from shared.training.serialise import model_bytes
 
@@ -96,7 +97,7 @@ def test_default_table_job_beats_the_majority_class_at_eps_1(bc):
     spec = dict(kind="dpsgd_table", dataset="bc", label="diagnosis", epsilon=1.0, delta=DELTA,
                 metrics_epsilon=0.0)
     r = run_job(spec, df, meta, pin_randomness=0, mock=True)
-    assert r["model_config"]["preprocessing"] == DECLARED_BOUNDS
+    assert r["model_config"]["preprocessing"] == SCHEMA_COLUMNS  # all floats: bounds to [-1, 1]
     m = r["metrics"]
     assert m["test_accuracy"] >= 0.90 and m["test_auc"] >= 0.95
     assert min(m["per_class_recall"].values()) >= 0.75  # the minority class is not missed
@@ -121,7 +122,7 @@ def test_federated_dpal_and_removal_use_the_declared_bounds(bc):
     fed = dict(kind="fed_dpsgd_table", dataset="bc", label="diagnosis", epsilon=1.0,
                delta=DELTA, rounds=2, epochs=1, metrics_epsilon=0.0)
     assert run_job(fed, df, meta, pin_randomness=0)["model_config"]["preprocessing"] \
-        == DECLARED_BOUNDS
+        == SCHEMA_COLUMNS  # the schema's map: here (all floats) the declared bounds alone
     dspec = DPALSpec(dataset="bc", label="diagnosis", epsilon=2.0, delta=DELTA)
     X, _, extras = dpal_features(dspec, df, meta)
     assert extras["preprocessing"] == DECLARED_BOUNDS

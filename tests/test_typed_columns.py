@@ -157,7 +157,7 @@ def test_dp_sgd_trains_on_the_normalised_table_and_beats_the_majority(uploaded):
     result = run_job(spec, payload, meta, pin_randomness=0)
     # the held-out records of the job's own split (the spec's default test_fraction and seed)
     X, y, *_ = table_xy(clip_table(payload, meta), "outcome", [0, 1],
-                        feature_bounds=declared_bounds(meta))
+                        feature_bounds=declared_bounds(meta), columns=meta.columns)
     _, te = split_indices(X, y, 0.2, 0)
     probs = predict_proba(load_model(result), result["model_config"], payload.iloc[te])
     truth = payload["outcome"].to_numpy()[te]

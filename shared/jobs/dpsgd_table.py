@@ -13,6 +13,13 @@ from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, registe
 MODELS = ("logreg", "mlp")
 
 
+def n_model_inputs(meta: DatasetMeta) -> int:
+    """How many inputs a table model has on ``meta`` (one-hot categories, missing indicators)."""
+    from ..training.preprocess import feature_names
+
+    return len(feature_names(meta))
+
+
 @register
 @dataclass
 class DPSGDTableSpec(JobSpec):
@@ -95,9 +102,11 @@ class DPSGDTableSpec(JobSpec):
         from ..training.table import train_dpsgd_table
 
         # Public label set and column declarations from the metadata, never from the records.
-        return train_dpsgd_table(data, self.resolved(meta), progress=progress, classes=meta.labels or None,
+        return train_dpsgd_table(data, self.resolved(meta), progress=progress,
+                                 classes=meta.labels or None,
                                  feature_scales=meta.feature_scales or None,
-                                 feature_bounds=declared_bounds(meta))
+                                 feature_bounds=declared_bounds(meta),
+                                 columns=meta.columns or None)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != TABLE:
@@ -112,6 +121,6 @@ class DPSGDTableSpec(JobSpec):
         bounds.check_sample_rate(n, batch, self.KIND)
         bounds.check_steps(bounds.dpsgd_steps(n, batch, self.epochs)
                            * self._rounds_priced(), self.KIND)
-        bounds.check_model_size(bounds.table_params(self.model, len(meta.features),
+        bounds.check_model_size(bounds.table_params(self.model, n_model_inputs(meta),
                                                     len(meta.labels), self.hidden),
                                 batch, f"model {self.model!r}")

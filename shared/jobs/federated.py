@@ -16,7 +16,7 @@ from ..data import DatasetMeta, n_train_records
 from ..errors import SpecError
 from . import bounds
 from .base import SCHEDULE, Message, register
-from .dpsgd_table import DPSGDTableSpec
+from .dpsgd_table import DPSGDTableSpec, n_model_inputs
 
 MAX_ROUNDS = bounds.FED_ROUNDS_MAX
 
@@ -52,7 +52,7 @@ class FedScheduleSpec(DPSGDTableSpec):
     def _check_meta(self, meta: DatasetMeta) -> None:
         super()._check_meta(meta)
         _check_state_size(self.init_state, bounds.table_params(
-            self.model, len(meta.features), len(meta.labels), self.hidden))
+            self.model, n_model_inputs(meta), len(meta.labels), self.hidden))
 
     def _schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps per round, noise multiplier for all rounds)."""
@@ -91,7 +91,7 @@ class FedScheduleSpec(DPSGDTableSpec):
         result = train_dpsgd_table(
             data, self.resolved(meta), progress=progress, classes=meta.labels or None,
             feature_scales=meta.feature_scales or None, feature_bounds=declared_bounds(meta),
-            noise_multiplier=sigma,
+            columns=meta.columns or None, noise_multiplier=sigma,
             init_state=init, sampling_seed=self.seed + 7919 * self.round,
             metrics_releases=self.rounds, metrics_index=self.round)
         result["round"] = self.round

@@ -9,6 +9,9 @@ A researcher asks for one of
 The target is data in the spec (``target`` = {} | {"mu": m} | {"tpr": t, "fpr": f}; ``epsilon``
 is then 0), so the datasite calibrates sigma on its real metadata, at pricing time and again
 inside the job, with the same deterministic function: the owner's price is the one enforced.
+
+A tuned job (``tuning_trials`` > 0, :func:`tuned_noise_multiplier`) holds its whole selection --
+every trial's training and metric release -- to the target (docs/hyperparameter_tuning.md).
 """
 from __future__ import annotations
 
@@ -74,6 +77,27 @@ def _calibrate(q: float, steps: int, epsilon: float, delta: float, target: tuple
     if not target:
         return calibrate_noise(q, steps, epsilon, delta)
     return calibrate_noise_for(q, steps, **dict(target))
+
+
+def tuned_noise_multiplier(spec, sample_rate: float, steps: int, metrics_sigma: float) -> float:
+    """The sigma of each trial of a tuned job (``spec.tuning_trials`` > 0) such that the whole
+    job -- all trials' training and metric releases, and the selection -- meets ``spec``'s
+    target (:func:`shared.privacy.tuning.calibrate_tuned_noise`)."""
+    return _calibrate_tuned(float(sample_rate), int(steps), float(spec.epsilon),
+                            float(spec.delta),
+                            tuple(sorted((k, float(v)) for k, v in spec.target.items())),
+                            float(metrics_sigma), float(spec.tuning_trials),
+                            float(spec.tuning_shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrate_tuned(q: float, steps: int, epsilon: float, delta: float, target: tuple,
+                     metrics_sigma: float, mean: float, shape: float) -> float:
+    # Cached for the same reason as _calibrate: pricing and the job ask for the same sigma.
+    from .privacy.tuning import calibrate_tuned_noise
+
+    return calibrate_tuned_noise(q, steps, metrics_sigma, mean, shape, delta, epsilon,
+                                 dict(target))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from ..display import brief
 from ..errors import SpecError
 from . import bounds
 from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, register
+from .tuning import check_tuning, is_tuned, trial_spec
 
 MODELS = ("logreg", "mlp")
 
@@ -33,6 +34,16 @@ class DPSGDTableSpec(JobSpec):
     ``tail_average``: release the mean of the weights over the last half of the steps
     (post-processing: no privacy cost; False = the last iterate).
 
+    Hyperparameter selection (Papernot & Steinke 2022; docs/hyperparameter_tuning.md):
+    ``tuning_trials`` (0 = none) is the mean of the secret number K of trials, drawn from a
+    truncated negative binomial of shape ``tuning_shape`` (1, the default: geometric); each
+    trial trains one of ``candidates`` (dicts over ``learning_rate``, ``clip_norm``, ``model``,
+    ``hidden``, ``tail_average``: nothing that changes the privacy event), drawn at random, and
+    the trial with the best noisy test accuracy -- its DP metrics release, so
+    ``metrics_epsilon`` must be > 0 -- is the only one released (not K, not the other scores).
+    The price is the RDP epsilon of the whole selection at ``delta``, and then ``epsilon`` (or
+    the target) bounds the whole job, metric releases included; the noise is raised to fit.
+
     The defaults (30 epochs, learning rate 2, batch 64 on small tables, clip 1) were chosen by measurement
     (``benchmarks/table_utility.py``: breast cancer, GBSG2, FLCHAIN) on features scaled from the
     declared bounds to [-1, 1]: at eps=1..4 they clearly beat the majority class.
@@ -56,6 +67,9 @@ class DPSGDTableSpec(JobSpec):
     metrics_epsilon: float = DEFAULT_METRICS_EPSILON
     target: dict = field(default_factory=dict)  # {}: calibrate to epsilon; see shared.targets
     tail_average: bool = True
+    candidates: list = field(default_factory=list)  # [{"learning_rate": 0.5}, ...]: tuning
+    tuning_trials: float = 0.0  # mean number of trials (0: no tuning)
+    tuning_shape: float = 1.0  # shape of K's distribution (shared.privacy.tuning.DEFAULT_SHAPE)
 
     # -- validation ----------------------------------------------------------------------------
     def _check_spec(self) -> None:
@@ -68,6 +82,7 @@ class DPSGDTableSpec(JobSpec):
         bounds.check_int("hidden", self.hidden, 1, bounds.HIDDEN_MAX)
         self._check_test_fraction()
         self._check_metrics_epsilon()
+        check_tuning(self)
 
     def _rounds_priced(self) -> int:
         """How many times the schedule runs (a federated schedule prices all its rounds)."""
@@ -85,28 +100,38 @@ class DPSGDTableSpec(JobSpec):
         """This spec with the batch size it runs at (what the result reports)."""
         return replace(self, batch_size=self.batch_for(meta))
 
+    def trial(self, index: int) -> "DPSGDTableSpec":
+        """The untuned spec one trial of a tuned job runs: ``candidates[index]`` applied."""
+        return trial_spec(self, self.candidates[index])
+
     def planned_event(self, meta: DatasetMeta):
-        """DP-SGD composed with the DP test metrics (``metrics_epsilon``)."""
+        """DP-SGD composed with the DP test metrics (``metrics_epsilon``); for a tuned job, the
+        (RDP epsilon, delta) of selecting the best of its trials."""
         from ..privacy.accounting import dpsgd_event
         from ..privacy.private_metrics import metrics_sigma, with_metrics
-        from ..targets import noise_multiplier
+        from ..privacy.tuning import priced_event, trial_event
+        from ..targets import noise_multiplier, tuned_noise_multiplier
         from ..training.engine import poisson_schedule
 
         q, steps = poisson_schedule(n_train_records(meta.n_records, self.test_fraction),
                                     self.batch_for(meta), self.epochs)
-        return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps),
-                            metrics_sigma(self))
+        m_sigma = metrics_sigma(self)
+        if not is_tuned(self):
+            return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps), m_sigma)
+        sigma = tuned_noise_multiplier(self, q, steps, m_sigma)
+        return priced_event(trial_event(q, sigma, steps, m_sigma), self.tuning_trials,
+                            self.tuning_shape, self.delta)
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         from ..training.preprocess import declared_bounds
+        from ..training.selection import train_tuned_table
         from ..training.table import train_dpsgd_table
 
+        train = train_tuned_table if is_tuned(self) else train_dpsgd_table
         # Public label set and column declarations from the metadata, never from the records.
-        return train_dpsgd_table(data, self.resolved(meta), progress=progress,
-                                 classes=meta.labels or None,
-                                 feature_scales=meta.feature_scales or None,
-                                 feature_bounds=declared_bounds(meta),
-                                 columns=meta.columns or None)
+        return train(data, self.resolved(meta), progress=progress, classes=meta.labels or None,
+                     feature_scales=meta.feature_scales or None,
+                     feature_bounds=declared_bounds(meta), columns=meta.columns or None)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != TABLE:
@@ -121,6 +146,8 @@ class DPSGDTableSpec(JobSpec):
         bounds.check_sample_rate(n, batch, self.KIND)
         bounds.check_steps(bounds.dpsgd_steps(n, batch, self.epochs)
                            * self._rounds_priced(), self.KIND)
-        bounds.check_model_size(bounds.table_params(self.model, n_model_inputs(meta),
-                                                    len(meta.labels), self.hidden),
-                                batch, f"model {self.model!r}")
+        # every model a trial may train (a tuned job's candidates), each within the size cap
+        for spec in [trial_spec(self, c) for c in self.candidates] if is_tuned(self) else [self]:
+            bounds.check_model_size(bounds.table_params(spec.model, n_model_inputs(meta),
+                                                        len(meta.labels), spec.hidden),
+                                    batch, f"model {spec.model!r}")

@@ -57,6 +57,7 @@ def _table(n: int = 600, seed: int = 0) -> pd.DataFrame:
 def _train(df, meta, columns=True, epsilon=8.0, epochs=30, seed=0):
     spec = DPSGDTableSpec(dataset="cohort", label="y", epsilon=epsilon, delta=1e-5,
                           epochs=epochs, metrics_epsilon=0.0, seed=seed).validate(meta)
+    spec = spec.resolved(meta)
     with ExitStack() as stack:
         stack.enter_context(pinned_randomness(seed))
         stack.enter_context(mock_evaluation())  # exact held-out metrics (the test's own data)

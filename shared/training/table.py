@@ -71,6 +71,9 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     (its rounds), ``metrics_index``: which one this is (names the noise stream).
     Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
+    if spec.batch_size < 1:  # 0 = "from the public count": only the metadata may choose it
+        raise ValueError("spec.batch_size is 0 (chosen from the public record count): pass "
+                         "spec.resolved(meta), the spec with the batch size it runs at")
     device = default_device(device)
     X, y, cols, classes, prep = table_xy(df, spec.label, classes, feature_scales,
                                          feature_bounds, columns)

@@ -45,8 +45,10 @@ Bounds are domain knowledge; jobs clip values outside them (:func:`clip_table`) 
 them. String categories and string label classes are normalised to integer codes in the
 declared order plus their names (``names``), so the stored table and every job stay numeric and
 the names are published with the schema. ``missing: true`` lets a column hold missing values:
-they are stored as NaN (the column as float64) and table jobs fill them with the declared
-midpoint (``shared.training.preprocess.bounds_scale``); statistics queries drop them. This module imports nothing from syft, ``datasite`` or ``researcher``.
+they are stored as NaN (the column as float64); table jobs fill them with the declared midpoint
+and add a missing-indicator input (``shared.training.preprocess``, which also one-hot encodes
+categories over the declared codes); statistics queries drop them. This module imports nothing
+from syft, ``datasite`` or ``researcher``.
 """
 from __future__ import annotations
 

@@ -125,24 +125,24 @@ def test_federated_dpal_and_removal_use_the_declared_bounds(bc):
         == SCHEMA_COLUMNS  # the schema's map: here (all floats) the declared bounds alone
     dspec = DPALSpec(dataset="bc", label="diagnosis", epsilon=2.0, delta=DELTA)
     X, _, extras = dpal_features(dspec, df, meta)
-    assert extras["preprocessing"] == DECLARED_BOUNDS
+    assert extras["preprocessing"] == SCHEMA_COLUMNS
     np.testing.assert_allclose(X, want, rtol=1e-6)
     rspec = RemovalSpec(dataset="bc", label="diagnosis", delta=1e-6)
     F, _, pipeline, _ = job_features(rspec, df, meta)
-    assert pipeline["preprocessing"] == DECLARED_BOUNDS
+    assert pipeline["preprocessing"] == SCHEMA_COLUMNS
     assert np.linalg.norm(F, axis=1).max() <= 1 + 1e-12
     np.testing.assert_allclose(F[:, :-1] * np.sqrt(len(cols) + 1), want, rtol=1e-5, atol=1e-6)
     # a removal model trained under the old scaling keeps its own pipeline when a record goes
     old = dict(pipeline, preprocessing=PUBLIC_SCALE,
                feature_scales=[meta.feature_scales[c] for c in cols])
-    old.pop("feature_bounds")
+    old.pop("schema_columns")
     F_old, _, kept, _ = job_features(rspec, df, meta, pipeline=old)
     assert kept["preprocessing"] == PUBLIC_SCALE
     assert not np.allclose(F_old, F)
     # and its released torch model says the map it was trained with
     model = SimpleNamespace(weights=np.zeros((len(cols) + 1, 1)), classes=[0, 1])
     _, config = table_model_state(model, cols, pipeline)
-    assert config["feature_bounds"] == pipeline["feature_bounds"]
+    assert config["schema_columns"] == pipeline["schema_columns"]
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -234,3 +234,30 @@ def test_one_hot_learns_a_category_effect_the_code_as_a_number_cannot():
     after = _train(df, meta)["metrics"]["test_accuracy"]
     assert before < majority + 0.05, (before, majority)
     assert after > 0.9, (after, majority)
+
+
+def test_removal_and_dpal_map_the_schema_the_same_way():
+    """Certified removal and DP-AL read the same declarations: one-hot categories and missing
+    indicators (rows of norm <= 1 for the certificate), and the removal model released as a
+    torch model predicts what the removal model itself predicts on raw rows."""
+    from shared.jobs.dpal import DPALSpec, dpal_features
+    from shared.jobs.removal import RemovalSpec
+    from shared.removal import (job_features, make_features, table_model_state,
+                                train_removable)
+    from shared.removal import predict_proba as removal_proba
+
+    meta, df = _meta(), _table()
+    X, _, extras = dpal_features(DPALSpec(dataset="cohort", label="y", epsilon=2.0,
+                                          delta=1e-5), df, meta)
+    assert extras["preprocessing"] == SCHEMA_COLUMNS and X.shape == (len(df), len(NAMES))
+    F, y, pipeline, cols = job_features(RemovalSpec(dataset="cohort", label="y", delta=1e-6),
+                                        df, meta)
+    assert pipeline["preprocessing"] == SCHEMA_COLUMNS and F.shape == (len(df), len(NAMES) + 1)
+    assert np.linalg.norm(F, axis=1).max() <= 1 + 1e-12
+    model = train_removable(F, y, [0, 1], 1e-3, 1.0, eps=1.0, delta=1e-6, seed=0,
+                            feature_pipeline=pipeline)
+    state, config = table_model_state(model, cols, pipeline)
+    torch_model = load_model({"model_state": state, "model_config": config})
+    got = predict_proba(torch_model, config, df)
+    want = removal_proba(model, make_features(df[cols].to_numpy(), pipeline))
+    np.testing.assert_allclose(got, want, atol=1e-5)

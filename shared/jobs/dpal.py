@@ -20,6 +20,7 @@ from ..errors import SpecError
 from . import bounds
 from .base import DEFAULT_METRICS_EPSILON, JobSpec, register
 from .dpsgd_images import BACKBONE_NAMES
+from .dpsgd_table import n_model_inputs
 
 DPAL_MODELS = ("logreg", "mlp", "head")
 HIDDEN = 32
@@ -141,7 +142,7 @@ class DPALSpec(JobSpec):
         bounds.check_sample_rate(need, self.batch_size, f"{self.KIND}'s last round")
         bounds.check_steps(self.naive_steps(), self.KIND)
         n_features = (bounds.backbone_dim(self.backbone, meta.image_shape or [1, 1])
-                      if meta.kind == IMAGES else len(meta.features))
+                      if meta.kind == IMAGES else n_model_inputs(meta))
         bounds.check_model_size(bounds.table_params(self.model, n_features, len(meta.labels),
                                                     HIDDEN), self.batch_size,
                                 f"model {self.model!r}")
@@ -277,7 +278,8 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
 
 def dpal_features(spec: DPALSpec, data, meta: DatasetMeta):
     """(X float32, y int64 label indices, model-config extras); costs no privacy: a fixed map
-    per record (declared bounds / public scales / row normalisation, or a frozen
+    per record (the schema's declarations: one-hot categories, missing indicators, bounds to
+    [-1, 1]; else declared bounds / public scales / row normalisation; or a frozen
     data-independent backbone)."""
     import numpy as np
 
@@ -290,11 +292,11 @@ def dpal_features(spec: DPALSpec, data, meta: DatasetMeta):
         X = extract_features(images, spec.backbone)
         chans = 1 if images.ndim == 3 else images.shape[3]
         return X, y, {"channels": chans, "hw": list(images.shape[1:3])}
-    from ..training.preprocess import (declared_bounds, encode_labels, feature_columns,
-                                       preprocess, table_preprocessing)
+    from ..training.preprocess import (declared_bounds, declared_order, encode_labels,
+                                       feature_columns, preprocess, table_preprocessing)
 
-    cols = feature_columns(data, spec.label)
-    prep = table_preprocessing(cols, declared_bounds(meta), meta.feature_scales)
+    cols = declared_order(feature_columns(data, spec.label), meta.columns)
+    prep = table_preprocessing(cols, declared_bounds(meta), meta.feature_scales, meta.columns)
     X = preprocess(data[cols].to_numpy(), prep)
     y = encode_labels(data[spec.label], meta.labels)
     return X, y, {**prep, "feature_columns": cols}

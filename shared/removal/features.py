@@ -11,12 +11,21 @@ from .objective import RemovalError
 
 
 def table_pipeline(feature_columns: Sequence[str], feature_scales: Sequence[float] | None,
-                   feature_bounds: Sequence[Sequence[float]] | None = None) -> dict:
-    """Feature map of a table: declared bounds to [-1, 1] (``bounds_scale``) when every column
-    has them, else public column scales (clip(x / s_j, -1, 1)) when every column has one, else
-    row-wise L2 normalisation; then an intercept feature, all times 1/sqrt(d+1) (per-column
-    maps) or 1/sqrt(2) (row normalised) so every row has norm <= 1."""
+                   feature_bounds: Sequence[Sequence[float]] | None = None,
+                   schema: dict | None = None) -> dict:
+    """Feature map of a table: the schema's declarations (``schema``: a ``schema_columns``
+    config of :mod:`shared.training.preprocess`: one-hot categories, missing indicators, bounds
+    to [-1, 1]) when it covers every column, else declared bounds to [-1, 1] (``bounds_scale``)
+    when every column has them, else public column scales (clip(x / s_j, -1, 1)) when every
+    column has one, else row-wise L2 normalisation; then an intercept feature, all times
+    1/sqrt(d+1) (d model inputs, each in [-1, 1]) or 1/sqrt(2) (row normalised) so every row
+    has norm <= 1."""
     d = len(feature_columns)
+    if schema is not None:
+        return {"input": "table", "preprocessing": schema["preprocessing"],
+                "schema_columns": schema["schema_columns"],
+                "feature_columns": list(feature_columns), "intercept": True,
+                "row_scale": 1 / math.sqrt(len(schema["feature_names"]) + 1)}
     if feature_bounds is not None:
         return {"input": "table", "preprocessing": "declared_bounds",
                 "feature_bounds": [[float(v) for v in b] for b in feature_bounds],
@@ -42,13 +51,18 @@ def unit_pipeline(source: str) -> dict:
 def make_features(X, pipeline: dict) -> np.ndarray:
     """float64 rows of norm <= 1 from raw table columns or unit-norm features (per ``pipeline``).
     Each row depends on its own record only."""
-    from ..training.preprocess import bounds_scale, public_scale, row_l2_normalise
+    from ..training.preprocess import (SCHEMA_COLUMNS, bounds_scale, preprocess, public_scale,
+                                       row_l2_normalise)
 
+    prep = pipeline["preprocessing"]
+    if prep == SCHEMA_COLUMNS:  # one-hot widens the rows: map before the shape checks
+        X = preprocess(np.asarray(X), pipeline)
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise RemovalError(f"features must be a 2-D array, got shape {X.shape}")
-    prep = pipeline["preprocessing"]
-    if prep == "declared_bounds":
+    if prep == SCHEMA_COLUMNS:
+        F = X
+    elif prep == "declared_bounds":
         F = bounds_scale(X, pipeline["feature_bounds"]).astype(np.float64)
     elif prep == "public_scale":
         F = public_scale(X, pipeline["feature_scales"]).astype(np.float64)
@@ -76,7 +90,8 @@ def job_features(spec, data, meta, extractor: dict | None = None,
     ``pipeline``: a trained model's own table pipeline (a removal reuses it, so a model
     trained under an older preprocessing keeps its features)."""
     from ..data import TABLE
-    from ..training.preprocess import declared_bounds, encode_labels, feature_columns
+    from ..training.preprocess import (declared_bounds, declared_order, encode_labels,
+                                       feature_columns, schema_preprocessing)
 
     if meta.kind == TABLE:
         from ..schema import clip_table
@@ -91,7 +106,7 @@ def job_features(spec, data, meta, extractor: dict | None = None,
         pipeline = unit_pipeline("dp_extractor")
         X = make_features(dp_extractor_features(extractor, data, meta), pipeline)
     elif meta.kind == TABLE:
-        cols = feature_columns(data, meta.label)
+        cols = declared_order(feature_columns(data, meta.label), meta.columns)
         if pipeline and pipeline.get("input") == "table":
             cols = list(pipeline["feature_columns"])
             return make_features(data[cols].to_numpy(), pipeline), y, dict(pipeline), cols
@@ -99,7 +114,8 @@ def job_features(spec, data, meta, extractor: dict | None = None,
         pipeline = table_pipeline(cols, [scales[c] for c in cols]
                                   if all(c in scales for c in cols) else None,
                                   [bounds[c] for c in cols]
-                                  if all(c in bounds for c in cols) else None)
+                                  if all(c in bounds for c in cols) else None,
+                                  schema_preprocessing(cols, meta.columns))
         X = make_features(data[cols].to_numpy(), pipeline)
     else:
         from ..training.backbones import extract_features
@@ -157,7 +173,7 @@ def table_model_state(model: RemovableModel, cols: list, pipeline: dict) -> tupl
     from ..training.serialise import model_bytes
 
     classes = list(model.classes)
-    d = len(cols)
+    d = model.weights.shape[0] - 1  # model inputs (one-hot widens the columns), no intercept
     rs = pipeline["row_scale"]
     W = model.weights
     logits_w = np.zeros((len(classes), d + 1))
@@ -172,5 +188,5 @@ def table_model_state(model: RemovableModel, cols: list, pipeline: dict) -> tupl
     config = model_config("logreg", d, len(classes))
     config.update(classes=classes, feature_columns=list(cols),
                   **{k: v for k, v in pipeline.items() if k in ("preprocessing", "feature_scales",
-                                                           "feature_bounds")})
+                                                           "feature_bounds", "schema_columns")})
     return model_bytes(lin), config

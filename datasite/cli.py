@@ -74,15 +74,16 @@ def cmd_upload(args) -> None:
     upload = site.replace_dataset if args.replace else site.upload
     out = upload(args.dataset, table=args.table, label=args.label, images=args.images,
                  labels=args.labels, npz=args.npz, schema=args.schema,
-                 mock=args.mock, description=args.description or "",
+                 mock=args.mock, mock_epsilon=args.mock_epsilon, description=args.description or "",
                  budget_epsilon=args.budget_eps, delta=args.delta, id_column=args.id_column,
                  **_table_format(args))
     meta = out["meta"] if args.replace else out
     print(f"Uploaded {escape(meta.name)}: {meta.kind}, {meta.n_records} records, labels "
           f"{escape(meta.labels)}; mock published, real data kept on this machine.")
-    if args.replace:
-        from .cli_datasets import print_replaced
+    from .cli_datasets import print_mock, print_replaced
 
+    print_mock(meta)
+    if args.replace:
         print_replaced(out)
 
 
@@ -293,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--npz", help=".npz file in MedMNIST layout")
     s.add_argument("--schema", help="the reviewed public schema (YAML); draft one with "
                    "`datasite schema draft`")
-    s.add_argument("--mock", default="synthetic")
+    s.add_argument("--mock", default="synthetic", choices=("synthetic", "dp"), help="synthetic: "
+                   "from the schema alone (default); dp: DP synthetic, charged to the budget")
+    s.add_argument("--mock-epsilon", type=float, default=None,
+                   help="--mock dp: the mock's epsilon (at the dataset's delta)")
     s.add_argument("--description", default="")
     s.add_argument("--budget-eps", type=float, default=None, help="the dataset's privacy budget")
     s.add_argument("--delta", type=float, default=None, help="the dataset's delta")

@@ -10,6 +10,14 @@ from shared.display import escape
 from .config import SiteError, open_site
 
 
+def print_mock(meta) -> None:
+    """A DP mock's charge (the schema mock costs nothing: nothing to say)."""
+    m = meta.mock
+    if m.get("kind") == "dp":
+        print(f"  DP mock: eps={m['epsilon']:.3f} at delta={m['delta']:g} charged to "
+              f"{escape(meta.name)}'s budget (ledger entry {escape(m['ledger_entry'])}).")
+
+
 def print_replaced(report: dict) -> None:
     """What a new version changed: the spend that carries over, the models it withdrew."""
     name = escape(report["meta"].name)

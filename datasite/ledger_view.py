@@ -47,7 +47,9 @@ def render(rep: dict) -> str:
         lines.append("history:")
         for h in rep["history"]:
             lines.append(f"  {h['created_at'][:19]}  {h['request_id'][:8]}  {h['dataset']:<16} "
-                         f"{h['researcher']:<24} {h['state']:<9} eps={h['epsilon']:.3f}")
+                         f"{h['researcher'] or 'everyone (owner release)':<24} {h['state']:<9} "
+                         f"eps={h['epsilon']:.3f}"
+                         + (f"  {h['request_id']}" if h["request_id"].startswith("mock:") else ""))
     lines.append(f"audit log: {rep['audit']['detail']}")
     return "\n".join(lines)
 

@@ -22,6 +22,11 @@ to be statistically faithful: labels are drawn independently of the features.
 
 Labels are uniform over the declared classes (or follow their declared rates) and every class
 appears at least once.
+
+That is the default mock (``synthetic``). An owner may choose instead, for a table, a DP
+synthetic mock (``upload --mock dp``, :func:`dp_mock`): measured from the records with noise, so
+it keeps correlations and some label signal, and its privacy cost is charged to the dataset's
+budget (:mod:`datasite.mock_release`).
 """
 from __future__ import annotations
 
@@ -60,6 +65,14 @@ def synthetic_mock(meta: DatasetMeta, n: int | None = None, seed: int = 0):
     if meta.kind == TABLE:
         return _table_mock(meta, n, rng, rates)
     return _images_mock(meta, n, rng, rates)
+
+
+def dp_mock(meta: DatasetMeta, table: pd.DataFrame, epsilon: float, delta: float, n: int):
+    """(a DP synthetic mock of the real ``table``, the JSON of the DP event it spends): NOT a
+    function of the schema alone; see :mod:`shared.synth.copula`."""
+    from shared.synth import dp_copula_mock
+
+    return dp_copula_mock(table, meta, epsilon, delta, max(int(n), len(meta.labels)))
 
 
 def _shares(rates) -> np.ndarray:

@@ -27,6 +27,7 @@ from pathlib import Path
 from shared.data import DatasetMeta, published_description
 
 from .config import SiteError
+from .mock_release import build_mock, published, reserve_mock, settle
 from .states import Request
 from .storage import has_patient_ids, remove_private, removed_ids, write_private
 from .upload_checks import check_inputs, check_options
@@ -45,14 +46,17 @@ class DatasetsMixin:
                budget_epsilon: float | None = None, delta: float | None = None,
                replace: bool = False, sep: str | None = None, decimal: str | None = None,
                encoding: str | None = None, sheet: str | None = None,
-               id_column: str | None = None) -> DatasetMeta:
+               id_column: str | None = None, mock_epsilon: float | None = None) -> DatasetMeta:
         """Import real data, check it against the owner's public ``schema`` (a YAML path or a
         dict), publish the metadata and mock built from the schema alone. ``replace``: a new
         version of an existing dataset (see :meth:`replace_dataset`). ``sep``, ``decimal``,
         ``encoding``, ``sheet``: how the table file is written (sniffed when not given).
         ``id_column``: the table's patient-id column, kept privately to name records at
-        ``forget``; it is not a feature and never published (leave it out of the schema)."""
-        return self._import(dataset, replace, schema=schema, mock=mock, description=description,
+        ``forget``; it is not a feature and never published (leave it out of the schema).
+        ``mock``: ``synthetic`` (from the schema alone) or ``dp`` (a DP synthetic mock of the
+        table, ``mock_epsilon`` charged to the dataset's budget: :mod:`datasite.mock_release`)."""
+        return self._import(dataset, replace, schema=schema, mock=mock, mock_epsilon=mock_epsilon,
+                             description=description,
                              seed=seed, budget_epsilon=budget_epsilon, delta=delta, table=table,
                              label=label, images=images, labels=labels, npz=npz, sep=sep,
                              decimal=decimal, encoding=encoding, sheet=sheet,
@@ -67,11 +71,13 @@ class DatasetsMixin:
         return self._import(dataset, True, **upload_args)
 
     def _import(self, dataset: str, replace: bool, *, schema=None, mock: str = "synthetic",
-                description: str = "", seed: int = 0, budget_epsilon: float | None = None,
-                delta: float | None = None, **sources) -> dict:
+                mock_epsilon: float | None = None, description: str = "", seed: int = 0,
+                budget_epsilon: float | None = None, delta: float | None = None,
+                **sources) -> dict:
         check_options(sources.get("table"), sources.get("images"), sources.get("labels"),
                       sources.get("npz"), mock, budget_epsilon, delta,
-                      id_column=sources.get("id_column"), label=sources.get("label"))
+                      id_column=sources.get("id_column"), label=sources.get("label"),
+                      mock_epsilon=mock_epsilon)
         old = self.state.dataset(dataset)  # the owner's own tables: no login yet
         if replace:
             self._check_replaceable(dataset, old)
@@ -84,11 +90,43 @@ class DatasetsMixin:
                                                           sources)
         self._check_budget_fits(meta, budget_epsilon, delta)
         on_server = dataset in self._server_dataset_names()  # the first login
-        if replace:
-            return self._swap(old, meta, payload, mock_payload, budget_epsilon, delta, ids)
-        if on_server:
+        if on_server and not replace:
             raise SiteError(f"A dataset named {dataset!r} is already published on {self.name}; "
                             "choose another name.")
+        charge = None
+        if mock == "dp":  # reserved before it is measured; settled once published (or not)
+            charge, mock_payload = self._dp_mock(meta, payload, budget_epsilon, delta,
+                                                 mock_epsilon)
+        ok = False
+        try:
+            out = (self._swap(old, meta, payload, mock_payload, budget_epsilon, delta, ids)
+                   if replace else self._add(meta, payload, mock_payload, ids, budget_epsilon,
+                                             delta))
+            ok = True
+        finally:
+            settle(self.ledger, charge, ok)
+        if charge is not None:
+            out["spent"] = self._spent(dataset)
+        return out
+
+    def _dp_mock(self, meta: DatasetMeta, payload, budget_epsilon: float | None,
+                 delta: float | None, mock_epsilon: float):
+        """Reserve a DP mock's cost against the dataset's budget (set first, when the upload
+        gives one), then build it; the metadata says which mock it is."""
+        if budget_epsilon is not None:
+            self.ledger.set_budget(meta.name, budget_epsilon, delta)
+        charge = reserve_mock(self.ledger, meta, mock_epsilon)
+        try:
+            mock = build_mock(charge, payload, meta, min(meta.n_records, 2000))
+        except BaseException:
+            settle(self.ledger, charge, False)
+            raise
+        meta.mock = published(charge)
+        return charge, mock
+
+    def _add(self, meta: DatasetMeta, payload, mock_payload, ids, budget_epsilon, delta) -> dict:
+        """Write and publish a new dataset; on any failure, undo."""
+        dataset = meta.name
         path = write_private(self.home.private, meta, payload, ids)
         try:
             self._publish(meta, mock_payload)

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import SiteError
 from .ingest_checks import IngestError, existing_file
 from .ingest_ids import check_id_column
+from .mock_release import check_mock_options
 
 # as datasite.ingest_table reads them (not imported from there: pandas would slow this down)
 TEXT_TABLES = (".csv", ".tsv", ".tab", ".txt")  # also gzip-compressed: .csv.gz, ...
@@ -80,7 +81,7 @@ def _check_table_file(p: Path) -> None:
 
 
 def check_options(table, images, labels, npz, mock, budget_epsilon, delta, *,
-                  id_column=None, label=None) -> None:
+                  id_column=None, label=None, mock_epsilon=None) -> None:
     """The upload's options fit together (one source, a known mock, a whole budget, an id
     column only for a table and not its label)."""
     if len([x for x in (table, images, npz) if x]) != 1:
@@ -88,8 +89,7 @@ def check_options(table, images, labels, npz, mock, budget_epsilon, delta, *,
     if id_column is not None and not table:
         raise SiteError("--id-column applies to tables only (--table FILE); drop it.")
     check_id_column(id_column, label)
-    if mock != "synthetic":
-        raise SiteError(f"Unknown mock kind {mock!r}; the only one is 'synthetic'.")
+    check_mock_options(mock, mock_epsilon, bool(table))
     if (budget_epsilon is None) != (delta is None):
         raise SiteError("Give both --budget-eps and --delta (or neither, and set the budget "
                         "later with `datasite budget`).")

@@ -41,6 +41,10 @@ class DatasetMeta:
     # the owner's declared class shares, in ``labels`` order (empty: none declared); they shape
     # the mock only and are public by declaration (shared/schema.py)
     label_rates: list[float] = field(default_factory=list)
+    # which mock is published: {"kind": "synthetic", "epsilon": 0.0} (drawn from the schema
+    # alone) or {"kind": "dp", "epsilon", "delta", "ledger_entry"} (a DP synthetic mock whose
+    # cost is charged to the dataset's budget; datasite.mock_release)
+    mock: dict = field(default_factory=lambda: {"kind": "synthetic", "epsilon": 0.0})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -12,6 +12,7 @@ from .base import DEFAULT_METRICS_EPSILON, JobSpec, check_training_size, registe
 from .tuning import check_tuning, is_tuned, trial_spec
 
 MODELS = ("logreg", "mlp")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 def n_model_inputs(meta: DatasetMeta) -> int:
@@ -33,6 +34,18 @@ class DPSGDTableSpec(JobSpec):
     (:mod:`shared.privacy.private_metrics`), composed onto the price; 0 = no metrics.
     ``tail_average``: release the mean of the weights over the last half of the steps
     (post-processing: no privacy cost; False = the last iterate).
+
+    ``class_weights``: "none", or "balanced": each record's loss is weighted proportionally to
+    1 / (K rate_k), rate_k its class's rate as the owner DECLARED it in the schema
+    (``meta.label_rates``; public), never the realised class counts (a statistic of the
+    records); scaled so the rarest class has weight 1 (weights above 1 would be undone by the
+    clipping: :func:`shared.training.table.class_weights`). Without declared rates "balanced"
+    would be uniform weights -- it would change nothing -- so it is refused. The weighted
+    per-sample gradient is still clipped to ``clip_norm`` before the noise, so the
+    sensitivity, the noise and the price are those of the unweighted job.
+    ``metrics_auc``: also release the test AUC (binary; macro one-vs-rest for K > 2) from a
+    noisy (true class x score bin) histogram (:mod:`shared.privacy.private_auc`): one more
+    Gaussian event at the metrics sigma, composed onto the price (needs ``metrics_epsilon`` > 0).
 
     Hyperparameter selection (Papernot & Steinke 2022; docs/hyperparameter_tuning.md):
     ``tuning_trials`` (0 = none) is the mean of the secret number K of trials, drawn from a
@@ -70,6 +83,8 @@ class DPSGDTableSpec(JobSpec):
     candidates: list = field(default_factory=list)  # [{"learning_rate": 0.5}, ...]: tuning
     tuning_trials: float = 0.0  # mean number of trials (0: no tuning)
     tuning_shape: float = 1.0  # shape of K's distribution (shared.privacy.tuning.DEFAULT_SHAPE)
+    class_weights: str = "none"  # "none" | "balanced" (from the declared label rates)
+    metrics_auc: bool = False  # also release a DP test AUC (priced: one more histogram)
 
     # -- validation ----------------------------------------------------------------------------
     def _check_spec(self) -> None:
@@ -83,6 +98,21 @@ class DPSGDTableSpec(JobSpec):
         self._check_test_fraction()
         self._check_metrics_epsilon()
         check_tuning(self)
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise SpecError(f"class_weights must be one of {list(CLASS_WEIGHTS)}, "
+                            f"got {brief(self.class_weights)}")
+        self._check_metrics_auc()
+
+    def _check_metrics_auc(self) -> None:
+        if not self.metrics_auc:
+            return
+        if not self.metrics_epsilon or self.test_fraction <= 0:
+            raise SpecError("metrics_auc needs private test metrics: set metrics_epsilon > 0 "
+                            "and test_fraction > 0, or metrics_auc=False")
+        if is_tuned(self):
+            raise SpecError("metrics_auc is not available with hyperparameter tuning "
+                            "(tuning_trials > 0) yet: the selection is priced for one metrics "
+                            "histogram per trial; set metrics_auc=False")
 
     def _rounds_priced(self) -> int:
         """How many times the schedule runs (a federated schedule prices all its rounds)."""
@@ -108,7 +138,7 @@ class DPSGDTableSpec(JobSpec):
         """DP-SGD composed with the DP test metrics (``metrics_epsilon``); for a tuned job, the
         (RDP epsilon, delta) of selecting the best of its trials."""
         from ..privacy.accounting import dpsgd_event
-        from ..privacy.private_metrics import metrics_sigma, with_metrics
+        from ..privacy.private_metrics import histograms_per_release, metrics_sigma, with_metrics
         from ..privacy.tuning import priced_event, trial_event
         from ..targets import noise_multiplier, tuned_noise_multiplier
         from ..training.engine import poisson_schedule
@@ -117,7 +147,8 @@ class DPSGDTableSpec(JobSpec):
                                     self.batch_for(meta), self.epochs)
         m_sigma = metrics_sigma(self)
         if not is_tuned(self):
-            return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps), m_sigma)
+            return with_metrics(dpsgd_event(q, noise_multiplier(self, q, steps), steps), m_sigma,
+                                histograms=histograms_per_release(self))
         sigma = tuned_noise_multiplier(self, q, steps, m_sigma)
         return priced_event(trial_event(q, sigma, steps, m_sigma), self.tuning_trials,
                             self.tuning_shape, self.delta)
@@ -131,7 +162,8 @@ class DPSGDTableSpec(JobSpec):
         # Public label set and column declarations from the metadata, never from the records.
         return train(data, self.resolved(meta), progress=progress, classes=meta.labels or None,
                      feature_scales=meta.feature_scales or None,
-                     feature_bounds=declared_bounds(meta), columns=meta.columns or None)
+                     feature_bounds=declared_bounds(meta), columns=meta.columns or None,
+                     label_rates=meta.label_rates or None)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != TABLE:
@@ -141,6 +173,7 @@ class DPSGDTableSpec(JobSpec):
         if self.label != meta.label:
             raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                             f"not {self.label!r}")
+        self._check_class_weights(meta)
         batch = self.batch_for(meta)
         n = check_training_size(meta.n_records, self.test_fraction, self.delta, batch)
         bounds.check_sample_rate(n, batch, self.KIND)
@@ -151,3 +184,19 @@ class DPSGDTableSpec(JobSpec):
             bounds.check_model_size(bounds.table_params(spec.model, n_model_inputs(meta),
                                                         len(meta.labels), spec.hidden),
                                     batch, f"model {spec.model!r}")
+
+    def _check_class_weights(self, meta: DatasetMeta) -> None:
+        """"balanced" needs one declared rate > 0 per class (weights 1 / (K rate_k))."""
+        if self.class_weights != "balanced":
+            return
+        rates = list(meta.label_rates or [])
+        if not rates:
+            raise SpecError(f"class_weights='balanced' needs the label's class rates, and "
+                            f"dataset {meta.name!r} declares none: the owner declares them in "
+                            "the schema (label: {..., rates: [0.9, 0.1]}; public by "
+                            "declaration). Without them the weights would be uniform (no "
+                            "change): use class_weights='none'")
+        if len(rates) != len(meta.labels) or not all(r > 0 for r in rates):
+            raise SpecError(f"class_weights='balanced' needs one declared rate > 0 per class; "
+                            f"dataset {meta.name!r} declares {rates} for classes "
+                            f"{list(meta.labels)}: use class_weights='none'")

@@ -71,11 +71,13 @@ class FedScheduleSpec(DPSGDTableSpec):
         """The event of the first ``rounds`` rounds (what a site commits when it stops early):
         their DP-SGD steps and their DP metric releases (one per round, noise priced for R)."""
         from ..privacy.accounting import dpsgd_event
-        from ..privacy.private_metrics import metrics_sigma, with_metrics
+        from ..privacy.private_metrics import histograms_per_release, metrics_sigma, \
+            with_metrics
 
         q, steps, sigma = self._schedule(meta)
         return with_metrics(dpsgd_event(q, sigma, steps * rounds),
-                            metrics_sigma(self, self.rounds), rounds)
+                            metrics_sigma(self, self.rounds), rounds,
+                            histograms=histograms_per_release(self))
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
         """Run round ``self.round`` from ``init_state``; the privacy report is this round's.
@@ -93,7 +95,8 @@ class FedScheduleSpec(DPSGDTableSpec):
             feature_scales=meta.feature_scales or None, feature_bounds=declared_bounds(meta),
             columns=meta.columns or None, noise_multiplier=sigma,
             init_state=init, sampling_seed=self.seed + 7919 * self.round,
-            metrics_releases=self.rounds, metrics_index=self.round)
+            metrics_releases=self.rounds, metrics_index=self.round,
+            label_rates=meta.label_rates or None)
         result["round"] = self.round
         result["rounds"] = self.rounds
         return result

@@ -17,12 +17,14 @@ below 1): each record's train/test side is drawn on its own
 records, not public, and nothing is projected onto it. The ``n_train``/``n_test`` reported are the
 planned, public counts (``shared.data.n_train_records``), not the realised ones.
 
+AUC on private records only when asked (``metrics_auc``): the exact AUC's sensitivity is
+about 1/min(class size), data-dependent, so it is computed from a second noisy histogram, of
+(true class x score bin) (:mod:`shared.privacy.private_auc`), at the same sigma: one more
+Gaussian event per release (``histograms=2`` below), so the job costs more than without it.
 Not released on private records: train accuracy (a second release from the training records,
-on top of DP-SGD, for a number the test accuracy already answers) and AUC (its sensitivity is
-about 1/min(class size), data-dependent; a DP version needs a binned score histogram whose many
-cells make accuracy noisier at the same price). Both are computed exactly on the mock
-(``run_on_mock``), labelled as such; with more than two classes the mock's AUC is the macro
-average of one-vs-rest AUCs (``test_auc_average``).
+on top of DP-SGD, for a number the test accuracy already answers). Train accuracy and AUC are
+computed exactly on the mock (``run_on_mock``), labelled as such; with more than two classes
+the AUC is the macro average of one-vs-rest AUCs (``test_auc_average``).
 
 Noise comes from :func:`shared.randomness.secret_seed` (the OS; pinned only in tests/mock runs).
 """
@@ -37,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from ..randomness import secret_seed
+from .private_auc import release_auc
 
 MECHANISM = "noisy_class_x_correct_histogram"
 GAUSSIAN, LAPLACE = "gaussian", "laplace"
@@ -89,7 +92,9 @@ def noise_multiplier(metrics_epsilon: float, delta: float, releases: int = 1) ->
 
 
 def event(sigma: float, releases: int = 1, mechanism: str = GAUSSIAN):
-    """The DpEvent of ``releases`` histogram releases at noise scale ``sigma`` (None if none)."""
+    """The DpEvent of ``releases`` histogram releases at noise scale ``sigma`` (None if none).
+    Each is one Gaussian at noise multiplier ``sigma``: its cells' noise std is sigma times the
+    histogram's L2 sensitivity."""
     import dp_accounting
 
     if releases < 1 or not sigma:
@@ -111,30 +116,46 @@ def metrics_sigma(spec, releases: int = 1, mechanism: str = GAUSSIAN) -> float |
 
 
 def with_metrics(training_event, sigma: float | None, releases: int = 1,
-                 mechanism: str = GAUSSIAN):
+                 mechanism: str = GAUSSIAN, histograms: int = 1):
     """The job's event: training composed with its metric releases (sequential composition,
-    an upper bound whichever side of the split a record is on)."""
+    an upper bound whichever side of the split a record is on). ``histograms``: histograms per
+    release (2 with ``metrics_auc``: accuracy and score histograms, each a Gaussian at
+    ``sigma``), so ``releases * histograms`` Gaussian events in all."""
     import dp_accounting
 
-    m = event(sigma, releases, mechanism) if sigma else None
+    m = _metrics_event(sigma, releases, mechanism, histograms)
     return training_event if m is None else dp_accounting.ComposedDpEvent([training_event, m])
 
 
+def histograms_per_release(spec) -> int:
+    """How many noisy histograms one metrics release of ``spec`` makes (2 with AUC)."""
+    return 2 if getattr(spec, "metrics_auc", False) else 1
+
+
+def _metrics_event(sigma, releases: int, mechanism: str, histograms: int):
+    if histograms < 1 or (histograms > 1 and mechanism != GAUSSIAN):
+        raise ValueError("the AUC histogram is priced for Gaussian metrics only")
+    return event(sigma, releases * histograms, mechanism) if sigma else None
+
+
 def privacy_report(training_event, sigma: float | None, releases: int, delta: float,
-                   done: int | None = None, mechanism: str = GAUSSIAN) -> dict:
+                   done: int | None = None, mechanism: str = GAUSSIAN,
+                   histograms: int = 1) -> dict:
     """The job's privacy report over training + metrics, with each part's share beside it.
-    ``done``: metric releases actually made (default ``releases``)."""
+    ``done``: metric releases actually made (default ``releases``); ``histograms``: per
+    release (:func:`with_metrics`)."""
     from .accounting import epsilon, event_to_json
     from .reporting import privacy_report as report
 
     done = releases if done is None else done
-    out = report(with_metrics(training_event, sigma, done, mechanism), delta)
-    m = event(sigma, done, mechanism) if sigma else None
+    out = report(with_metrics(training_event, sigma, done, mechanism, histograms), delta)
+    m = _metrics_event(sigma, done, mechanism, histograms)
     out["training_epsilon"] = epsilon(training_event, delta) if m is not None else out["epsilon"]
     out["training_event"] = event_to_json(training_event)
     out["metrics"] = ({"mechanism": None, "releases": 0} if m is None else
                       {"mechanism": MECHANISM, "noise": mechanism, "noise_scale": float(sigma),
-                       "releases": int(done), "epsilon": epsilon(m, delta),
+                       "releases": int(done), "histograms_per_release": int(histograms),
+                       "epsilon": epsilon(m, delta),
                        "event": event_to_json(m)})
     return out
 
@@ -142,10 +163,12 @@ def privacy_report(training_event, sigma: float | None, releases: int, delta: fl
 # -- release -----------------------------------------------------------------------------------
 def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: float | None, *,
             stream: Sequence[int], n_train: int | None = None, n_test: int | None = None,
-            mock_extras=None, mechanism: str = GAUSSIAN) -> dict:
+            mock_extras=None, mechanism: str = GAUSSIAN, probs: np.ndarray | None = None) -> dict:
     """Metrics of predictions ``pred`` against labels ``y_true`` (class indices) of the held-out
     split: DP at noise scale ``sigma`` (stream ``stream`` of secret_seed), none if ``sigma`` is
     None, exact under :func:`mock_evaluation` (then ``mock_extras()`` adds train accuracy, AUC).
+    ``probs``: the predicted probabilities (N x K), given to release the DP AUC too
+    (:func:`shared.privacy.private_auc.release_auc`, priced as a second histogram).
     ``n_train``, ``n_test``: the planned (public) split sizes, reported as such; the realised
     sizes are never released (``n_test`` defaults to the realised size only on the mock)."""
     y_true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
@@ -189,6 +212,10 @@ def release(y_true: np.ndarray, pred: np.ndarray, classes: Sequence, sigma: floa
                * (math.sqrt(2) if mechanism == LAPLACE else 1.0),
                noisy_counts={str(c): {"correct": float(noisy[i, 1]), "wrong": float(noisy[i, 0])}
                              for i, c in enumerate(classes)})
+    if probs is not None:
+        if mechanism != GAUSSIAN:
+            raise ValueError("the DP AUC is released with Gaussian noise only")
+        out.update(release_auc(y_true, probs, classes, sigma, stream=stream))
     return out
 
 

@@ -6,6 +6,9 @@ and the test metrics, released through the priced Gaussian histogram of
 
 Training runs through the one DP-SGD engine, :class:`shared.training.engine.DPTrainer`, with
 every training record at the planned rate q and the planned expected batch size q * n_planned.
+Class weights (``class_weights="balanced"``) scale each record's loss by a public weight of its
+class (from the declared label rates); the engine clips the weighted per-sample gradient to
+``clip_norm`` before the noise, so the sensitivity -- and the price -- do not change.
 """
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from ..data import n_train_records
 from ..privacy.accounting import dpsgd_event
-from ..privacy.private_metrics import NOISE_STREAM, metrics_sigma, release
+from ..privacy.private_metrics import NOISE_STREAM, histograms_per_release, metrics_sigma, \
+    release
 from ..privacy.private_metrics import privacy_report as metrics_report
 from ..targets import noise_multiplier as target_noise_multiplier
 from .device import default_device
@@ -58,7 +63,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                       noise_multiplier: float | None = None,
                       init_state: dict | None = None,
                       sampling_seed: int | None = None,
-                      metrics_releases: int = 1, metrics_index: int = 0) -> dict:
+                      metrics_releases: int = 1, metrics_index: int = 0,
+                      label_rates: Sequence[float] | None = None) -> dict:
     """Train ``spec`` (a validated DPSGDTableSpec) on ``df``; return model, metrics, privacy.
 
     ``classes``: the public label set (DatasetMeta.labels); if None, the sorted labels in ``df``.
@@ -69,6 +75,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     ``sampling_seed``: seed of batch sampling and noise (default ``spec.seed``);
     ``metrics_releases``: how many metric releases the schedule's metric noise is priced for
     (its rounds), ``metrics_index``: which one this is (names the noise stream).
+    ``label_rates``: the declared class rates (``meta.label_rates``, in ``classes`` order), which
+    ``spec.class_weights="balanced"`` weights the loss by (:func:`class_weights`).
     Under ``pinned_randomness`` the same spec, data and device give the same model.
     """
     if spec.batch_size < 1:  # 0 = "from the public count": only the metadata may choose it
@@ -87,9 +95,11 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
              else float(noise_multiplier))
 
     model = _initial_model(spec, X.shape[1], len(classes), init_state)  # one-hot: > len(cols)
+    weights = class_weights(getattr(spec, "class_weights", "none"), label_rates, len(classes))
     trainer = DPTrainer(model, clip_norm=spec.clip_norm, noise_multiplier=sigma,
                         learning_rate=spec.learning_rate, device=device,
-                        seed=spec.seed if sampling_seed is None else sampling_seed)
+                        seed=spec.seed if sampling_seed is None else sampling_seed,
+                        loss_fn=None if weights is None else weighted_cross_entropy(weights))
     # every training record at the planned rate; "mean" divides by the planned expected batch
     # size q * n_train, never by a function of the realised split or the realised batch
     average = TailAverage(model, steps) if getattr(spec, "tail_average", False) else None
@@ -103,7 +113,9 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
     # The guarantee is for the schedule actually executed, counted step by step.
     event = dpsgd_event(q, sigma, done)
     m_sigma = metrics_sigma(spec, metrics_releases)
-    privacy = metrics_report(event, m_sigma, 1, spec.delta)
+    auc = getattr(spec, "metrics_auc", False)
+    privacy = metrics_report(event, m_sigma, 1, spec.delta,
+                             histograms=histograms_per_release(spec))
     privacy.update(noise_multiplier=sigma, sample_rate=q, steps=done, clip_norm=spec.clip_norm,
                    expected_batch_size=q * n_train)
 
@@ -115,7 +127,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
         "model_config": config,
         # DP (priced above), or exact only on the public mock (shared.privacy.private_metrics)
         "metrics": _metrics(model, X, y, tr, te, classes, m_sigma,
-                            (spec.seed, NOISE_STREAM, metrics_index), n_train),
+                            (spec.seed, NOISE_STREAM, metrics_index), n_train, auc),
         "privacy": privacy,
     }
 
@@ -163,10 +175,42 @@ def _initial_model(spec, n_features: int, n_classes: int, init_state: dict | Non
     return model
 
 
-def _metrics(model, X, y, tr, te, classes, sigma, stream, n_planned) -> dict:
-    """The released test metrics: a DP histogram, exact extras on the public mock only."""
+def class_weights(mode: str, label_rates: Sequence[float] | None,
+                  n_classes: int) -> torch.Tensor | None:
+    """Per-class loss weights: None for "none"; for "balanced" proportional to 1 / (K rate_k)
+    from the DECLARED rates (public), never from the records' class counts (a statistic of
+    private data), scaled so that the largest weight is 1 (= rate_min / rate_k).
+
+    Why scaled: the engine clips each record's weighted gradient to clip_norm, so a weight
+    above 1 is mostly undone by the clipping (the minority's gradients are already near the
+    bound), while weights <= 1 keep their ratio (measured: benchmarks/class_weights.py)."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weights must be 'none' or 'balanced', got {mode!r}")
+    rates = np.asarray(label_rates if label_rates is not None else [], dtype=np.float64)
+    if rates.shape != (n_classes,) or not np.all(rates > 0):
+        raise ValueError(f"class_weights='balanced' needs one declared rate > 0 per class "
+                         f"({n_classes}), got {list(rates)}: the owner declares label rates "
+                         "in the schema")
+    balanced = 1.0 / (n_classes * rates)
+    return torch.tensor(balanced / balanced.max(), dtype=torch.float32)
+
+
+def weighted_cross_entropy(weights: torch.Tensor):
+    """Per-record cross entropy times its class's weight (the engine clips each record's
+    gradient of this weighted loss to clip_norm, so the weights cannot raise the sensitivity)."""
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=weights.to(logits.device), reduction="none")
+    return loss
+
+
+def _metrics(model, X, y, tr, te, classes, sigma, stream, n_planned, auc: bool) -> dict:
+    """The released test metrics: DP histograms (class x correct; with ``auc`` also class x
+    score bin), exact extras on the public mock only."""
     p = predict_probs(model, torch.from_numpy(X))
     pred = p[te].argmax(1) if len(te) else np.zeros(0, dtype=int)
+    probs = (p[te] if len(te) else np.zeros((0, len(classes)))) if auc else None
     return release(y[te], pred, classes, sigma, stream=stream, n_train=n_planned,
                    n_test=len(y) - n_planned,
-                   mock_extras=lambda: mock_extras(p, y, tr, te, classes))
+                   mock_extras=lambda: mock_extras(p, y, tr, te, classes), probs=probs)

@@ -28,27 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def messy_export(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
-    """A cohort with a learnable outcome, written as a hospital export (returns the frame)."""
-    rng = np.random.default_rng(seed)
-    age = rng.integers(25, 90, n)
-    sex = rng.choice(["F", "M"], n)
-    grade = rng.choice(["I", "II", "III"], n, p=[0.3, 0.45, 0.25])
-    crp = np.round(rng.gamma(2.0, 12.0, n), 1)
-    admitted = pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 3000, n), "D")
-    risk = (0.05 * (age - 60) + 0.9 * (grade == "III") - 0.4 * (grade == "I")
-            + 0.03 * (crp - 24) + 0.3 * (sex == "M") - 1.0)
-    dead = rng.random(n) < 1 / (1 + np.exp(-risk))
-    df = pd.DataFrame({
-        "patient_id": [f"{i:06d}" for i in rng.permutation(n) + 1],
-        "sex": sex, "age": age, "grade": grade,
-        "crp": np.where(rng.random(n) < 0.17, np.nan, crp),
-        "admitted": admitted.strftime("%d/%m/%Y"),
-        "outcome": np.where(dead, "dead", "alive")})
-    df.to_csv(path, sep=";", decimal=",", index=False, encoding="utf-8-sig")
-    return df
-
-
 def baseline(path: Path, seed: int = 0) -> tuple[float, float, float]:
     """(seconds, accuracy, majority rate): non-private scikit-learn on the raw file."""
     from sklearn.compose import ColumnTransformer
@@ -65,7 +44,7 @@ def baseline(path: Path, seed: int = 0) -> tuple[float, float, float]:
     y = (df.pop("outcome") == "dead").to_numpy()
     df = df.drop(columns=["patient_id"])
     pre = ColumnTransformer([
-        ("cat", OneHotEncoder(), ["sex", "grade"]),
+        ("cat", OneHotEncoder(), ["sex", "grade", "smoker"]),
         ("num", make_pipeline(SimpleImputer(add_indicator=True), StandardScaler()),
          ["age", "crp", "admitted"])])
     Xtr, Xte, ytr, yte = train_test_split(df, y, test_size=0.2, random_state=seed)
@@ -89,12 +68,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import researcher
+    from datasite.demo_data import write_messy_export
     from datasite.lifecycle import free_port
     from researcher import jobs
 
     work = Path(tempfile.mkdtemp(prefix="raw-export-"))
     export, schema, pw = work / "export.csv", work / "cohort.schema.yaml", work / "alice.pw"
-    messy_export(export, args.records)
+    write_messy_export(export, args.records)
     pw.write_text("alice-benchmark-password\n")
     home = str(work / "site")
     steps: list[tuple[str, float]] = []

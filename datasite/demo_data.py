@@ -8,6 +8,10 @@
   PneumoniaMNIST (label 0 normal, 1 pneumonia; optionally 2 pleural effusion).
 * :func:`write_images_folder`: an images payload as a folder of PNGs plus ``labels.csv``
   (``filename,label``), the layout ``datasite upload --images DIR --labels labels.csv`` reads.
+* :func:`write_messy_export`: a synthetic cohort written the way hospital systems export
+  tables (semicolons, decimal commas, a BOM, patient ids with leading zeros, string categories,
+  yes/no flags, a lab value missing for 17% of patients, day-first dates, a string label,
+  optionally an outcome-after-baseline column that leaks the label and unlabelled records).
 """
 from __future__ import annotations
 
@@ -256,3 +260,51 @@ def write_images_folder(folder, payload: dict, fmt: str = "png") -> Path:
     out = folder / "labels.csv"
     pd.DataFrame({"filename": names, "label": labels.astype(np.int64)}).to_csv(out, index=False)
     return out
+
+
+# -- a messy hospital export -----------------------------------------------------------------
+OUTCOMES = ("alive", "readmitted", "dead")
+
+
+def messy_cohort(n: int, seed: int = 0, classes: int = 2, leak: bool = False,
+                 unlabelled: float = 0.0) -> pd.DataFrame:
+    """A cohort with a learnable outcome (``classes`` of :data:`OUTCOMES`: 2 = alive/dead),
+    as raw export columns: ``patient_id`` (text, leading zeros), ``sex`` F/M, ``age``,
+    ``grade`` I/II/III, ``smoker`` yes/no, ``crp`` (17% missing), ``admitted`` (dd/mm/yyyy),
+    ``outcome``; ``leak``: a ``cause_of_death`` column recorded after the outcome (it gives
+    the label away); ``unlabelled``: the share of records whose outcome is blank."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(25, 90, n)
+    sex = rng.choice(["F", "M"], n)
+    grade = rng.choice(["I", "II", "III"], n, p=[0.3, 0.45, 0.25])
+    smoker = rng.random(n) < 0.3
+    crp = np.round(rng.gamma(2.0, 12.0, n), 1)
+    admitted = pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 3000, n), "D")
+    risk = (0.05 * (age - 60) + 0.9 * (grade == "III") - 0.4 * (grade == "I")
+            + 0.03 * (crp - 24) + 0.3 * (sex == "M") + 0.5 * smoker - 1.0)
+    u = rng.random(n)
+    if classes == 2:
+        outcome = np.where(u < 1 / (1 + np.exp(-risk)), "dead", "alive")
+    else:  # ordinal: higher risk, further along alive -> readmitted -> dead (55/25/20%)
+        z = 2 * risk + rng.logistic(size=n)
+        cut = np.quantile(z, [0.55, 0.8])
+        outcome = np.select([z < cut[0], z < cut[1]], ["alive", "readmitted"], "dead")
+    df = pd.DataFrame({
+        "patient_id": [f"{i:06d}" for i in rng.permutation(n) + 1],
+        "sex": sex, "age": age, "grade": grade, "smoker": np.where(smoker, "yes", "no"),
+        "crp": np.where(rng.random(n) < 0.17, np.nan, crp),
+        "admitted": admitted.strftime("%d/%m/%Y"), "outcome": outcome.astype(object)})
+    if leak:
+        df.insert(7, "cause_of_death", np.where(
+            df["outcome"] == "dead", rng.choice(["cardiac", "sepsis", "cancer"], n), "none"))
+    if unlabelled:
+        df.loc[rng.random(n) < unlabelled, "outcome"] = None
+    return df
+
+
+def write_messy_export(path, n: int, seed: int = 0, **cohort) -> pd.DataFrame:
+    """:func:`messy_cohort` written as a hospital export (``;``, decimal commas, UTF-8 BOM);
+    returns the frame."""
+    df = messy_cohort(n, seed, **cohort)
+    df.to_csv(path, sep=";", decimal=",", index=False, encoding="utf-8-sig")
+    return df

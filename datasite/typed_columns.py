@@ -216,7 +216,7 @@ def _finish(values: np.ndarray, spec: dict, c: str) -> tuple[pd.Series | None, l
                          f"[{lo}, {hi}] are kept but clipped to them inside every job")
     if nan.any():
         notes.append(f"column {c!r}: {int(nan.sum())} missing values kept as missing (NaN); "
-                     "jobs fill them with the declared midpoint")
+                     "jobs fill them with the declared midpoint and add a missing indicator")
     return pd.Series(values).astype(dtype_of(spec)), [], notes
 
 

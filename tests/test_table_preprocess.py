@@ -261,3 +261,19 @@ def test_removal_and_dpal_map_the_schema_the_same_way():
     got = predict_proba(torch_model, config, df)
     want = removal_proba(model, make_features(df[cols].to_numpy(), pipeline))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_declared_date_is_a_scaled_number_and_keeps_the_schema_map():
+    """A date column (float days since its origin, bounds in days) must not drop the whole
+    table back to the older bounds-only map (categories would lose their one-hot)."""
+    schema = {"kind": "table", "records": 10, "label": {"column": "y", "classes": [0, 1]},
+              "columns": {"admitted": {"type": "date", "origin": "2000-01-01",
+                                       "bounds": ["2015-01-01", "2024-01-01"]},
+                          "grade": {"type": "category", "categories": GRADES}}}
+    meta = meta_from_schema(schema, "dated")
+    assert feature_names(meta) == ["admitted", "grade=I", "grade=II", "grade=III"]
+    lo, hi = meta.columns["admitted"]["bounds"]
+    df = pd.DataFrame({"admitted": [lo, (lo + hi) / 2, hi + 400], "grade": [0, 1, 2],
+                       "y": [0, 1, 0]})
+    X = model_inputs(df, meta)
+    np.testing.assert_allclose(X["admitted"], [-1, 0, 1])

@@ -146,7 +146,9 @@ def column_declaration(name: str, decl: dict) -> dict | None:
         if decl.get("names"):
             out["names"] = [str(v) for v in decl["names"]]
         return out
-    bounds = [0.0, 1.0] if t == "bool" else decl.get("bounds") if t in ("float", "int") else None
+    # a date is stored as float days since its origin, its bounds in days (shared.dates)
+    bounds = ([0.0, 1.0] if t == "bool"
+              else decl.get("bounds") if t in ("float", "int", "date") else None)
     try:
         lo, hi = float(bounds[0]), float(bounds[1])
     except (TypeError, ValueError, IndexError):
@@ -190,7 +192,7 @@ def schema_transformer(decls: Sequence[dict]):
 
     * category -> one-hot over the declared codes (``OneHotEncoder(categories=...)``); a code
       not declared, or a missing one, -> all zeros;
-    * float / int / bool -> clipped to the declared bounds, scaled to [-1, 1]
+    * float / int / date (days) / bool -> clipped to the declared bounds, scaled to [-1, 1]
       (:func:`bounds_scale`; a bool is 0/1 with bounds [0, 1], so -1 / 1); a missing value ->
       the declared midpoint (0);
     * ``missing: true`` -> also an indicator (1 = missing, else 0) right after the column.

@@ -86,3 +86,20 @@ def live_site(request, tmp_path_factory, demo_files):
         yield site
     finally:
         site.down()
+
+
+class NoLogin(Exception):
+    """Raised by :func:`no_login`: the site was logged into."""
+
+
+def _no_login(self):
+    raise NoLogin("the site was logged into before the input was checked")
+
+
+@pytest.fixture()
+def no_login(monkeypatch):
+    """Logging into any OwnerSite raises NoLogin: checks that must come before the (slow)
+    login are shown to."""
+    from datasite.owner import OwnerSite
+
+    monkeypatch.setattr(OwnerSite, "client", property(_no_login))

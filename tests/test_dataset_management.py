@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import RESEARCHER, free_port, make_site
+from conftest import RESEARCHER, NoLogin, free_port, make_site
 from datasite import cli
 from datasite.config import SiteError, init_site
 from datasite.demo_data import breast_cancer_schema, write_breast_cancer_csv
@@ -20,18 +20,9 @@ from datasite.ingest_checks import IngestError
 from datasite.owner import OwnerSite
 
 
-class NoLogin(Exception):
-    pass
-
-
-def _no_login(self):
-    raise NoLogin("the site was logged into before the input was checked")
-
-
 @pytest.fixture()
-def offline(tmp_path, monkeypatch):
+def offline(tmp_path, no_login):
     """An initialised site that is not running; logging into it raises NoLogin."""
-    monkeypatch.setattr(OwnerSite, "client", property(_no_login))
     home = init_site("offline", home=tmp_path / "offline", port=free_port())
     csv = write_breast_cancer_csv(tmp_path / "bc.csv")
     return OwnerSite(home), csv, tmp_path / "bc.schema.yaml"
@@ -234,7 +225,10 @@ def test_cli_users_add_refuses_before_asking_for_a_password(offline, monkeypatch
     site, csv, _ = offline
     _registered_dataset(site, csv)
     site.state.add_dataset("nobudget", "table", site.state.dataset("bc")["meta_json"], "/x")
-    monkeypatch.setattr(cli.getpass, "getpass", _no_login)
+    def no_prompt(*_):
+        raise NoLogin("the password was asked for before the options were checked")
+
+    monkeypatch.setattr(cli.getpass, "getpass", no_prompt)
     rc = cli.main(["users", "add", "offline", "bob@uni.edu", "--dataset", "nobudget",
                    "--budget-eps", "1", "--home", str(site.home.root)])
     assert rc == 2 and "has no budget of its own" in capsys.readouterr().err

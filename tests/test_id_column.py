@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import researcher
-from conftest import RESEARCHER, free_port, make_site
+from conftest import RESEARCHER, NoLogin, free_port, make_site
 from datasite import cli
 from datasite.config import SiteError, init_site
 from datasite.demo_data import breast_cancer_frame, breast_cancer_schema, write_schema
@@ -60,18 +60,9 @@ def id_feature_schema(records: int = N) -> dict:
 
 
 # -- no server: reading, checks before the login, the draft, forget's resolution ---------------
-class NoLogin(Exception):
-    pass
-
-
-def _no_login(self):
-    raise NoLogin("the site was logged into before the input was checked")
-
-
 @pytest.fixture()
-def offline(tmp_path, monkeypatch):
+def offline(tmp_path, no_login):
     """An initialised site that is not running; logging into it raises NoLogin."""
-    monkeypatch.setattr(OwnerSite, "client", property(_no_login))
     home = init_site("offline", home=tmp_path / "offline", port=free_port())
     ids = patient_ids(N)
     csv = write_table(tmp_path / "ids.csv", ids)

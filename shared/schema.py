@@ -47,8 +47,8 @@ declared order plus their names (``names``), so the stored table and every job s
 the names are published with the schema. ``missing: true`` lets a column hold missing values:
 they are stored as NaN (the column as float64); table jobs fill them with the declared midpoint
 and add a missing-indicator input (``shared.training.preprocess``, which also one-hot encodes
-categories over the declared codes); statistics queries drop them. This module does not
-import syft, ``datasite`` or ``researcher``.
+categories over the declared codes); statistics queries drop them. No syft, ``datasite``
+or ``researcher`` import here.
 """
 from __future__ import annotations
 

@@ -70,6 +70,93 @@ def test_features_are_per_record_normalised_and_deterministic(name, cxr28):
     assert np.abs(f[0] - f[1]).max() > 1e-3
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (16, 16), (28, 28), (32, 32), (64, 64), (28, 40),
+                                   (13, 9), (20, 20, 3)])
+def test_scatter_works_at_small_and_non_square_sizes(shape):
+    from shared.jobs.bounds import backbone_dim
+    from shared.training.backbones import extract_features, feature_dim
+
+    imgs = np.random.default_rng(1).integers(0, 256, (5, *shape), dtype=np.uint8)
+    f = extract_features(imgs, "scatter", device="cpu", batch_size=2)
+    assert f.shape == (5, feature_dim("scatter", shape)) == (5, backbone_dim("scatter", shape))
+    norms = np.linalg.norm(f.astype(np.float64), axis=1)
+    assert (norms <= 1.0).all() and (norms > 0.99).all()
+    alone = extract_features(imgs[[3]], "scatter", device="cpu")
+    assert np.allclose(alone[0], f[3], atol=1e-5)  # own image only, whatever the batch
+
+
+def test_scatter_is_kymatios_transform_grouped_per_record():
+    from kymatio.torch import Scattering2D
+
+    from shared.training.backbones import Backbone
+
+    x = torch.rand(3, 2, 32, 32)  # 32 // 4 = 8: no extra pooling
+    s = Scattering2D(J=2, shape=(32, 32), L=8)(x).flatten(1, 2)  # (3, 2 * 81, 8, 8)
+    ref = torch.nn.functional.group_norm(s, 27).flatten(1)
+    ref = ref / (ref.norm(dim=1, keepdim=True) * (1 + 1e-5))
+    assert torch.allclose(Backbone("scatter", (32, 32, 2))(x), ref, atol=1e-6)
+
+
+def test_scatter_refuses_tiny_images_and_explains_kymatio_refusals(monkeypatch):
+    import kymatio.torch
+
+    from shared.training.backbones import Backbone
+
+    with pytest.raises(ValueError, match="at least 8x8"):
+        Backbone("scatter", (7, 28))
+
+    def refuse(*a, **k):
+        raise RuntimeError("The smallest dimension should be larger than 2^J.")
+
+    monkeypatch.setattr(kymatio.torch, "Scattering2D", refuse)
+    with pytest.raises(ValueError, match=r"refused 9x9 images .*at least 8x8 work"):
+        Backbone("scatter", (9, 9))(torch.rand(1, 1, 9, 9))
+
+
+def test_head_state_dict_holds_the_head_only_not_the_scattering_filters():
+    from shared.training.models import build_model
+
+    def head():
+        return build_model("head", 3969, 2, in_channels=1, image_size=(28, 28),
+                           backbone="scatter")
+
+    model = head()
+    x = torch.rand(4, 1, 28, 28)
+    out = model(x)  # builds the kymatio filters
+    assert sum(b.numel() for b in model.backbone.buffers()) > 10_000  # they exist ...
+    keys = list(model.state_dict())
+    assert keys and all(k.startswith("head.") for k in keys), keys  # ... but are not saved
+    fresh = head()  # never run: no filters yet; an older head's state loads strictly
+    fresh.load_state_dict(model.state_dict())
+    assert torch.allclose(fresh(x), out, atol=1e-6)
+
+
+def test_scatter_backbone_pickles_and_copies_after_use():
+    import copy
+    import pickle
+
+    from shared.training.backbones import Backbone
+
+    bb = Backbone("scatter", (16, 16))
+    x = torch.rand(2, 1, 16, 16)
+    f = bb(x)
+    for clone in (pickle.loads(pickle.dumps(bb)), copy.deepcopy(bb)):
+        assert torch.equal(clone(x), f)
+    assert bb.scattering is not None  # pickling left the original intact
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scatter_follows_the_module_to_the_gpu():
+    from shared.training.backbones import Backbone
+
+    bb = Backbone("scatter", (28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    f = bb(x)  # filters built on the CPU, then moved with the module
+    bb.to("cuda")
+    assert all(b.is_cuda for b in bb.scattering.buffers())
+    assert torch.allclose(bb(x.cuda()).cpu(), f, atol=1e-4)
+
+
 def test_head_beats_chance_and_executes_the_planned_event(cxr28):
     from shared.training.images import predict_images_proba
     from shared.training.results import load_model

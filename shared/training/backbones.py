@@ -5,11 +5,12 @@ privacy and removing a record never changes another record's features (certified
 relies on this). Rows are L2-normalised to norm 1 (0 for a constant image).
 
 * ``scatter``: a 2-layer scattering transform (Mallat; the features of Tramer & Boneh 2021,
-  "Differentially private learning needs better features"), J=2, L=8 Morlet wavelets, computed
-  by FFT as in Kymatio: 81 channels per input channel (order 0, 1, 2), spatially averaged at
-  scale 2^J, pooled to at most 8x8, then normalised per record (GroupNorm without learned
-  parameters, 27 groups as in Tramer & Boneh) -- kymatio itself is not installed; the final
-  low-pass is a 2^J box average instead of Kymatio's Gaussian.
+  "Differentially private learning needs better features") computed by Kymatio's
+  ``Scattering2D``, J=2, L=8 Morlet wavelets: 81 channels per input channel (order 0, 1, 2),
+  low-passed by Kymatio's Gaussian at scale 2^J and subsampled to (H // 4, W // 4), pooled to
+  at most 8x8, then normalised per record (GroupNorm without learned parameters, 27 groups as
+  in Tramer & Boneh). Earlier versions used a hand-written FFT transform whose last low-pass
+  was a 2^J box average; the feature length is unchanged, the values are not.
 * ``random_conv``: two conv layers with fixed seeded random filters, ReLU, pooling to 4x4
   (random features).
 * ``pixels``: the image itself, average-pooled to at most 16x16.
@@ -30,7 +31,8 @@ BACKBONES: tuple[str, ...] = ("scatter", "random_conv", "pixels")
 _J, _L = 2, 8  # scattering scales and orientations (Kymatio's defaults for 28x28 images)
 _MAX_SIDE = {"scatter": 8, "random_conv": 4, "pixels": 16}
 _RANDOM_SEED = 20240531  # fixed: the random_conv filters are part of the backbone's definition
-_CHUNK = 32  # images per internal pass (scattering holds 81 maps per image)
+_CHUNK = 128  # images per internal pass on the CPU (bounds the scattering's memory)
+_GROUPS = 27  # GroupNorm groups for the scattering channels (C * 81: always divisible)
 
 
 def _shape(image_shape) -> tuple[int, int, int]:
@@ -66,6 +68,8 @@ class Backbone(nn.Module):
                 raise ValueError("the scattering backbone needs images of at least 8x8")
             self.out_hw = (_pooled(self.h, 2 ** _J, 8), _pooled(self.w, 2 ** _J, 8))
             channels = self.c * (1 + _J * _L + _L * _L * _J * (_J - 1) // 2)
+            # built on first use (filters cost time and memory; feature_dim needs none)
+            self.add_module("scattering", None)
         elif name == "random_conv":
             g = torch.Generator().manual_seed(_RANDOM_SEED)
             # He-scaled Gaussian filters; non-persistent: rebuilt from the seed, never saved
@@ -80,7 +84,6 @@ class Backbone(nn.Module):
             channels = self.c
         self.channels = channels
         self.dim = channels * self.out_hw[0] * self.out_hw[1]
-        self._filters: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (self.c, self.h, self.w):
@@ -104,60 +107,35 @@ class Backbone(nn.Module):
 
     # -- scattering ----------------------------------------------------------------------------
     def _scatter(self, x: torch.Tensor) -> torch.Tensor:
-        n = len(x)
-        m = x.reshape(n * self.c, 1, self.h, self.w)
-        pad = 2 ** _J * 2  # reflect margin against FFT wrap-around, as Kymatio pads
-        mode = "reflect" if min(self.h, self.w) > pad else "replicate"
-        xp = F.pad(m, (pad, pad, pad, pad), mode=mode)[:, 0]
-        psi = self._bank(xp.shape[-2], xp.shape[-1], xp.device)
-        u1 = torch.fft.ifft2(torch.fft.fft2(xp)[:, None] * psi[None]).abs()  # (M, J*L, Hp, Wp)
-        # order 2 only along increasing scale: j1 = 0 paths through j2 = 1 filters
-        u1_fine = torch.fft.fft2(u1[:, :_L])
-        u2 = torch.fft.ifft2(u1_fine[:, :, None] * psi[None, None, _L:]).abs().flatten(1, 2)
-        s = torch.cat([xp[:, None], u1, u2], 1)[..., pad:pad + self.h, pad:pad + self.w]
-        # low-pass and subsample at scale 2^J: a box average (Kymatio uses a Gaussian; the box
-        # saves two FFTs of all 81 maps and serves a linear head as well)
-        s = F.avg_pool2d(s, 2 ** _J, ceil_mode=True)
-        s = F.adaptive_avg_pool2d(s, self.out_hw)
-        s = s.reshape(n, self.channels, *self.out_hw)
-        return F.group_norm(s, _groups(self.channels))  # per record, no learned parameters
+        s = self._scattering_on(x.device)(x.float().contiguous())  # (N, C, 81, H//4, W//4)
+        s = F.adaptive_avg_pool2d(s.flatten(1, 2), self.out_hw)
+        return F.group_norm(s, _GROUPS)  # per record, no learned parameters
 
-    def _bank(self, hp: int, wp: int, device) -> torch.Tensor:
-        key = (hp, wp, str(device))
-        if key not in self._filters:
-            # Kymatio's Morlet parameters: sigma 0.8 * 2^j, centre frequency 3 pi / 4 / 2^j
-            psi = [_morlet(hp, wp, 0.8 * 2 ** j, t * math.pi / _L, 3 * math.pi / 4 / 2 ** j)
-                   for j in range(_J) for t in range(_L)]
-            psi_f = torch.fft.fft2(torch.from_numpy(np.stack(psi)))
-            self._filters[key] = psi_f.to(device=device, dtype=torch.complex64)
-        return self._filters[key]
+    def _scattering_on(self, device) -> nn.Module:
+        if self.scattering is None:
+            from kymatio.torch import Scattering2D
 
+            try:
+                sc = Scattering2D(J=_J, shape=(self.h, self.w), L=_L)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"kymatio's Scattering2D (J={_J}) refused {self.h}x{self.w} "
+                                 f"images ({e}); images of at least 8x8 work") from e
+            # the filters are a fixed function of (H, W): non-persistent, so a head model's
+            # state dict stays the head alone and older saved heads still load
+            for name, buf in list(sc.named_buffers(recurse=False)):
+                sc.register_buffer(name, buf, persistent=False)
+            self.scattering = sc
+        if next(self.scattering.buffers()).device != torch.device(device):
+            self.scattering.to(device)
+        return self.scattering
 
-def _groups(channels: int) -> int:
-    for g in (27, 9, 3, 1):
-        if channels % g == 0:
-            return g
-    return 1
-
-
-def _gabor(hp: int, wp: int, sigma: float, theta: float, xi: float,
-           slant: float = 0.5) -> np.ndarray:
-    """A Gabor filter on the periodic (hp, wp) grid, centred at the origin (FFT layout)."""
-    yy = np.fft.fftfreq(hp, 1 / hp)[:, None] * np.ones((1, wp))
-    xx = np.ones((hp, 1)) * np.fft.fftfreq(wp, 1 / wp)[None, :]
-    c, s = math.cos(theta), math.sin(theta)
-    u, v = c * xx + s * yy, -s * xx + c * yy  # along / across the oscillation
-    env = np.exp(-(u ** 2 + (slant * v) ** 2) / (2 * sigma ** 2))
-    return env * np.exp(1j * xi * u)
-
-
-def _morlet(hp: int, wp: int, sigma: float, theta: float, xi: float) -> np.ndarray:
-    """Zero-mean Morlet wavelet: Gabor minus its envelope times the constant that cancels the
-    mean (so flat regions give no response), normalised to unit L1 norm."""
-    gab = _gabor(hp, wp, sigma, theta, xi)
-    env = _gabor(hp, wp, sigma, theta, 0.0)
-    wav = gab - env * (gab.sum() / env.sum())
-    return wav / np.abs(wav).sum()
+    def __getstate__(self):
+        # kymatio's module does not pickle (its class is not found under its module's name);
+        # it is rebuilt on first use, so a pickled or copied backbone leaves it out
+        state = self.__dict__.copy()
+        if "scattering" in state.get("_modules", {}):
+            state["_modules"] = {**state["_modules"], "scattering": None}
+        return state
 
 
 # -- numpy entry point -------------------------------------------------------------------------

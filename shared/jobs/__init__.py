@@ -15,7 +15,7 @@ import os
 
 from ..data import n_train_records
 from ..errors import SpecError
-from . import dpal, dpsgd_images, dpsgd_table, federated, removal, stats  # noqa: F401 (register)
+from . import dpal, dpsgd_images, dpsgd_table, federated, finetune, removal, stats  # noqa: F401
 from .base import MESSAGE, ONCE, SCHEDULE, SPEC_KINDS, JobSpec, Message, register, spec_from_dict
 from .dpsgd_table import DPSGDTableSpec
 

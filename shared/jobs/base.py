@@ -223,6 +223,15 @@ class JobSpec(SpecBase):
         dataset) whose owner-side result the job needs; the owner passes its result path."""
         return {}
 
+    def backbones_needed(self) -> list[str]:
+        """Names of the owner's registered backbones the job starts from (``site.models``): the
+        site resolves each to its weights and ``run`` gets ``backbones=`` (name ->
+        :class:`shared.pretrained.info.LocalBackbone`)."""
+        return []
+
+    def check_backbones(self, infos: dict, meta: DatasetMeta | None = None) -> None:
+        """Checks against the public facts of the backbones named (name -> BackboneInfo)."""
+
     def public_payload(self, payload: dict) -> dict:
         """The kind's public payload with what it keeps private removed (the release gate,
         :meth:`shared.protocol.ResultPayload.public_view`, calls it); default: all of it."""

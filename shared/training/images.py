@@ -33,7 +33,7 @@ PREPROCESSING = "unit_scale_channel_first"  # x / 255, (N, C, H, W)
 Progress = Callable[[int, int], None]
 
 
-def _check_payload(data: dict) -> tuple[np.ndarray, np.ndarray]:
+def check_payload(data: dict) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, dict) or "images" not in data or "labels" not in data:
         raise ValueError('an images payload is a dict {"images": uint8 array, "labels": ints}')
     images, labels = np.asarray(data["images"]), np.asarray(data["labels"]).reshape(-1)
@@ -50,7 +50,7 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
     """Train ``spec`` (a validated DPSGDImageSpec) on an images payload; return the result dict
     (model_state, model_config, metrics, privacy). Same spec + data + device, same model."""
     device = default_device(device)
-    images, raw_labels = _check_payload(data)
+    images, raw_labels = check_payload(data)
     classes = list(meta.labels) if meta.labels else sorted(set(raw_labels.tolist()))
     y = encode_labels(raw_labels, classes)
     h, w = images.shape[1:3]

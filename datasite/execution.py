@@ -39,17 +39,19 @@ def execute_once(state, execution_id: str, dataset: str, work: Callable[[], T]) 
 
 
 def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result_path: Path,
-                    progress: bool, context: dict | None = None) -> ResultPayload:
+                    progress: bool, context: dict | None = None,
+                    backbones: dict | None = None) -> ResultPayload:
     """Run a claimed request's job once in its subprocess and read its result.
 
     The request must be ``running`` (claimed by ``State.claim_for_run``, which lets a request
-    be claimed once); its row gets the job's pid while it runs."""
+    be claimed once); its row gets the job's pid while it runs. ``context`` and ``backbones``:
+    see :func:`runner_command`."""
     own = state.request(request_id)
     if own is None or own["state"] != Request.RUNNING:
         raise SiteError(f"Request {request_id[:8]} was not claimed to run "
                         f"(state: {own['state'] if own else 'pending'}).")
     execute_once(state, request_id, spec["dataset"], lambda: run_job_subprocess(
-        spec, dataset_dir, result_path, progress, context=context,
+        spec, dataset_dir, result_path, progress, context=context, backbones=backbones,
         on_start=lambda pid: state.set_state(request_id, Request.RUNNING, runner_pid=pid)))
     return load_result(result_path)
 
@@ -73,15 +75,29 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def runner_command(spec: dict, dataset_dir: str, result_path: Path,
+                   context: dict | None = None, backbones: dict | None = None) -> list[str]:
+    """The job runner's command line (``datasite.runner`` reads it). ``context``: context key
+    -> the owner's result file of an earlier release; ``backbones``: name -> {"info": public
+    facts, "path": weights file} of the registered backbones the job names
+    (``ModelsMixin.backbones_for``)."""
+    cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), str(dataset_dir),
+           str(result_path)]
+    if context:
+        cmd += ["--context", json.dumps(context)]
+    if backbones:
+        cmd += ["--backbones", json.dumps(backbones)]
+    return cmd
+
+
 def run_job_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
-                       on_start=None, context: dict | None = None) -> None:
+                       on_start=None, context: dict | None = None,
+                       backbones: dict | None = None) -> None:
     """Run one job (``python -m datasite.runner``) on ``dataset_dir``, writing ``result_path``;
     SiteError with the job's stderr tail if it fails."""
     from tqdm import tqdm
 
-    cmd = [sys.executable, "-m", "datasite.runner", json.dumps(spec), dataset_dir, str(result_path)]
-    if context:
-        cmd.append(json.dumps(context))
+    cmd = runner_command(spec, dataset_dir, result_path, context, backbones)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)

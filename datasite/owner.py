@@ -7,8 +7,8 @@ A request moves: pending (on the server) -> running -> ran -> released | denied 
 :class:`OwnerSite` is a facade: each group of operations lives in its own module, as a mixin
 over the site's ``home``, ``config``, ``state``, ``ledger`` and ``client``:
 :mod:`.publishing` (datasets), :mod:`.users`, :mod:`.budgets`, :mod:`.review` (reading and
-pricing requests), :mod:`.run_once` (running a job once) and :mod:`.decisions` (release, deny,
-stop, forget, audit).
+pricing requests), :mod:`.run_once` (running a job once), :mod:`.decisions` (release, deny,
+stop, forget, audit) and :mod:`.models` (the pretrained backbones fine-tuning jobs start from).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .budgets import BudgetsMixin
 from .config import SiteError, SiteHome, open_site
 from .decisions import DecisionsMixin
 from .ledger import Ledger
+from .models import ModelsMixin
 from .publishing import DatasetsMixin
 from .review import ReviewMixin
 from .run_once import RunMixin
@@ -28,7 +29,8 @@ from .state import open_state
 from .users import UsersMixin
 
 
-class OwnerSite(DatasetsMixin, UsersMixin, BudgetsMixin, ReviewMixin, RunMixin, DecisionsMixin):
+class OwnerSite(DatasetsMixin, UsersMixin, BudgetsMixin, ReviewMixin, RunMixin, DecisionsMixin,
+                ModelsMixin):
     """One datasite, seen by its owner."""
 
     def __init__(self, site: SiteHome):

@@ -72,6 +72,10 @@ class ReviewMixin:
                                   "users add`); it cannot run")
         else:
             info["validation"] = self._validate(spec)
+            info["backbones"] = self.backbone_facts(spec)
+            ran = json.loads(own.get("summary_json") or "{}").get("backbone")
+            if ran:
+                info["ran_from"] = ran
             if _lifecycle(spec) == MESSAGE:
                 info["note"] = (f"round {spec.get('round')} of schedule "
                                 f"{str(spec.get('schedule'))[:8]}: priced with its schedule, "
@@ -152,15 +156,21 @@ class ReviewMixin:
         return out
 
     def _validate(self, spec: dict) -> str:
-        """'ok' or the reason the spec cannot run here -- checked against the REAL metadata."""
+        """'ok' or the reason the spec cannot run here -- checked against the REAL metadata
+        and the backbones registered here (an unknown one: the registered names)."""
         from shared.jobs import SpecError, spec_from_dict
+        from shared.runner import resolve_backbones
 
         try:
             job = spec_from_dict(spec)
             row = self.state.dataset(spec.get("dataset", ""))
             if row is None:
                 raise SpecError(f"unknown dataset {spec.get('dataset')!r} on {self.name}")
-            job.validate(DatasetMeta.from_json(row["meta_json"]))
+            meta = DatasetMeta.from_json(row["meta_json"])
+            job.validate(meta)
+            needed = job.backbones_needed()
+            if needed:
+                resolve_backbones(job, needed, self.local_backbones(), meta)
         except (SpecError, TypeError, ValueError) as e:
             return str(e)
         return "ok"

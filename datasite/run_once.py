@@ -55,6 +55,7 @@ class RunMixin:
                             "the schedule's round server handles it once the schedule is "
                             "approved.")
         context = self._job_context(job, info["researcher"])
+        backbones = self.backbones_for(job)  # the registered weights it starts from
         row = self.state.dataset(spec["dataset"])
         self._recover_interrupted(request_id)
         if self.ledger.budget(spec["dataset"]) is None:
@@ -83,13 +84,15 @@ class RunMixin:
         result_path = self.home.results / f"{request_id}.pkl"
         try:
             result = run_claimed_job(self.state, request_id, spec, row["path"], result_path,
-                                     progress, context=context)
+                                     progress, context=context, backbones=backbones)
         except BaseException as e:
             self.state.set_state(request_id, Request.FAILED, reason=str(e)[-2000:])
             self.ledger.refund(request_id, reason="job failed")
             self.publish_budgets([info["researcher"]])
             raise
         summary = result.summary()
+        if result.payload.get("backbone"):  # which registered weights the model started from
+            summary["backbone"] = result.payload["backbone"]
         self.state.set_state(request_id, Request.RAN, result_path=str(result_path),
                              summary_json=json.dumps(summary))
         return summary

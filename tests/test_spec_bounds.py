@@ -37,6 +37,7 @@ VALID = {
     "dpal": dict(dataset="bc", label="diagnosis", epsilon=3.0, delta=1e-5),
     "removal_logreg": dict(dataset="bc", delta=1e-6, label="diagnosis"),
     "dp_stats": dict(dataset="bc", queries=[{"type": "count", "epsilon": 0.5}]),
+    "finetune": dict(dataset="cxr", backbone="lite0", epsilon=3.0, delta=1e-5),
 }
 # the values the findings used: 931 s to price, MemoryError at 4.9 GB, aborted pricing
 FOUND = [dict(epochs=10000, batch_size=1), dict(epsilon=1e308), dict(epsilon=1e-4),

@@ -195,6 +195,14 @@ class SpecBase:
         """The checks against the dataset's metadata (each kind adds its own)."""
         self._check_dataset(meta)
 
+    def backbones_needed(self) -> list[str]:
+        """Names of the owner's registered backbones (``site.models``) the job starts from; the
+        site resolves each to its weights and ``run`` gets ``backbones=`` (name ->
+        :class:`shared.pretrained.info.LocalBackbone`). A message names none."""
+        return []
+
+    def check_backbones(self, infos: dict, meta: DatasetMeta | None = None) -> None:
+        """Checks against the public facts of the backbones named (name -> BackboneInfo)."""
 
 
 class JobSpec(SpecBase):
@@ -222,15 +230,6 @@ class JobSpec(SpecBase):
         """Context key -> id of an earlier release (to the same researcher, on the same
         dataset) whose owner-side result the job needs; the owner passes its result path."""
         return {}
-
-    def backbones_needed(self) -> list[str]:
-        """Names of the owner's registered backbones the job starts from (``site.models``): the
-        site resolves each to its weights and ``run`` gets ``backbones=`` (name ->
-        :class:`shared.pretrained.info.LocalBackbone`)."""
-        return []
-
-    def check_backbones(self, infos: dict, meta: DatasetMeta | None = None) -> None:
-        """Checks against the public facts of the backbones named (name -> BackboneInfo)."""
 
     def public_payload(self, payload: dict) -> dict:
         """The kind's public payload with what it keeps private removed (the release gate,

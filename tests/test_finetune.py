@@ -213,20 +213,23 @@ def test_weights_changed_after_registration_are_refused(lite, tmp_path):
 
 
 class _Payload:
+    """Unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
         import os
 
-        return (os.system, ("touch /tmp/ftw/pwned",))
+        return (os.system, (f"touch '{self.marker}'",))
 
 
 def test_a_pickled_checkpoint_runs_no_code(tmp_path):
     import os
 
-    marker = "/tmp/ftw/pwned"
-    if os.path.exists(marker):
-        os.remove(marker)
+    marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": _Payload()}, path)
+    torch.save({"state_dict": _Payload(marker)}, path)
     with pytest.raises(ValueError, match="weights-only"):
         read_state_dict(path)
     assert not os.path.exists(marker)

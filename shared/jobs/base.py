@@ -147,11 +147,13 @@ class SpecBase:
                              bounds.BATCH_SIZE_MAX,
                              why="0: chosen from the public record count" if auto else "")
         if hasattr(self, "clip_norm"):
-            self._require_positive("clip_norm", "learning_rate")
+            auto_lr = getattr(self, "AUTO_LEARNING_RATE", False)  # 0 = the kind's default
+            self._require_positive("clip_norm", *(() if auto_lr else ("learning_rate",)))
             bounds.check_number("clip_norm", self.clip_norm, 0, bounds.CLIP_NORM_MAX,
                                 lo_open=True)
             bounds.check_number("learning_rate", self.learning_rate, 0,
-                                bounds.LEARNING_RATE_MAX, lo_open=True)
+                                bounds.LEARNING_RATE_MAX, lo_open=not auto_lr,
+                                why="0: the default" if auto_lr else "")
 
     def _check_test_fraction(self, allow_zero: bool = True) -> None:
         """The held-out split: at most half the records (0: none, no metrics where allowed)."""
@@ -225,6 +227,19 @@ class JobSpec(SpecBase):
     NEEDS_CONTEXT: ClassVar[bool] = False
     # The kinds an earlier release named by ``context_sources`` must be.
     CONTEXT_FROM_KINDS: ClassVar[tuple[str, ...]] = ()
+
+    def _rounds_priced(self) -> int:
+        """How many runs of ``epochs`` the price covers (a federated schedule: its rounds)."""
+        return 1
+
+    def batch_for(self, meta: DatasetMeta) -> int:
+        """The expected batch a DP-SGD kind runs at: ``batch_size``, or when 0 (kinds with
+        ``AUTO_BATCH_SIZE``) the rule of :func:`bounds.auto_batch_size` on the public training
+        count and all priced epochs."""
+        if self.batch_size:
+            return self.batch_size
+        return bounds.auto_batch_size(n_train_records(meta.n_records, self.test_fraction),
+                                      self.epochs * self._rounds_priced())
 
     def context_sources(self) -> dict[str, str]:
         """Context key -> id of an earlier release (to the same researcher, on the same

@@ -114,18 +114,6 @@ class DPSGDTableSpec(JobSpec):
                             "(tuning_trials > 0) yet: the selection is priced for one metrics "
                             "histogram per trial; set metrics_auc=False")
 
-    def _rounds_priced(self) -> int:
-        """How many times the schedule runs (a federated schedule prices all its rounds)."""
-        return 1
-
-    def batch_for(self, meta: DatasetMeta) -> int:
-        """The expected batch this job runs at: ``batch_size``, or when 0 the rule of
-        :func:`bounds.auto_batch_size` on the public training count (all rounds' epochs)."""
-        if self.batch_size:
-            return self.batch_size
-        return bounds.auto_batch_size(n_train_records(meta.n_records, self.test_fraction),
-                                      self.epochs * self._rounds_priced())
-
     def resolved(self, meta: DatasetMeta) -> "DPSGDTableSpec":
         """This spec with the batch size it runs at (what the result reports)."""
         return replace(self, batch_size=self.batch_for(meta))

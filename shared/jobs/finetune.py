@@ -40,6 +40,7 @@ class FineTuneSpec(JobSpec):
 
     KIND: ClassVar[str] = "finetune"
     AUTO_BATCH_SIZE: ClassVar[bool] = True
+    AUTO_LEARNING_RATE: ClassVar[bool] = True  # 0: the method's measured default
 
     dataset: str
     backbone: str
@@ -68,8 +69,6 @@ class FineTuneSpec(JobSpec):
             raise SpecError(f"unknown method {brief(self.method)}; choose one of {list(METHODS)}")
         bounds.check_int("hidden", self.hidden, 0, bounds.HIDDEN_MAX, why="0: linear head")
         bounds.check_int("lora_rank", self.lora_rank, 1, LORA_RANK_MAX)
-        bounds.check_number("learning_rate", self.learning_rate, 0, bounds.LEARNING_RATE_MAX,
-                            why="0: the method's default")
         bounds.check_int("physical_batch_size", self.physical_batch_size, 0,
                          bounds.BATCH_SIZE_MAX, why="0: the whole batch at once")
         if not 0 <= self.momentum < 1:
@@ -82,14 +81,6 @@ class FineTuneSpec(JobSpec):
         if self.metrics_auc and (not self.metrics_epsilon or self.test_fraction <= 0):
             raise SpecError("metrics_auc needs private test metrics: set metrics_epsilon > 0 "
                             "and test_fraction > 0, or metrics_auc=False")
-
-    def _check_common(self) -> None:
-        # learning_rate 0 means "the method's default": the shared check wants it > 0
-        lr, self.learning_rate = self.learning_rate, self.lr()
-        try:
-            super()._check_common()
-        finally:
-            self.learning_rate = lr
 
     def lr(self) -> float:
         """The learning rate the job trains with."""
@@ -124,13 +115,6 @@ class FineTuneSpec(JobSpec):
         params = head + (info.n_params if self.method == "full" else 0)
         batch = self.physical_batch_size or (self.batch_for(meta) if meta else 1)
         bounds.check_model_size(params, batch, f"{self.method} fine-tuning of {info.name!r}")
-
-    def batch_for(self, meta: DatasetMeta) -> int:
-        """The expected batch this job runs at (``batch_size``, or from the public count)."""
-        if self.batch_size:
-            return self.batch_size
-        return bounds.auto_batch_size(n_train_records(meta.n_records, self.test_fraction),
-                                      self.epochs)
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""

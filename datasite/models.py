@@ -36,6 +36,7 @@ from .config import SiteError
 from .states import Request
 
 REGISTRY_KEY = "backbones"  # the owner's settings table: name -> {"info", "file"}
+REGISTRY_LOCK = "models:registry"  # a run-lock key no request id can take (ids are hex)
 MODELS_DIR = "models"
 WEIGHTS_FILE = "weights.pt"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -101,6 +102,16 @@ class ModelsMixin:
     def _save_registry(self, registry: dict) -> None:
         self.state.set_setting(REGISTRY_KEY, json.dumps(registry, sort_keys=True))
 
+    @contextlib.contextmanager
+    def _registry_change(self):
+        """Hold the registry for one add/replace/remove: a second owner command changing it at
+        the same time would save a registry read before the first saved (a lost model)."""
+        with self.state.run_lock(REGISTRY_LOCK) as got:
+            if not got:
+                raise SiteError(f"Another `datasite models` command is changing the models of "
+                                f"{self.name} right now; run this one again when it finishes.")
+            yield
+
     def models(self) -> list[BackboneInfo]:
         """The registered backbones' public facts, by name."""
         return [BackboneInfo.from_dict(e["info"]) for _, e in sorted(self._registry().items())]
@@ -143,6 +154,12 @@ class ModelsMixin:
         is logged into or written; ``replace``: new weights for a registered name."""
         check_model_args(name, torchvision=torchvision, weights=weights, file=file, arch=arch,
                          package=package, input_size=input_size)
+        with self._registry_change():
+            return self._add_model(name, torchvision, weights, file, arch, package, input_size,
+                                   replace)
+
+    def _add_model(self, name, torchvision, weights, file, arch, package, input_size,
+                   replace) -> BackboneInfo:
         registry = self._registry()
         if name in registry and not replace:
             raise SiteError(f"A model named {name!r} is already registered on {self.name}; "
@@ -200,6 +217,10 @@ class ModelsMixin:
         """Unregister ``name``: out of the published catalogue, its weights deleted, an audit
         entry. Refused while a job that names it runs. Requests naming it that have not run
         yet will fail their checks (`datasite review` lists what is registered)."""
+        with self._registry_change():
+            return self._remove_model(name)
+
+    def _remove_model(self, name: str) -> BackboneInfo:
         registry = self._registry()
         if name not in registry:
             raise SiteError(f"No model {name!r} on {self.name}; registered: "

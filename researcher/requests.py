@@ -17,6 +17,7 @@ def submit(site, job) -> "JobRequest":
     spec = job.spec
     remote = site.datasets[spec.dataset]
     spec.validate(remote.meta)  # the owner validates again against the real data
+    _check_backbones(site, spec, remote.meta)
     # a fresh nonce per submission: resubmitting the same job is a new request, priced on its own
     nonce = new_nonce()
     source = render(spec.to_dict(), nonce)
@@ -30,6 +31,26 @@ def submit(site, job) -> "JobRequest":
     if isinstance(res, sy.SyftError):
         raise ResearcherError(f"Submission failed: {res.message}")
     return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict(), nonce), spec.dataset)
+
+
+def _check_backbones(site, spec, meta) -> None:
+    """Fail before submitting when the job names a backbone the site has not registered, or
+    one it cannot start from (the owner checks again against its own registry)."""
+    needed = spec.backbones_needed()
+    if not needed:
+        return
+    from shared.errors import SpecError
+
+    catalogue = site.models
+    missing = [n for n in needed if n not in catalogue]
+    if missing:
+        raise ResearcherError(f"{site.name} has no registered model {missing[0]!r}; registered: "
+                              f"{sorted(catalogue) or 'none'} (see site.models).")
+    try:
+        spec.check_backbones({n: catalogue[n] for n in needed}, meta)
+    except SpecError as e:
+        raise ResearcherError(f"This job cannot start from {needed[0]!r} on {site.name}: {e}") \
+            from None
 
 
 def _quietly_compiled(source: str, namespace: dict):

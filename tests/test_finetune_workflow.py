@@ -16,6 +16,7 @@ from datasite.cli import print_request
 from datasite.config import SiteError
 from datasite.demo_data import schema_path, write_synthetic_cxr_npz
 from researcher import jobs
+from researcher.errors import ResearcherError
 from researcher.connection import public_description
 from shared.pretrained.architectures import LITE_PACKAGE
 
@@ -68,7 +69,13 @@ def test_finetune_from_a_registered_backbone(ft_site):
     assert mock.metrics["evaluated_on"].startswith("mock")
 
     req = site.submit(_job())
-    bad = site.submit(_job("resnet-x"))
+    # the researcher's client refuses an unregistered backbone before sending anything ...
+    with pytest.raises(ResearcherError, match=r"no registered model 'resnet-x'.*\['lite0'\]"):
+        site.submit(_job("resnet-x"))
+    # ... and the owner refuses it from a client that skips that check
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("researcher.requests._check_backbones", lambda *a: None)
+        bad = site.submit(_job("resnet-x"))
     reviewed = {r["request_id"]: r for r in owner.review()}
     good = reviewed[req.id]
     assert good["validation"] == "ok" and good["cost"]["budget"]["fits"]

@@ -427,3 +427,44 @@ def test_the_job_summary_builder_and_result_name_the_backbone():
         jobs.FineTune("cxr", "lite0", epsilon=2.0, delta=1e-5, method="everything")
     r = JobResult({"kind": "finetune", "backbone": {"name": "lite0", "sha256": "ab" * 32}})
     assert r.backbone["name"] == "lite0"
+
+
+def _concurrent_add_during_publish(site, monkeypatch):
+    """Register "first"; while it publishes, a second owner command registers "second" (what a
+    concurrent `datasite models add` does between the first's read and save). Returns the
+    second command's error (None if it went through)."""
+    publish, seen = site._publish_models, {}
+
+    def publish_and_race(infos):
+        publish(infos)
+        if "done" not in seen:
+            seen["done"] = True
+            try:
+                site.add_model("second", package=LITE_PACKAGE, input_size=32)
+            except SiteError as e:
+                seen["error"] = e
+
+    monkeypatch.setattr(site, "_publish_models", publish_and_race)
+    site.add_model("first", package=LITE_PACKAGE, input_size=32)
+    return seen.get("error")
+
+
+def test_a_concurrent_models_command_is_refused_not_lost(site, monkeypatch):
+    error = _concurrent_add_during_publish(site, monkeypatch)
+    assert error is not None and "Another `datasite models` command" in str(error)
+    assert [i.name for i in site.models()] == ["first"]
+    assert not (site.home.root / "models" / "second").exists()  # nothing half-registered
+    site.add_model("second", package=LITE_PACKAGE, input_size=32)  # afterwards: fine
+    assert [i.name for i in site.models()] == ["first", "second"]
+
+
+def test_without_the_registry_lock_a_concurrent_add_is_lost(site, monkeypatch):
+    """The defence off: the second command succeeds, then the first saves the registry it read
+    before, and "second" vanishes from the registry although its weights were written."""
+    import contextlib
+
+    monkeypatch.setattr(type(site), "_registry_change",
+                        lambda self: contextlib.nullcontext())
+    assert _concurrent_add_during_publish(site, monkeypatch) is None
+    assert [i.name for i in site.models()] == ["first"]
+    assert (site.home.root / "models" / "second" / "weights.pt").exists()

@@ -30,6 +30,12 @@ each update is one more approx-DP event (eps_train(|D_j|), delta) (:func:`update
 composed with the rest by PLD. (The forget requests come from patients, not from the releases;
 adaptive choices would be covered by adaptive composition, the randomness being independent.)
 
+A model trained on features its frozen backbone no longer computes (the backbone's version,
+:data:`shared.training.backbones.FEATURE_VERSIONS`, changed since) is withdrawn, not updated: a
+Newton step on today's features would carry no certificate for what the model learned from the
+old ones (:func:`shared.removal.stale_features`). The record still leaves the data and the other
+models are updated.
+
 If a budget cannot pay for an update, the model is withdrawn and the researcher is told which
 budget ran out, in epsilon or in delta; `datasite review` shows before training how many forgets
 the budgets can pay for (:func:`affordable_forgets`). Plain DP models cannot be updated: they are
@@ -209,11 +215,14 @@ def forget(site, dataset: str, record=None, data_only: bool = False, *,
             "update. To remove the record from the data only, run again with --data-only. "
             f"{_dp_models_note(site, dataset)}")
     affected = [m for m in models if record_id in json.loads(m["record_ids_json"])]
-    data, meta = read_private(path) if affected else (None, None)
+    # a model trained on an earlier version of its backbone's features cannot be updated
+    stale = {m["request_id"]: why for m in affected if (why := _stale_features(m))}
+    current = [m for m in affected if m["request_id"] not in stale]
+    data, meta = read_private(path) if current else (None, None)
     # every update computed before anything changes; each is one touch of the private data
-    updates = [execute_once(site.state, f"{m['request_id']}:v{m['version'] + 1}", dataset,
-                            lambda m=m: _update(site, m, record_id, ids, data, meta))
-               for m in affected]
+    updates = {m["request_id"]: execute_once(
+        site.state, f"{m['request_id']}:v{m['version'] + 1}", dataset,
+        lambda m=m: _update(site, m, record_id, ids, data, meta)) for m in current}
 
     meta = delete_records(path, [record_id])
     site.state.update_dataset_meta(dataset, meta.to_json())  # n_records prices later jobs
@@ -221,9 +230,18 @@ def forget(site, dataset: str, record=None, data_only: bool = False, *,
                                      "models": [m["request_id"] for m in affected]})
     report = {"dataset": dataset, "record": record_id, "patient_id": patient_id, "models": [],
               "dp_models": _dp_models(site, dataset)}
-    for m, (owner_copy, released, cert) in zip(affected, updates):
-        report["models"].append(_release_update(site, m, record_id, owner_copy, released, cert))
+    for m in affected:
+        rid = m["request_id"]
+        report["models"].append(_withdraw_stale(site, m, stale[rid]) if rid in stale else
+                                _release_update(site, m, record_id, *updates[rid]))
     return report
+
+
+def _stale_features(m: dict) -> str | None:
+    """Why model ``m``'s features cannot be recomputed as it was trained on them, or None."""
+    from shared.removal import features
+
+    return features.stale_features(json.loads(m["model_json"]).get("feature_pipeline"))
 
 
 def _update(site, m: dict, record_id: int, ids: np.ndarray, data, meta):
@@ -319,16 +337,11 @@ def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: d
     try:
         site.ledger.reserve(entry_id, m["dataset"], m["researcher"], event_json)
     except LedgerError:
-        site.state.update_model(m["request_id"], status="withdrawn")
         why, _ = _shortfall(site, m["dataset"], m["researcher"], event_json)
-        out.update(status="withdrawn", reason=(
+        return _withdraw(site, m, out, (
             f"the update could not be paid for: {why}. `datasite review` shows before "
-            "training how many forgets the budgets can pay for"))
-        site.ledger.log("removal_certificate", m["request_id"], out)
-        _notify(site, m, {**_public(out), "certificate": {
-            "withdrawn": True, "covers": "no weights were sent: the model is withdrawn",
-            **{k: public_cert[k] for k in ("owner_copy", "n_removed_total", "feature_source")}}})
-        return out
+            "training how many forgets the budgets can pay for"),
+            {k: public_cert[k] for k in ("owner_copy", "n_removed_total", "feature_source")})
     site.ledger.start(entry_id)
     site.ledger.commit(entry_id, event_json)
     site.ledger.released(entry_id)
@@ -336,6 +349,36 @@ def _release_update(site, m: dict, record_id: int, owner_copy, released, cert: d
     site.ledger.log("removal_certificate", m["request_id"], out)
     _notify(site, m, {**_public(out), **_released_model(spec, released)})
     site.publish_budgets([m["researcher"]])
+    return out
+
+
+def _withdraw_stale(site, m: dict, why: str) -> dict:
+    """Withdraw model ``m``, trained on features its backbone no longer computes (``why``): no
+    removal step is taken, as none could be certified."""
+    version = m["version"] + 1
+    model = json.loads(m["model_json"])
+    site.state.update_model(m["request_id"], version=version)
+    owner = ("the datasite's own copy was not updated either (a removal step on today's features "
+             "would not certifiably remove the record from what the model learned); it is kept "
+             "withdrawn, never sent")
+    out = {"request": m["request_id"], "researcher": m["researcher"], "version": version,
+           "certificate": {"copy": "owner", "withdrawn": True, "covers": "nothing: " + owner}}
+    return _withdraw(site, m, out, (
+        f"the model was trained on features of an earlier version of its backbone ({why}), so "
+        "an update cannot be certified. Retrain it: submit the job again"),
+        {"owner_copy": owner, "feature_source": model.get("feature_source")})
+
+
+def _withdraw(site, m: dict, out: dict, reason: str, public: dict) -> dict:
+    """Withdraw model ``m`` instead of sending an update: mark it, log ``out`` (the owner's
+    report) with ``reason``, and tell the researcher that no weights were sent, why, and
+    ``public`` (facts that depend on no record)."""
+    site.state.update_model(m["request_id"], status="withdrawn", reason=reason)
+    out.update(status="withdrawn", reason=reason)
+    site.ledger.log("removal_certificate", m["request_id"], out)
+    note = {k: v for k, v in out.items() if k not in ("certificate", "released")}
+    _notify(site, m, {**note, "certificate": {
+        "withdrawn": True, "covers": "no weights were sent: the model is withdrawn", **public}})
     return out
 
 

@@ -24,7 +24,7 @@ The modules, each importing only those before it:
 """
 from .certificate import RELEASE_STREAM, certificate, fresh_release
 from .features import (dp_extractor_features, extractor_source, job_features, make_features,
-                       table_model_state, table_pipeline, unit_pipeline)
+                       stale_features, table_model_state, table_pipeline, unit_pipeline)
 from .job import run_removal_job
 from .model import (RemovableModel, decision_function, objective_gradient, predict,
                     predict_proba, train_removable)
@@ -39,6 +39,6 @@ __all__ = [
     "dp_extractor_features", "draw_b", "extractor_source", "fit_weights", "fresh_release",
     "job_features", "kst_epsilon", "make_features", "minimise", "objective_gradient", "predict",
     "predict_proba", "remove", "residual_budget", "run_removal_job", "spectral_norm_bound",
-    "table_model_state", "table_pipeline", "train_removable", "training_epsilon",
+    "stale_features", "table_model_state", "table_pipeline", "train_removable", "training_epsilon",
     "unit_pipeline",
 ]

@@ -88,7 +88,8 @@ def job_features(spec, data, meta, extractor: dict | None = None,
     the features a removal job trains on, computed the same way at training and at removal.
     ``extractor``: the released result of a DP-SGD job, for ``features="dp_extractor"``;
     ``pipeline``: a trained model's own table pipeline (a removal reuses it, so a model
-    trained under an older preprocessing keeps its features)."""
+    trained under an older preprocessing keeps its features; an image model's is refused when
+    its backbone's values changed since, :func:`stale_features`)."""
     from ..data import TABLE
     from ..training.preprocess import (declared_bounds, declared_order, encode_labels,
                                        feature_columns, schema_preprocessing)
@@ -118,12 +119,42 @@ def job_features(spec, data, meta, extractor: dict | None = None,
                                   schema_preprocessing(cols, meta.columns))
         X = make_features(data[cols].to_numpy(), pipeline)
     else:
-        from ..training.backbones import extract_features
+        from ..training.backbones import extract_features, feature_version
 
+        why = stale_features(pipeline)
+        if why:  # datasite forget checks first; this guards any other caller
+            raise RemovalError(f"cannot recompute the features this model was trained on: {why}. "
+                               "Retrain the model (submit its job again) to update it.")
         pipeline = unit_pipeline(spec.features)
         pipeline["backbone"] = spec.features
+        pipeline["backbone_version"] = feature_version(spec.features)
         X = make_features(extract_features(data["images"], spec.features), pipeline)
     return X, y, pipeline, cols
+
+
+def stale_features(pipeline: dict | None) -> str | None:
+    """Why the features a stored model (its ``feature_pipeline``) was trained on differ from
+    what its backbone computes today, or None when they do not. A model that recorded no
+    ``backbone_version`` was trained by the backbone's unrecorded version (pre-kymatio FFT
+    features for "scatter"). Table pipelines are stored whole and reused; dp_extractor features
+    come from the released extractor model (a cnn, resnet9 or table model, never a versioned
+    backbone): None for both."""
+    from ..training.backbones import BACKBONES, FEATURE_VERSIONS, UNRECORDED_VERSIONS
+
+    pipeline = pipeline or {}
+    name = pipeline.get("backbone", pipeline.get("input") if pipeline.get("input") in BACKBONES
+                        else None)
+    if name is None:
+        return None
+    if name not in FEATURE_VERSIONS:
+        return f"its backbone {name!r} no longer exists"
+    recorded = pipeline.get("backbone_version")
+    trained = UNRECORDED_VERSIONS[name] if recorded is None else recorded
+    if trained == FEATURE_VERSIONS[name]:
+        return None
+    return (f"its {name!r} features are version {trained!r}"
+            f"{' (it recorded none)' if recorded is None else ''}, today's are version "
+            f"{FEATURE_VERSIONS[name]!r}")
 
 
 def dp_extractor_features(extractor: dict, data, meta) -> np.ndarray:

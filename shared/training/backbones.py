@@ -14,6 +14,11 @@ relies on this). Rows are L2-normalised to norm 1 (0 for a constant image).
 * ``random_conv``: two conv layers with fixed seeded random filters, ReLU, pooling to 4x4
   (random features).
 * ``pixels``: the image itself, average-pooled to at most 16x16.
+
+Each backbone has a version (:data:`FEATURE_VERSIONS`): bump it whenever a change alters the
+values a backbone computes, even at the same feature length. Removal models record it and
+`datasite forget` withdraws a model whose version is not today's (its removal step would run on
+features it was never trained on: :func:`shared.removal.stale_features`).
 """
 from __future__ import annotations
 
@@ -34,6 +39,14 @@ _RANDOM_SEED = 20240531  # fixed: the random_conv filters are part of the backbo
 _CHUNK = 128  # images per internal pass on the CPU (bounds the scattering's memory)
 _GROUPS = 27  # GroupNorm groups for the scattering channels (C * 81: always divisible)
 
+# The version of each backbone's values: BUMP IT whenever a backbone's features change.
+FEATURE_VERSIONS: dict[str, str] = {"scatter": "kymatio-J2-L8", "random_conv": "1", "pixels": "1"}
+# What a stored model that records no version was trained on (versions were first recorded after
+# the kymatio rewrite, so no version on "scatter" reads as the FFT transform; a kymatio model
+# trained in between is withdrawn too: the safe side). History: never change these.
+UNRECORDED_VERSIONS: dict[str, str] = {"scatter": "fft-J2-box", "random_conv": "1",
+                                       "pixels": "1"}
+
 
 def _shape(image_shape) -> tuple[int, int, int]:
     """(H, W, C) from (H, W) or (H, W, C)."""
@@ -47,6 +60,13 @@ def _shape(image_shape) -> tuple[int, int, int]:
 
 def _pooled(size: int, stride: int, max_side: int) -> int:
     return min(max(size // stride, 1), max_side)
+
+
+def feature_version(name: str) -> str:
+    """Today's version of backbone ``name``'s feature values (:data:`FEATURE_VERSIONS`)."""
+    if name not in FEATURE_VERSIONS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+    return FEATURE_VERSIONS[name]
 
 
 def feature_dim(name: str, image_shape) -> int:

@@ -169,13 +169,22 @@ class DPActiveLearning(Job):
 
     The design card's spelling works too: ``start`` (= ``start_size``) labelled records, then
     ``queries`` (= ``query_sizes``, one size per round; ``rounds`` must match if given), and
-    ``step_amplification`` (True: ``mode="step_amplified"``, False: ``"naive"``)."""
+    ``step_amplification`` (True: ``mode="step_amplified"``, False: ``"naive"``).
+
+    On images, ``backbone=NAME, method="head" | "bitfit" | "lora" | "full"`` (and
+    ``lora_rank``) fine-tunes a backbone the owner registered (``site.models``) between
+    acquisitions, as :class:`FineTune` does (``learning_rate`` defaults to the method's);
+    ``run_on_mock`` then runs from the installed package's weights or random ones, and
+    ``result.load_model(backbone_weights=...)`` rebuilds the model. Without ``method``,
+    ``backbone`` is a data-independent feature extractor."""
 
     def __init__(self, dataset: str, epsilon: float | None = None, delta: float | None = None,
                  *, privacy: Target | None = None, start: int | None = None,
                  queries: list | None = None, rounds: int | None = None,
                  step_amplification: bool | None = None, **options):
         options = _design_card_options(options, start, queries, rounds, step_amplification)
+        if options.get("method") and "learning_rate" not in options:
+            options["learning_rate"] = 0.0  # the method's rate (DPALSpec.lr), not 0.5
         fields = privacy_fields(epsilon, privacy)
         if fields["target"]:
             # Step amplification plans every group's rates to end at one epsilon; a mu or TPR

@@ -7,6 +7,8 @@
   reference code's RDP).
 * :mod:`.acquisition` -- acquisition scores and their private top-k selection.
 * :mod:`.loop` -- :func:`run_dpal`: the loop itself (DP-SGD, private selection, label oracle).
+* :mod:`.pretrained` -- the loop's model and release when the job fine-tunes a registered
+  pretrained backbone (``DPALSpec.method``).
 """
 from .accountants import ACCOUNTANTS
 from .acquisition import ACQUISITIONS

@@ -11,8 +11,9 @@ records, k-means++ over gradient embeddings), so one record changes everybody's 
 per-record Laplace argument above does not hold.
 
 BALD needs a stochastic model: we use MC dropout on the inputs of the model's last Linear
-layer (the models here are ``nn.Sequential`` ending in Linear, and a frozen-backbone head is
-one Linear/MLP over features), active only at scoring time; the trained weights are unchanged.
+layer (the models here are ``nn.Sequential`` ending in Linear, a frozen-backbone head is one
+Linear/MLP over features, and a fine-tuned model has ``features()`` and such a ``head``), active
+only at scoring time; the trained weights are unchanged.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, X: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """(N, C) softmax outputs, ``batch`` rows per forward pass."""
     model.eval()
     device = next(model.parameters()).device
     out = [torch.softmax(model(X[i:i + batch].to(device)), 1).cpu() for i in
@@ -51,15 +53,27 @@ def predict_proba(model: nn.Module, X: torch.Tensor, batch: int = 4096) -> np.nd
     return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
 
 
+def _body_and_last(model: nn.Module):
+    """(everything before the last Linear layer, that layer) of an ``nn.Sequential`` ending in
+    Linear, or of a model with ``features()`` and such a ``head`` (a fine-tuned backbone)."""
+    if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
+        return model[:-1], model[-1]
+    head = getattr(model, "head", None)
+    if (callable(getattr(model, "features", None)) and isinstance(head, nn.Sequential)
+            and isinstance(head[-1], nn.Linear)):
+        return (lambda x: head[:-1](model.features(x))), head[-1]
+    raise ValueError("BALD needs an nn.Sequential model ending in nn.Linear, or a model with "
+                     "features() and such a head")
+
+
 @torch.no_grad()
-def mc_dropout_proba(model: nn.Sequential, X: torch.Tensor, n_samples: int = BALD_SAMPLES,
+def mc_dropout_proba(model: nn.Module, X: torch.Tensor, n_samples: int = BALD_SAMPLES,
                      p: float = BALD_DROPOUT, seed: int = 0, batch: int = 4096) -> np.ndarray:
-    """(n_samples, N, C) softmax outputs with dropout(p) on the last Linear layer's inputs."""
-    if not (isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear)):
-        raise ValueError("BALD needs an nn.Sequential model ending in nn.Linear")
+    """(n_samples, N, C) softmax outputs with dropout(p) on the last Linear layer's inputs
+    (the body runs once per batch)."""
+    body, last = _body_and_last(model)
     model.eval()
     device = next(model.parameters()).device
-    body, last = model[:-1], model[-1]
     gen = torch.Generator(device=device).manual_seed(int(seed))
     outs = []
     for i in range(0, len(X), batch):
@@ -72,14 +86,16 @@ def mc_dropout_proba(model: nn.Sequential, X: torch.Tensor, n_samples: int = BAL
     return torch.cat(outs, 1).double().numpy()
 
 
-def scores(acquisition: str, model: nn.Module, X: torch.Tensor, seed: int = 0) -> np.ndarray:
-    """Unclipped informativeness of each row of X (higher = query first); random: zeros."""
+def scores(acquisition: str, model: nn.Module, X: torch.Tensor, seed: int = 0,
+           batch: int = 4096) -> np.ndarray:
+    """Unclipped informativeness of each row of X (higher = query first); random: zeros.
+    ``batch``: rows per forward pass."""
     if acquisition == "random":
         return np.zeros(len(X))
     if acquisition == "bald":
-        P = mc_dropout_proba(model, X, seed=seed)
+        P = mc_dropout_proba(model, X, seed=seed, batch=batch)
         return np.maximum(_entropy(P.mean(0)) - np.mean([_entropy(p) for p in P], 0), 0.0)
-    P = predict_proba(model, X)
+    P = predict_proba(model, X, batch)
     if acquisition == "entropy":
         return _entropy(P)
     if acquisition == "least_confidence":
@@ -109,9 +125,10 @@ def private_top_k(score: np.ndarray, k: int, epsilon: float | None, bound: float
 
 
 def select(acquisition: str, model: nn.Module, X: torch.Tensor, k: int,
-           epsilon: float | None, bound: float, seed: int) -> np.ndarray:
+           epsilon: float | None, bound: float, seed: int, batch: int = 4096) -> np.ndarray:
     """Score X with ``model`` and take k privately. Random acquisition draws uniformly."""
     rng = np.random.default_rng(seed)
     if acquisition == "random":
         return rng.permutation(len(X))[:k]
-    return private_top_k(scores(acquisition, model, X, seed=seed), k, epsilon, bound, rng)
+    return private_top_k(scores(acquisition, model, X, seed=seed, batch=batch), k, epsilon,
+                         bound, rng)

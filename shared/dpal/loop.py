@@ -14,6 +14,7 @@ record ids.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,15 +30,28 @@ from .schedule import Plan, group_event
 Progress = Callable[[int, int], None]
 
 
+@dataclass
+class LoopInputs:
+    """What a job runs :func:`run_dpal` on (``shared.jobs.dpal``)."""
+
+    X: torch.Tensor                                  # model inputs, one per record
+    rows: np.ndarray                                 # each record's content, for the split
+    y: np.ndarray                                    # label indices
+    build_model: Callable[[], torch.nn.Module]       # the same untrained model at every call
+    release: Callable[[torch.nn.Module], dict]       # trained model -> model_state, config, ...
+    eval_batch: int                                  # records per forward pass when scoring
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, X: torch.Tensor, y: np.ndarray, n_classes: int) -> dict:
+def evaluate(model: torch.nn.Module, X: torch.Tensor, y: np.ndarray, n_classes: int,
+             batch: int = 4096) -> dict:
     """Accuracy, per-class accuracy, AUC (binary, or macro one-vs-rest) on (X, y)."""
     from ..training.metrics import accuracy, auc, per_class_accuracy
     from .acquisition import predict_proba
 
     if len(y) == 0:
         return {"accuracy": None, "per_class_accuracy": {}, "auc": None}
-    P = predict_proba(model, X)
+    P = predict_proba(model, X, batch)
     return {"accuracy": accuracy(P, y),
             "per_class_accuracy": per_class_accuracy(P.argmax(1), y, range(n_classes)),
             "auc": auc(P, y, n_classes)}
@@ -49,8 +63,9 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
              acquisition: str = "entropy", clip_norm: float = 1.0, learning_rate: float = 0.5,
              score_bound: float | None = None, seed: int = 0, private: bool = True,
              progress: Progress | None = None, device=None, dp_metrics: bool = False,
-             metrics_sigma: float | None = None) -> dict:
-    """Run the plan's DP-AL loop on features ``X_pool`` (float32, one row per pool record).
+             metrics_sigma: float | None = None, eval_batch: int = 4096) -> dict:
+    """Run the plan's DP-AL loop on ``X_pool`` (float32, one row per pool record: features, or
+    images (N, C, H, W) for a model that takes them).
 
     ``private=False``: the non-private AL baseline (no noise in training nor in selection,
     gradients still clipped); the result then has no privacy report.
@@ -58,14 +73,14 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
     (the count per group) and ``model`` are for the caller; ``rounds`` is JSON-able.
     ``dp_metrics``: each round's test metrics through the Gaussian histogram at
     ``metrics_sigma`` (None: no metrics); else exact (owner-side benchmarks only).
+    ``eval_batch``: records per forward pass when scoring and evaluating (small for images).
     """
     R = plan.rounds
     N = len(X_pool)
     bound, esr = _selection_params(plan, N, acquisition, n_classes, score_bound, private)
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
-    Xp = torch.as_tensor(np.asarray(X_pool, dtype=np.float32))
-    Xt = torch.as_tensor(np.asarray(X_test, dtype=np.float32))
+    Xp, Xt = _float_tensor(X_pool), _float_tensor(X_test)
     yt = np.asarray(y_test, dtype=np.int64)
 
     group = np.full(N, -1, dtype=np.int64)  # round in which each record was labelled
@@ -98,15 +113,15 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
                    "mean_batch_size": float(np.mean(trainer.last_batch_sizes))
                    if trainer.last_batch_sizes else 0.0}
             row.update(_dp_evaluate(trainer.module, Xt, yt, n_classes, metrics_sigma,
-                                    (int(seed), NOISE_STREAM, r)) if dp_metrics
-                       else evaluate(trainer.module, Xt, yt, n_classes))
+                                    (int(seed), NOISE_STREAM, r), eval_batch) if dp_metrics
+                       else evaluate(trainer.module, Xt, yt, n_classes, eval_batch))
             if private:
                 row["epsilon_per_group"] = [float(e) for e in plan.eps_after_round[r]]
             if r < R:
                 k = plan.query_sizes[r]
                 unl = np.flatnonzero(group < 0)
                 pick = select(acquisition, trainer.module, Xp[unl], k, esr, bound,
-                              seed=secret_seed(int(seed), 2, r))
+                              seed=secret_seed(int(seed), 2, r), batch=eval_batch)
                 new = unl[pick]
                 labels[new] = _ask(label_oracle, new, n_classes)
                 group[new] = r + 1
@@ -122,6 +137,12 @@ def run_dpal(X_pool: np.ndarray, label_oracle: Callable[[np.ndarray], np.ndarray
         out["executed_events"], out["privacy"] = _privacy(plan, executed_steps, group,
                                                           clip_norm, bound)
     return out
+
+
+def _float_tensor(X) -> torch.Tensor:
+    if torch.is_tensor(X):
+        return X.float()
+    return torch.as_tensor(np.asarray(X, dtype=np.float32))
 
 
 def _trainer(build_model: Callable[[], torch.nn.Module], sigma: float, *, clip_norm: float,
@@ -185,15 +206,16 @@ def _privacy(plan: Plan, executed_steps: list[int], group: np.ndarray, clip_norm
 
 
 @torch.no_grad()
-def _dp_evaluate(model, X: torch.Tensor, y: np.ndarray, n_classes: int, sigma, stream) -> dict:
+def _dp_evaluate(model, X: torch.Tensor, y: np.ndarray, n_classes: int, sigma, stream,
+                 batch: int = 4096) -> dict:
     """One round's metrics as a DP release (exact only under mock evaluation)."""
     from .acquisition import predict_proba
     from ..privacy.private_metrics import is_mock, release
 
-    pred = predict_proba(model, X).argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
+    pred = predict_proba(model, X, batch).argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
     m = release(y, pred, list(range(n_classes)), sigma, stream=stream)
     out = {"accuracy": m["test_accuracy"], "per_class_accuracy": m["per_class_accuracy"],
-           "auc": evaluate(model, X, y, n_classes)["auc"] if is_mock() else None}
+           "auc": evaluate(model, X, y, n_classes, batch)["auc"] if is_mock() else None}
     out.update({k: m[k] for k in ("evaluated_on", "test_accuracy_std") if k in m})
     return out
 

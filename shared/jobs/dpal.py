@@ -7,9 +7,13 @@ reserves, for each record, the worst of them given its history, and at commit ch
 the one it received (``_owner_record_groups``: owner-side, never released). ``planned_event``
 (the worst group's event composed with the metrics) remains the job's headline number and
 the upper bound its realised report is checked against.
+
+The guarantee comes from the plan, not the model: ``method`` (fine-tuning a backbone the owner
+registered, :mod:`shared.dpal.pretrained`) changes what is trained, never the events.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -17,13 +21,21 @@ from typing import ClassVar
 from ..data import IMAGES, TABLE, DatasetMeta, n_train_records
 from ..display import brief
 from ..errors import SpecError
+from ..pretrained.info import METHODS
 from . import bounds
 from .base import DEFAULT_METRICS_EPSILON, JobSpec, register
 from .dpsgd_images import BACKBONE_NAMES
 from .dpsgd_table import n_model_inputs
+from .finetune import DEFAULT_LEARNING_RATE as FINETUNE_LEARNING_RATE
+from .finetune import LORA_RANK_MAX, check_finetune_size, check_image_shape
 
 DPAL_MODELS = ("logreg", "mlp", "head")
 HIDDEN = 32
+DEFAULT_LEARNING_RATE = 0.5  # learning_rate 0 without a method
+# learning_rate 0 with a method: finetune's measured rate, as it is (measured there with
+# momentum 0.9; the loop runs plain SGD). On the synthetic CXR (400 images, 3 rounds, eps 4)
+# these did as well as or better than 10x them (lora at 10x did not learn).
+METHOD_LEARNING_RATE = dict(FINETUNE_LEARNING_RATE)
 MAX_ROUNDS = bounds.DPAL_ROUNDS_MAX
 _PLAN_CACHE: dict = {}
 
@@ -32,11 +44,22 @@ _PLAN_CACHE: dict = {}
 @dataclass
 class DPALSpec(JobSpec):
     """DP active learning on a table (``label`` = the label column) or on images (``label`` =
-    "label"; features from the frozen ``backbone``). ``query_sizes``: records labelled in each
-    of the R rounds; ``eps_selection``: total selection budget (eps_selection / R per round);
-    ``batch_size``: expected batch size; ``score_bound``: S (0 = the score's natural bound)."""
+    "label"). ``query_sizes``: records labelled in each of the R rounds; ``eps_selection``:
+    total selection budget (eps_selection / R per round); ``batch_size``: expected batch size;
+    ``score_bound``: S (0 = the score's natural bound).
+
+    Images, ``method`` "" (the default): a head (``model``) on features of the frozen,
+    data-independent ``backbone`` ("scatter", ...). ``method`` "head", "bitfit", "lora" or
+    "full": ``backbone`` names a backbone the owner registered (``site.models``) and the loop
+    trains, between acquisitions, a linear head (an MLP if ``model="mlp"``) on its frozen
+    features computed once (``head``), or the fine-tuned model itself (its biases, rank
+    ``lora_rank`` adapters, or every weight; plus the head), as job kind ``finetune`` does.
+    ``learning_rate`` (plain SGD, no momentum; 0.5 unless given) 0: 0.5 without a method, else
+    finetune's measured rate for the method (head 4, bitfit 0.5, lora 0.1, full 0.05; the
+    researcher's builder gives 0 when a method is named without a rate)."""
 
     KIND: ClassVar[str] = "dpal"
+    AUTO_LEARNING_RATE: ClassVar[bool] = True  # 0: the method's default (``lr()``)
 
     dataset: str
     epsilon: float
@@ -50,6 +73,8 @@ class DPALSpec(JobSpec):
     accountant: str = "pld"
     model: str = "logreg"
     backbone: str = "scatter"
+    method: str = ""
+    lora_rank: int = 8
     batch_size: int = 32
     epochs_per_round: float = 10.0
     clip_norm: float = 1.0
@@ -85,10 +110,18 @@ class DPALSpec(JobSpec):
         if self.model not in DPAL_MODELS:
             raise SpecError(f"unknown model {brief(self.model)}; choose one of "
                             f"{list(DPAL_MODELS)}")
+        if self.method not in ("",) + METHODS:
+            raise SpecError(f"unknown method {brief(self.method)}; choose one of "
+                            f"{list(METHODS)} (fine-tune a registered backbone) or '' (features "
+                            f"of a data-independent backbone: {list(BACKBONE_NAMES)})")
+        bounds.check_int("lora_rank", self.lora_rank, 1, LORA_RANK_MAX)
         # checked on tables too (where it is unused): every field is shown to the owner
-        if self.backbone not in BACKBONE_NAMES:
+        if self.method:
+            bounds.check_text("backbone", self.backbone)
+        elif self.backbone not in BACKBONE_NAMES:
             raise SpecError(f"unknown backbone {brief(self.backbone)}; choose one of "
-                            f"{list(BACKBONE_NAMES)}")
+                            f"{list(BACKBONE_NAMES)}, or give method= to fine-tune a backbone "
+                            "the owner registered (site.models)")
         if not (1 <= len(self.query_sizes) <= MAX_ROUNDS) or not all(
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1
                 for k in self.query_sizes):
@@ -113,12 +146,18 @@ class DPALSpec(JobSpec):
         from ..training.backbones import BACKBONES
 
         self._check_dataset(meta)
+        if self.method and meta.kind != IMAGES:
+            raise SpecError(f"method={self.method!r} fine-tunes a registered image backbone, "
+                            f"but dataset {meta.name!r} holds a {meta.kind}; leave method='' "
+                            "(the default) on a table")
         if meta.kind == TABLE:
             if self.label != meta.label:
                 raise SpecError(f"label column is {meta.label!r} on dataset {meta.name!r}, "
                                 f"not {self.label!r}")
             if self.model == "head":
                 raise SpecError("model 'head' is for images; use 'logreg' or 'mlp' on a table")
+        elif meta.kind == IMAGES and self.method:
+            check_image_shape(meta)  # the backbone's size is checked by check_backbones
         elif meta.kind == IMAGES:
             if self.backbone not in BACKBONES:
                 raise SpecError(f"unknown backbone {self.backbone!r}; choose one of "
@@ -141,11 +180,31 @@ class DPALSpec(JobSpec):
         # the last round trains on every labelled record: the lowest naive rate
         bounds.check_sample_rate(need, self.batch_size, f"{self.KIND}'s last round")
         bounds.check_steps(self.naive_steps(), self.KIND)
+        if self.method:
+            return
         n_features = (bounds.backbone_dim(self.backbone, meta.image_shape or [1, 1])
                       if meta.kind == IMAGES else n_model_inputs(meta))
         bounds.check_model_size(bounds.table_params(self.model, n_features, len(meta.labels),
                                                     HIDDEN), self.batch_size,
                                 f"model {self.model!r}")
+
+    def backbones_needed(self) -> list[str]:
+        return [self.backbone] if self.method else []
+
+    def check_backbones(self, infos: dict, meta: DatasetMeta | None = None) -> None:
+        """The fine-tuned model fits the site's memory at ``batch_size`` (as for finetune)."""
+        check_finetune_size(infos[self.backbone], self.method, self.head_hidden(), meta,
+                            self.batch_size)
+
+    def head_hidden(self) -> int:
+        """Hidden units of the head (0: linear)."""
+        return HIDDEN if self.model == "mlp" else 0
+
+    def lr(self) -> float:
+        """The learning rate the job trains with (0: the method's default)."""
+        if self.learning_rate:
+            return self.learning_rate
+        return METHOD_LEARNING_RATE[self.method] if self.method else DEFAULT_LEARNING_RATE
 
     def naive_steps(self) -> int:
         """DP-SGD steps of the plan before step amplification (``shared.dpal.planner``'s exact
@@ -175,52 +234,43 @@ class DPALSpec(JobSpec):
         return [e for e in list(plan.group_events) + [plan.unlabelled_event, _test_event(self)]
                 if e]
 
-    def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+    def run(self, data, meta: DatasetMeta, progress=None, backbones=None) -> dict:
         from ..dpal import run_dpal
-        from ..training.models import build_model, model_config
-        from ..training.serialise import model_bytes
-
-        plan = plan_for(self, meta)
-        X, y, extra = dpal_features(self, data, meta)
+        from ..privacy.accounting import event_from_json
+        from ..privacy.private_metrics import metrics_sigma
+        from ..privacy.private_metrics import privacy_report as metrics_report
         from ..training.split import split_indices
 
-        tr, te = split_indices(X, y, self.test_fraction, self.seed)  # per record (its own side)
+        plan = plan_for(self, meta)
+        if self.method:
+            from ..dpal.pretrained import pretrained_inputs
+
+            inputs = pretrained_inputs(self, data, meta, backbones[self.backbone])
+        else:
+            inputs = _feature_inputs(self, data, meta)
+        y = inputs.y
+        # per record (its own side)
+        tr, te = split_indices(inputs.rows, y, self.test_fraction, self.seed)
         y_pool = y[tr]
         n_classes = len(meta.labels)
-        hidden = HIDDEN if self.model == "mlp" else 0
-        head_name = "mlp" if self.model == "mlp" else "logreg"
 
         def oracle(idx):
             return y_pool[idx]
 
-        from ..privacy.accounting import event_from_json
-        from ..privacy.private_metrics import metrics_sigma
-        from ..privacy.private_metrics import privacy_report as metrics_report
-
         releases = len(self.query_sizes) + 1
         m_sigma = metrics_sigma(self, releases)
-
-        out = run_dpal(X[tr], oracle, X[te], y[te], plan,
-                       lambda: build_model(head_name, X.shape[1], n_classes, HIDDEN),
+        tr_t, te_t = _torch_index(tr), _torch_index(te)
+        out = run_dpal(inputs.X[tr_t], oracle, inputs.X[te_t], y[te], plan, inputs.build_model,
                        n_classes=n_classes, acquisition=self.acquisition,
-                       clip_norm=self.clip_norm, learning_rate=self.learning_rate,
+                       clip_norm=self.clip_norm, learning_rate=self.lr(),
                        score_bound=self.score_bound or None, seed=self.seed, progress=progress,
-                       dp_metrics=True, metrics_sigma=m_sigma)
+                       dp_metrics=True, metrics_sigma=m_sigma, eval_batch=inputs.eval_batch)
         privacy = out["privacy"]
         # the released report covers the worst group's training and all rounds' metrics
         privacy.update(metrics_report(event_from_json(privacy["event"]), m_sigma, releases,
                                       self.delta))
-        model = out["model"].eval()
-        if meta.kind == IMAGES:
-            config = model_config("head", X.shape[1], n_classes, hidden,
-                                  in_channels=extra["channels"], image_size=extra["hw"],
-                                  backbone=self.backbone)
-            state = model_bytes(model, prefix="head.")
-        else:
-            config = model_config(head_name, X.shape[1], n_classes, HIDDEN)
-            config.update(extra)
-            state = model_bytes(model)
-        config["classes"] = list(meta.labels)
+        result = inputs.release(out["model"].eval())
+        result["model_config"]["classes"] = list(meta.labels)
         last = out["rounds"][-1]
         metrics = {"test_accuracy": last["accuracy"], "test_auc": last["auc"],
                    "per_class_accuracy": last["per_class_accuracy"],
@@ -228,10 +278,46 @@ class DPALSpec(JobSpec):
                    "n_pool": plan.n_pool, "n_test": meta.n_records - plan.n_pool,
                    "labelled": int(last["labelled"])}
         metrics.update({k: last[k] for k in ("evaluated_on", "test_accuracy_std") if k in last})
-        return {"metrics": metrics, "privacy": privacy, "rounds": out["rounds"],
-                "plan": plan.to_dict(), "model_state": state, "model_config": config,
+        return {**result, "metrics": metrics, "privacy": privacy, "rounds": out["rounds"],
+                "plan": plan.to_dict(),
                 "_owner_record_groups": _record_groups(self, meta, plan, tr, te,
                                                        out.pop("group_of_pool"))}
+
+
+def _torch_index(idx):
+    """A numpy index array as a torch one (features and images are torch tensors)."""
+    import torch
+
+    return torch.as_tensor(idx, dtype=torch.long)
+
+
+def _feature_inputs(spec: DPALSpec, data, meta: DatasetMeta):
+    """The loop's inputs on fixed features (:func:`dpal_features`): a head on the frozen,
+    data-independent backbone's features, or a model on a table's preprocessed columns."""
+    import numpy as np
+    import torch
+
+    from ..dpal.loop import LoopInputs
+    from ..training.models import build_model, model_config
+    from ..training.serialise import model_bytes
+
+    X, y, extra = dpal_features(spec, data, meta)
+    n_classes = len(meta.labels)
+    head_name = "mlp" if spec.model == "mlp" else "logreg"
+
+    def release(model) -> dict:
+        if meta.kind == IMAGES:
+            config = model_config("head", X.shape[1], n_classes, spec.head_hidden(),
+                                  in_channels=extra["channels"], image_size=extra["hw"],
+                                  backbone=spec.backbone)
+            return {"model_config": config, "model_state": model_bytes(model, prefix="head.")}
+        config = model_config(head_name, X.shape[1], n_classes, HIDDEN)
+        config.update(extra)
+        return {"model_config": config, "model_state": model_bytes(model)}
+
+    return LoopInputs(X=torch.as_tensor(np.asarray(X, dtype=np.float32)), rows=X, y=y,
+                      build_model=lambda: build_model(head_name, X.shape[1], n_classes, HIDDEN),
+                      release=release, eval_batch=4096)
 
 
 def _test_event(spec: DPALSpec) -> str:
@@ -262,15 +348,17 @@ def plan_for(spec: DPALSpec, meta: DatasetMeta, n_pool: int | None = None):
 
     if n_pool is None:
         n_pool = n_train_records(meta.n_records, spec.test_fraction)
-    key = (spec.to_json(), n_pool)
+    # the plan reads these fields only: what is trained (model, backbone, method, learning
+    # rate, ...) never changes the privacy schedule
+    args = dict(n_pool=n_pool, start_size=spec.start_size, query_sizes=list(spec.query_sizes),
+                epsilon=spec.epsilon, delta=spec.delta, eps_selection=spec.eps_selection,
+                batch_size=spec.batch_size, epochs_per_round=spec.epochs_per_round,
+                mode=spec.mode, accountant=spec.accountant)
+    key = json.dumps(args, sort_keys=True)
     if key not in _PLAN_CACHE:
         if len(_PLAN_CACHE) > 16:
             _PLAN_CACHE.clear()
-        _PLAN_CACHE[key] = make_plan(
-            n_pool=n_pool, start_size=spec.start_size, query_sizes=list(spec.query_sizes),
-            epsilon=spec.epsilon, delta=spec.delta, eps_selection=spec.eps_selection,
-            batch_size=spec.batch_size, epochs_per_round=spec.epochs_per_round,
-            mode=spec.mode, accountant=spec.accountant)
+        _PLAN_CACHE[key] = make_plan(**args)
     from ..dpal import Plan
 
     return Plan.from_dict(_PLAN_CACHE[key].to_dict())  # a copy: callers may not alter the cache

@@ -91,10 +91,7 @@ class FineTuneSpec(JobSpec):
             raise SpecError(f"dataset {meta.name!r} holds {meta.kind}, but {self.KIND} needs "
                             "images")
         self._check_dataset(meta)
-        shape = meta.image_shape or []
-        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
-            raise SpecError(f"dataset {meta.name!r} declares image shape {shape}: fine-tuning "
-                            "takes grayscale (H, W) or RGB (H, W, 3) images")
+        check_image_shape(meta)
         if len(meta.labels) < 2:
             raise SpecError(f"dataset {meta.name!r} has fewer than two labels: nothing to classify")
         batch = self.batch_for(meta)
@@ -106,15 +103,9 @@ class FineTuneSpec(JobSpec):
         return [self.backbone]
 
     def check_backbones(self, infos: dict, meta: DatasetMeta | None = None) -> None:
-        """The model fits the site's memory: every backbone weight for ``full``, the head (an
-        upper bound for bitfit and lora is checked exactly when the job builds the model)."""
-        info = infos[self.backbone]
-        n_classes = len(meta.labels) if meta is not None else 2
-        head = bounds.table_params("mlp" if self.hidden else "logreg", info.feature_dim,
-                                   n_classes, self.hidden)
-        params = head + (info.n_params if self.method == "full" else 0)
+        """The model fits the site's memory (:func:`check_finetune_size`)."""
         batch = self.physical_batch_size or (self.batch_for(meta) if meta else 1)
-        bounds.check_model_size(params, batch, f"{self.method} fine-tuning of {info.name!r}")
+        check_finetune_size(infos[self.backbone], self.method, self.hidden, meta, batch)
 
     def schedule(self, meta: DatasetMeta) -> tuple[float, int, float]:
         """(sample rate, steps, noise multiplier): what the job will run."""
@@ -137,3 +128,23 @@ class FineTuneSpec(JobSpec):
         from ..training.finetune import train_finetune
 
         return train_finetune(data, self, meta, backbones[self.backbone], progress=progress)
+
+
+def check_image_shape(meta: DatasetMeta) -> None:
+    """Fine-tuning takes grayscale (H, W) or RGB (H, W, 3) images (SpecError otherwise)."""
+    shape = meta.image_shape or []
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise SpecError(f"dataset {meta.name!r} declares image shape {shape}: fine-tuning "
+                        "takes grayscale (H, W) or RGB (H, W, 3) images")
+
+
+def check_finetune_size(info, method: str, hidden: int, meta: DatasetMeta | None,
+                        batch: int) -> None:
+    """The model a job fine-tunes from backbone ``info`` (a BackboneInfo) fits the site's memory
+    at ``batch`` records per pass: every backbone weight for ``full``, the head (bitfit and
+    lora are checked exactly when the job builds the model: ``build_checked``)."""
+    n_classes = len(meta.labels) if meta is not None else 2
+    head = bounds.table_params("mlp" if hidden else "logreg", info.feature_dim, n_classes,
+                               hidden)
+    params = head + (info.n_params if method == "full" else 0)
+    bounds.check_model_size(params, batch, f"{method} fine-tuning of {info.name!r}")

@@ -213,7 +213,7 @@ def _run_dpal(spec, aug, aug_meta, n_real, progress) -> dict:
 
     out = run_dpal(X[pool], lambda idx: y_pool[idx], X[te], y[te], plan, build,
                    n_classes=n_classes, acquisition=job.acquisition, clip_norm=job.clip_norm,
-                   learning_rate=job.learning_rate, score_bound=job.score_bound or None,
+                   learning_rate=job.lr(), score_bound=job.score_bound or None,
                    seed=job.seed, progress=progress)
     with torch.random.fork_rng(devices=[]):  # run_dpal's public initialisation
         torch.manual_seed(int(job.seed))

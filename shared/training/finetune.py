@@ -50,16 +50,9 @@ def train_finetune(data: dict, spec, meta, backbone: LocalBackbone,
     q, steps, sigma = spec.schedule(meta)
     info = backbone.info
 
-    with torch.random.fork_rng(devices=[]):  # seeded adapters without touching the caller's RNG
-        torch.manual_seed(spec.seed)
-        model = build_finetuned(info, backbone.path, spec.method, len(classes), spec.hidden,
-                                spec.lora_rank)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     physical = min(spec.physical_batch_size or spec.batch_for(meta), spec.batch_for(meta))
-    try:
-        bounds.check_model_size(trained, physical, f"{spec.method} fine-tuning of {info.name!r}")
-    except SpecError as e:
-        raise SpecError(f"{e} (or set physical_batch_size)") from None
+    model = build_checked(backbone, spec.method, len(classes), spec.hidden, spec.lora_rank,
+                          spec.seed, physical, hint=" (or set physical_batch_size)")
     model.to(device)
     X = images_to_tensor(images)
     if spec.method == "head":
@@ -86,20 +79,46 @@ def train_finetune(data: dict, spec, meta, backbone: LocalBackbone,
     probs = predict_probs(net, X, device, _EVAL_BATCH)
     yn = y.numpy()
     pred_te = probs[te].argmax(1) if len(te) else np.zeros(0, dtype=int)
-    config = {"name": "finetuned", "method": spec.method, "backbone": info.to_dict(),
-              "n_classes": len(classes), "hidden": spec.hidden, "lora_rank": spec.lora_rank,
-              "classes": classes, "preprocessing": PREPROCESSING,
-              "image_shape": list(images.shape[1:]), "trained_parameters": int(trained)}
-    model.cpu().eval()
     return {
-        "model_state": dump_state(released_state(model, spec.method)),
-        "model_config": config,
+        **released(model, info, spec.method, spec.hidden, spec.lora_rank, classes,
+                   list(images.shape[1:])),
         # DP (priced above), or exact only on the public mock (shared.privacy.private_metrics)
         "metrics": release(yn[te], pred_te, classes, m_sigma, stream=(spec.seed, NOISE_STREAM, 0),
                            n_train=n_train, n_test=meta.n_records - n_train,
                            probs=probs[te] if spec.metrics_auc else None,
                            mock_extras=lambda: mock_extras(probs, yn, tr, te, classes)),
         "privacy": privacy,
-        "backbone": {"name": info.name, "sha256": info.sha256, "arch": info.arch,
-                     "source": info.source},
     }
+
+
+def build_checked(backbone: LocalBackbone, method: str, n_classes: int, hidden: int,
+                  lora_rank: int, seed: int, batch: int, hint: str = ""):
+    """The model a job fine-tunes (seeded by ``seed`` without touching the caller's torch RNG),
+    on the CPU; SpecError (+ ``hint``) unless its trained parameters' per-sample gradients over
+    ``batch`` records fit the site's memory."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_finetuned(backbone.info, backbone.path, method, n_classes, hidden,
+                                lora_rank)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    try:
+        bounds.check_model_size(trained, batch, f"{method} fine-tuning of {backbone.info.name!r}")
+    except SpecError as e:
+        raise SpecError(f"{e}{hint}") from None
+    return model
+
+
+def released(model, info, method: str, hidden: int, lora_rank: int, classes: list,
+             image_shape: list) -> dict:
+    """The result keys of a fine-tuned model: ``model_state`` (what ``method`` may release),
+    ``model_config`` (what :func:`shared.pretrained.model.rebuild` needs) and ``backbone`` (the
+    registered backbone it started from). Moves ``model`` to the CPU in eval mode."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.cpu().eval()
+    config = {"name": "finetuned", "method": method, "backbone": info.to_dict(),
+              "n_classes": len(classes), "hidden": hidden, "lora_rank": lora_rank,
+              "classes": list(classes), "preprocessing": PREPROCESSING,
+              "image_shape": list(image_shape), "trained_parameters": int(trained)}
+    return {"model_state": dump_state(released_state(model, method)), "model_config": config,
+            "backbone": {"name": info.name, "sha256": info.sha256, "arch": info.arch,
+                         "source": info.source}}

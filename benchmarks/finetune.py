@@ -235,6 +235,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--timing-steps", type=int, default=5)
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--timing-only", action="store_true", help="skip the accuracy table")
     if ap.parse_known_args()[0].quick:  # defaults only: explicit options still win
         ap.set_defaults(methods="head,bitfit", seeds=2, size=32, n=400)
     args = ap.parse_args()
@@ -246,8 +247,9 @@ def main():
           f"{args.epochs} epochs, batch {args.batch}, delta 1e-5, {args.seeds} seeds, "
           f"device {args.device}")
     report = {"args": vars(args), "utility": {}, "timing": {}}
-    print(f"\n{'method':<12}{'eps':>6}  {'accuracy':>18}  {'AUC':>18}  {'acc - non-private':>18}")
-    for method in methods + ["scratch"]:
+    if not args.timing_only:
+        print(f"\n{'method':<12}{'eps':>6}  {'accuracy':>18}  {'AUC':>18}  {'acc - non-private':>18}")
+    for method in [] if args.timing_only else methods + ["scratch"]:
         base = None
         if method != "scratch":
             base = [non_private(data, bb, method, s, args, args.device) for s in

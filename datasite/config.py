@@ -7,6 +7,7 @@ Layout of ``~/.dp-datasite/NAME`` (or ``--home`` / ``$DATASITE_HOME``)::
     syft/                PySyft's SQLite database and blob files (low side: mock data only)
     private/             0700; real datasets, never given to the PySyft server
     results/             0700; job results waiting for the owner's release
+    calibration.sqlite   0600; calibrated noise multipliers (a cache, safe to delete)
     server.pid, server.log
 
 The whole home is the owner's alone: the home and ``~/.dp-datasite`` are 0700, and every
@@ -23,6 +24,8 @@ import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from shared.privacy.calibration_cache import ENV_VAR as CALIBRATION_CACHE_ENV  # stdlib only
 
 # Every environment variable the datasite reads (compose/ sets each of them).
 ENV_VARS = (
@@ -178,6 +181,10 @@ class SiteHome:
         return self.root / "results"
 
     @property
+    def calibration_cache(self) -> Path:
+        return self.root / "calibration.sqlite"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "server.pid"
 
@@ -196,6 +203,9 @@ class SiteHome:
             )
         if str(self.root.absolute()) not in _SECURED:  # once per process: whoever opens a home
             secure_home(self)
+        # Pricing, `run` and the job subprocess inherit it, so a sigma is calibrated once per
+        # request, not once per process (shared.privacy.calibration_cache). Kept if already set.
+        os.environ.setdefault(CALIBRATION_CACHE_ENV, str(self.calibration_cache.absolute()))
         cfg = SiteConfig(**json.loads(self.config_file.read_text()))
         if os.environ.get("DATASITE_DB_URL"):
             cfg.db_url = os.environ["DATASITE_DB_URL"]

@@ -12,6 +12,10 @@ inside the job, with the same deterministic function: the owner's price is the o
 
 A tuned job (``tuning_trials`` > 0, :func:`tuned_noise_multiplier`) holds its whole selection --
 every trial's training and metric release -- to the target (docs/hyperparameter_tuning.md).
+
+Calibrations are cached in the process and, with ``$DP_DATASITE_CALIBRATION_CACHE`` set, across
+processes (:mod:`shared.privacy.calibration_cache`: a stored sigma is used only after checking
+that it still meets the target).
 """
 from __future__ import annotations
 
@@ -70,13 +74,22 @@ def noise_multiplier(spec, sample_rate: float, steps: int) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _calibrate(q: float, steps: int, epsilon: float, delta: float, target: tuple) -> float:
-    # Cached: pricing, reservation and the job itself ask for the same sigma (deterministic).
-    from .privacy.accounting import calibrate_noise
-    from .privacy.reporting import calibrate_noise_for
+    # Cached: pricing, reservation and the job itself ask for the same sigma (deterministic);
+    # in this process (lru), and across processes in the calibration cache file.
+    from .privacy import accounting, reporting
+    from .privacy.calibration_cache import cached
 
-    if not target:
-        return calibrate_noise(q, steps, epsilon, delta)
-    return calibrate_noise_for(q, steps, **dict(target))
+    def compute() -> float:
+        if not target:
+            return accounting.calibrate_noise(q, steps, epsilon, delta)
+        return reporting.calibrate_noise_for(q, steps, **dict(target))
+
+    def meets(sigma: float) -> bool:  # the criterion the calibration bisects on
+        if not target:
+            return accounting.meets_epsilon(q, sigma, steps, epsilon, delta)
+        return reporting.meets_risk_target(q, sigma, steps, **dict(target))
+
+    return cached("targets._calibrate", (q, steps, epsilon, delta, target), compute, meets)
 
 
 def tuned_noise_multiplier(spec, sample_rate: float, steps: int, metrics_sigma: float) -> float:
@@ -94,10 +107,19 @@ def tuned_noise_multiplier(spec, sample_rate: float, steps: int, metrics_sigma: 
 def _calibrate_tuned(q: float, steps: int, epsilon: float, delta: float, target: tuple,
                      metrics_sigma: float, mean: float, shape: float) -> float:
     # Cached for the same reason as _calibrate: pricing and the job ask for the same sigma.
-    from .privacy.tuning import calibrate_tuned_noise
+    from .privacy import tuning
+    from .privacy.calibration_cache import cached
 
-    return calibrate_tuned_noise(q, steps, metrics_sigma, mean, shape, delta, epsilon,
-                                 dict(target))
+    def compute() -> float:
+        return tuning.calibrate_tuned_noise(q, steps, metrics_sigma, mean, shape, delta, epsilon,
+                                            dict(target))
+
+    def meets(sigma: float) -> bool:  # the criterion the calibration bisects on
+        return tuning.tuned_meets(q, sigma, steps, metrics_sigma, mean, shape, delta, epsilon,
+                                  dict(target))
+
+    return cached("targets._calibrate_tuned",
+                  (q, steps, epsilon, delta, target, metrics_sigma, mean, shape), compute, meets)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,23 @@ def _pg_admin(sql: str) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def calibration_cache_file(tmp_path_factory):
+    """One calibration cache file for the whole run, in the environment, so the servers, pricing
+    workers and job runners the tests start (they inherit it) reuse the sigmas calibrated
+    before instead of each calibrating the same request again."""
+    from shared.privacy.calibration_cache import ENV_VAR
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.sqlite"
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _drop_test_databases():
     yield
     for name in _CREATED:  # servers are down by now; FORCE ends stray connections

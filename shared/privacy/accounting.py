@@ -191,6 +191,13 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
 _pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
 
 
+def meets_epsilon(sample_rate: float, sigma: float, steps: int, epsilon: float,
+                  delta: float) -> bool:
+    """Whether DP-SGD at noise ``sigma`` is ``epsilon``-DP at ``delta`` by PLD: the criterion
+    :func:`calibrate_noise` bisects on (and the check of a cached sigma)."""
+    return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= epsilon
+
+
 def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:
     """The event's RDP at each of RDP_ORDERS (composition adds these vectors); None for events
     RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
@@ -250,7 +257,7 @@ def calibrate_noise(sample_rate: float, steps: int, epsilon: float, delta: float
         raise AccountingError(f"steps must be >= 1, got {steps}")
 
     def pld_ok(sigma: float) -> bool:
-        return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= target
+        return meets_epsilon(sample_rate, sigma, steps, target, delta)
 
     def rdp_ok(sigma: float) -> bool:
         return epsilon_rdp(dpsgd_event(sample_rate, sigma, steps), delta) <= target

@@ -262,6 +262,18 @@ def privacy_report(event: dp_accounting.DpEvent, delta: float) -> dict:
 
 
 # -- calibration -------------------------------------------------------------------------------
+def meets_risk_target(sample_rate: float, sigma: float, steps: int, *, mu: float | None = None,
+                      tpr: float | None = None, fpr: float | None = None) -> bool:
+    """Whether DP-SGD at noise ``sigma`` is ``mu``-GDP, or keeps every membership attack at or
+    below ``tpr`` at ``fpr``: the criterion :func:`calibrate_noise_for` bisects on (and the
+    check of a cached sigma)."""
+    c = tradeoff_curve(dpsgd_event(sample_rate, sigma, steps))
+    if mu is not None:
+        m = None if c is None else fit_mu(c)[0]
+        return m is not None and m <= mu
+    return c is not None and float(c.tpr(fpr)) <= tpr
+
+
 def calibrate_noise_for(sample_rate: float, steps: int, *, epsilon: float | None = None,
                         delta: float | None = None, mu: float | None = None,
                         tpr: float | None = None, fpr: float | None = None,
@@ -286,17 +298,12 @@ def calibrate_noise_for(sample_rate: float, steps: int, *, epsilon: float | None
     if fpr is not None and tpr is None:
         raise AccountingError("fpr goes with a tpr target")
 
-    def curve(sigma: float) -> TradeOff | None:
-        return tradeoff_curve(dpsgd_event(sample_rate, sigma, steps))
-
     if mu is not None:
         if not (mu > 0 and math.isfinite(mu)):
             raise AccountingError(f"mu must be a finite number > 0, got {mu}")
 
         def ok(sigma: float) -> bool:
-            c = curve(sigma)
-            m = None if c is None else fit_mu(c)[0]
-            return m is not None and m <= mu
+            return meets_risk_target(sample_rate, sigma, steps, mu=mu)
         what = f"mu={mu:g}"
     else:
         if fpr is None or not 0 < fpr < 1:
@@ -307,8 +314,7 @@ def calibrate_noise_for(sample_rate: float, steps: int, *, epsilon: float | None
                                   f"attacker less than TPR = FPR, got {tpr}")
 
         def ok(sigma: float) -> bool:
-            c = curve(sigma)
-            return c is not None and float(c.tpr(fpr)) <= tpr
+            return meets_risk_target(sample_rate, sigma, steps, tpr=tpr, fpr=fpr)
         what = f"TPR {tpr:g} at FPR {fpr:g}"
 
     too_far = (f"{what} is out of reach: it would need a noise multiplier above {SIGMA_MAX:g}. "

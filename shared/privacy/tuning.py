@@ -78,6 +78,15 @@ def pair_meets(eps: float, delta: float, target_epsilon: float, target: dict) ->
     return float(curve.tpr(float(target["fpr"]))) <= target["tpr"]
 
 
+def tuned_meets(sample_rate: float, sigma: float, steps: int, metrics_sigma: float,
+                mean: float, shape: float, delta: float, target_epsilon: float,
+                target: dict) -> bool:
+    """Whether a tuned job whose trials run DP-SGD at noise ``sigma`` meets the request: the
+    criterion :func:`calibrate_tuned_noise` bisects on (and the check of a cached sigma)."""
+    cost = tuned_epsilon(trial_event(sample_rate, sigma, steps, metrics_sigma), mean, shape, delta)
+    return pair_meets(cost, delta, target_epsilon, target)
+
+
 def calibrate_tuned_noise(sample_rate: float, steps: int, metrics_sigma: float, mean: float,
                           shape: float, delta: float, target_epsilon: float, target: dict,
                           rtol: float = 1e-3) -> float:
@@ -93,12 +102,7 @@ def calibrate_tuned_noise(sample_rate: float, steps: int, metrics_sigma: float, 
                               "score): set metrics_epsilon > 0")
     want = describe(target_epsilon, target)
 
-    def cost(sigma: float | None) -> float:
-        base = (trial_event(sample_rate, sigma, steps, metrics_sigma) if sigma is not None
-                else metrics_event(metrics_sigma))  # no training: the floor
-        return tuned_epsilon(base, mean, shape, delta)
-
-    floor = cost(None)
+    floor = tuned_epsilon(metrics_event(metrics_sigma), mean, shape, delta)  # no training
     if not pair_meets(floor, delta, target_epsilon, target):
         raise AccountingError(
             f"{want} is out of reach for this tuned job: the trials' metric releases alone, "
@@ -106,7 +110,8 @@ def calibrate_tuned_noise(sample_rate: float, steps: int, metrics_sigma: float, 
             f"{delta:g}. Lower metrics_epsilon (e.g. 0.1) or tuning_trials, or ask for more.")
 
     def ok(sigma: float) -> bool:
-        return pair_meets(cost(sigma), delta, target_epsilon, target)
+        return tuned_meets(sample_rate, sigma, steps, metrics_sigma, mean, shape, delta,
+                           target_epsilon, target)
 
     too_far = (f"{want} is out of reach for this tuned job: it would need a noise multiplier "
                f"above {SIGMA_MAX:g}. Lower tuning_trials, epochs or the sampling rate (batch "

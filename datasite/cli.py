@@ -229,9 +229,40 @@ def print_request(it: dict, file=None) -> None:
 
 
 def cmd_run(args) -> None:
-    summary = _site(args).run(args.request, progress=not args.quiet)
+    summary = _site(args).run(args.request, progress=not args.quiet, wait=not args.no_wait,
+                              foreground=args.foreground)
+    if "queued" in summary:
+        print(f"Queued request {escape(args.request)} for the workers; follow it with: "
+              f"datasite queue {escape(args.name)}")
+        return
     print(json.dumps(summary, indent=2, default=str))
     print(f"Release it with: datasite release {escape(args.name)} {escape(args.request)}")
+
+
+def cmd_workers(args) -> None:
+    from .workers import supervise
+
+    if args.gpus and args.cpus:
+        raise SiteError("Give --gpus or --cpus, not both.")
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else \
+        [""] * (args.cpus or 1)
+    if any(not g.isdigit() for g in gpus if g):
+        raise SiteError(f"--gpus takes GPU indices like 0,1 (got {args.gpus!r}).")
+    site = open_site(args.name, args.home)
+    print(f"Starting {len(gpus)} worker(s) for {args.name}; Ctrl-C stops them after the jobs "
+          "in hand. Logs: " + str(site.root / "worker-N.log"), flush=True)
+    supervise(site, gpus, out=lambda line: print(line, flush=True))
+
+
+def cmd_queue(args) -> None:
+    from .ledger import Ledger
+    from .state import open_state
+    from .workers import queue_report, recover_dead_runs, render_queue
+
+    state = open_state(open_site(args.name, args.home))
+    recover_dead_runs(state, Ledger(state))  # a dead worker's job shows as refunded, not stuck
+    rep = queue_report(state)
+    print(json.dumps(rep, indent=2, default=str) if args.json else render_queue(rep))
 
 
 def cmd_release(args) -> None:
@@ -403,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("run", cmd_run, "run an approved job on the private data")
     s.add_argument("request")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--no-wait", action="store_true",
+                   help="with workers running: queue the job and return at once")
+    s.add_argument("--foreground", action="store_true",
+                   help="run it here even when workers are running")
+    s = cmd("workers", cmd_workers, "run warm job workers (one per GPU) that take queued jobs")
+    s.add_argument("--gpus", default="", help="GPU indices, one worker each, e.g. 0,1")
+    s.add_argument("--cpus", type=int, default=0, help="number of CPU workers (default 1)")
+    s = cmd("queue", cmd_queue, "jobs queued, running (with progress), waiting for release")
+    s.add_argument("--json", action="store_true")
     s = cmd("release", cmd_release, "send a job's result back")
     s.add_argument("request")
     s = cmd("stop", cmd_stop, "stop serving a federated schedule (refunds rounds not run)")

@@ -56,6 +56,23 @@ def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result
     return load_result(result_path)
 
 
+def record_ran(state, request_id: str, result: ResultPayload, result_path: Path) -> dict:
+    """The job ran: keep its result for the owner's review; returns its summary."""
+    summary = result.summary()
+    if result.payload.get("backbone"):  # which registered weights the model started from
+        summary["backbone"] = result.payload["backbone"]
+    state.set_state(request_id, Request.RAN, result_path=str(result_path),
+                    summary_json=json.dumps(summary), progress_json=None)
+    return summary
+
+
+def record_failed(state, ledger, request_id: str, reason: str) -> None:
+    """The job failed (or its worker died): the request is failed and its reservation refunded,
+    both visibly (the ledger's audit log shows the refund and why)."""
+    state.set_state(request_id, Request.FAILED, reason=reason[-2000:], progress_json=None)
+    ledger.refund(request_id, reason=reason[:200])
+
+
 def load_result(path: Path | str) -> ResultPayload:
     """A job's full result, as its runner wrote it (owner-side)."""
     import pickle

@@ -11,27 +11,49 @@ from shared.jobs import MESSAGE, SCHEDULE, spec_from_dict
 
 from . import inbox
 from .config import SiteError
-from .execution import process_alive, run_claimed_job
+from .execution import process_alive, record_ran, run_claimed_job
 from .ledger import LedgerError
 from .states import Entry, Request
+
+
+_QUEUED = object()  # _run_locked's answer when it queued the job for the workers
 
 
 class RunMixin:
     """Running a recognised job once on the private data."""
 
-    def run(self, request_id: str, progress: bool = True) -> dict:
+    def run(self, request_id: str, progress: bool = True, wait: bool = True,
+            foreground: bool = False) -> dict:
         """Run a recognised job once on the real data; keep the result for review.
 
-        The request's run lock is held throughout, so a second owner process (or a second
-        `datasite run`) can neither run it again nor mistake the live run for a crashed one."""
+        With warm workers running (``datasite workers``) and not ``foreground``, the job is
+        queued for them and (``wait``) waited for; otherwise it runs here, in a fresh
+        subprocess. The request's run lock is held while it is claimed and priced (and, here,
+        while it runs), so a second owner process (or a second `datasite run`) can neither run
+        it again nor mistake the live run for a crashed one."""
+        from . import workers
+
         request_id, req = self.syft_request(request_id)
+        queue_it = not foreground and bool(workers.alive(self.state))
         with self.state.run_lock(request_id) as locked:
             if not locked:
                 raise SiteError(f"Request {request_id[:8]} is being run by another owner process "
                                 "right now; wait for it, then see `datasite review --all`.")
-            return self._run_locked(request_id, req, progress)
+            out = self._run_locked(request_id, req, progress, queue_it)
+        if out is not _QUEUED:
+            return out
+        from .job_queue import enqueue
 
-    def _run_locked(self, request_id: str, req, progress: bool) -> dict:
+        enqueue(self.home, request_id)  # after the lock: a worker can take it at once
+        if not wait:
+            return {"queued": request_id}
+        try:
+            return workers.wait_for_run(self.state, self.ledger, request_id, progress)
+        except SiteError:
+            self.publish_budgets([self.state.request(request_id)["researcher"]])
+            raise
+
+    def _run_locked(self, request_id: str, req, progress: bool, queue_it: bool = False):
         info = self.describe_request(request_id, req, with_cost=False)
         if info["state"] == Request.DENIED:
             raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
@@ -82,6 +104,12 @@ class RunMixin:
 
             return start_schedule(self, request_id, req, info)
         result_path = self.home.results / f"{request_id}.pkl"
+        if queue_it:  # the worker reads what the owner resolved from the request's row
+            from .workers import save_queued
+
+            save_queued(self.state, request_id, spec, row["path"], result_path, context,
+                        backbones)
+            return _QUEUED
         try:
             result = run_claimed_job(self.state, request_id, spec, row["path"], result_path,
                                      progress, context=context, backbones=backbones)
@@ -90,12 +118,7 @@ class RunMixin:
             self.ledger.refund(request_id, reason="job failed")
             self.publish_budgets([info["researcher"]])
             raise
-        summary = result.summary()
-        if result.payload.get("backbone"):  # which registered weights the model started from
-            summary["backbone"] = result.payload["backbone"]
-        self.state.set_state(request_id, Request.RAN, result_path=str(result_path),
-                             summary_json=json.dumps(summary))
-        return summary
+        return record_ran(self.state, request_id, result, result_path)
 
     def _job_context(self, job, researcher: str) -> dict | None:
         """What the owner adds to a job that builds on earlier releases (``context_sources``):
@@ -122,6 +145,9 @@ class RunMixin:
         own = self.state.request(request_id)
         if not own or own["state"] != Request.RUNNING:
             return
+        if own["queued_at"] is not None and own["started_at"] is None:
+            raise SiteError(f"Request {request_id[:8]} is queued for the workers; see "
+                            f"`datasite queue {self.name}`.")
         if own["runner_pid"] and process_alive(own["runner_pid"]):
             raise SiteError(f"Request {request_id[:8]} is running now (pid {own['runner_pid']}).")
         if own["result_path"] and Path(own["result_path"]).exists():

@@ -42,26 +42,33 @@ def backbones_from_json(text: str | None) -> dict[str, LocalBackbone] | None:
             for name, b in json.loads(text).items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_to_file(spec_json: str, dataset_dir: str, result_file: str, context_json: str | None,
+                backbones_json: str | None, progress) -> None:
+    """Run one job on ``dataset_dir`` and write its result to ``result_file`` (atomically)."""
     private_umask()  # the result is the owner's alone until released, whoever spawned us
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     context = None
-    if args.context:  # context key -> result file of an earlier release
+    if context_json:  # context key -> result file of an earlier release
         context = {}
-        for key, path in json.loads(args.context).items():
+        for key, path in json.loads(context_json).items():
             with open(path, "rb") as f:
                 context[key] = pickle.load(f)
-    data, meta = read_private(Path(args.dataset_dir))
+    data, meta = read_private(Path(dataset_dir))
+    result = run_job(json.loads(spec_json), data, meta, progress=progress, context=context,
+                     backbones=backbones_from_json(backbones_json))
+    tmp = Path(result_file).with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    tmp.rename(result_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def progress(done: int, total: int) -> None:
         print(json.dumps({"progress": [done, total]}), flush=True)
 
-    result = run_job(json.loads(args.spec_json), data, meta, progress=progress, context=context,
-                     backbones=backbones_from_json(args.backbones))
-    tmp = Path(args.result_file).with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(result, f)
-    tmp.rename(args.result_file)
+    run_to_file(args.spec_json, args.dataset_dir, args.result_file, args.context,
+                args.backbones, progress)
     print(json.dumps({"done": True}), flush=True)
     return 0
 

@@ -44,6 +44,24 @@ requests = Table(
     Column("summary_json", Text),
     Column("runner_pid", Integer),  # the job process while state is 'running'
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # the queue (datasite/job_queue.py): when it was queued, taken by which worker, how far
+    Column("queued_at", DateTime(timezone=True)),
+    Column("queue_payload", Text),  # JSON: what the owner resolved for the worker (paths)
+    Column("started_at", DateTime(timezone=True)),  # set once, by the worker that runs it
+    Column("worker", String(200)),
+    Column("progress_json", Text),  # {"done": i, "total": n} while it runs
+)
+
+# Warm job workers (datasite/worker.py): each writes a heartbeat while it is alive.
+job_workers = Table(
+    "dpds_workers", metadata,
+    Column("worker_id", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("gpu", String(20)),  # CUDA_VISIBLE_DEVICES of the worker ("" for CPU)
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64)),  # the job it runs now, if any
 )
 
 researchers = Table(
@@ -205,6 +223,50 @@ class State:
             row = c.execute(select(requests.c.state).where(requests.c.request_id == request_id)
                             .with_for_update()).first()
             self._write_state(c, request_id, row[0] if row else None, state, fields)
+
+    def update_request(self, request_id: str, **fields) -> None:
+        """Change a request's bookkeeping fields (queue, progress) without moving its state."""
+        with self.engine.begin() as c:
+            c.execute(update(requests).where(requests.c.request_id == request_id)
+                      .values(updated_at=now(), **fields))
+
+    def start_queued(self, request_id: str, worker: str) -> bool:
+        """Mark a queued run as taken by ``worker``; False if it is no longer a queued,
+        never-started run (refunded, or already taken: a duplicate delivery runs nothing)."""
+        with self.engine.begin() as c:
+            done = c.execute(update(requests).where(
+                requests.c.request_id == request_id, requests.c.state == str(Request.RUNNING),
+                requests.c.queued_at.is_not(None), requests.c.started_at.is_(None))
+                .values(started_at=now(), worker=worker, updated_at=now()))
+            return done.rowcount == 1
+
+    def queue_rows(self) -> list[dict]:
+        """Queued and running runs (oldest first) and ran ones waiting for release."""
+        with self.engine.connect() as c:
+            q = select(requests).where(requests.c.state.in_((str(Request.RUNNING),
+                                                             str(Request.RAN))))
+            return [dict(r) for r in c.execute(q.order_by(requests.c.queued_at,
+                                                          requests.c.updated_at)).mappings()]
+
+    def heartbeat(self, worker_id: str, host: str, pid: int, gpu: str,
+                  request_id: str | None) -> None:
+        with self.engine.begin() as c:
+            t = now()
+            got = c.execute(update(job_workers).where(job_workers.c.worker_id == worker_id).values(
+                heartbeat_at=t, request_id=request_id, pid=pid))
+            if got.rowcount == 0:
+                c.execute(insert(job_workers).values(worker_id=worker_id, host=host, pid=pid,
+                                                 gpu=gpu, started_at=t, heartbeat_at=t,
+                                                 request_id=request_id))
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(job_workers.delete().where(job_workers.c.worker_id == worker_id))
+
+    def workers(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(select(job_workers).order_by(job_workers.c.worker_id))
+                    .mappings()]
 
     @staticmethod
     def _write_state(c, request_id: str, current: str | None, state: str, fields: dict) -> None:

@@ -1,0 +1,107 @@
+"""One job in a fresh process forked from a warm parent (the worker's fork server).
+
+A worker (``datasite/worker.py``) starts a multiprocessing *forkserver* once, with torch,
+Opacus and the job code imported (:data:`PRELOAD`); each job is a new process forked from that
+server, so it starts in milliseconds instead of paying the imports, and it exits when the job
+ends. Why a process per job rather than a warm process that runs job after job: the fork
+server never reads private data, so each job starts from a parent that holds none, and one
+job's records, model or CUDA context can never be seen by the next; the worker process itself
+only reads the result file. The fork server is single-threaded (forking the multi-threaded
+worker would copy its locks mid-use) and touches no GPU (CUDA does not survive a fork): the
+job initialises CUDA itself.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import traceback
+
+# Imported once by the fork server: what every job needs before it touches data.
+PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privacy.accounting",
+           "shared.stats", "shared.dpal", "shared.removal", "datasite.runner",
+           "datasite.job_process"]
+
+_CTX = None
+
+
+def context():
+    """The worker's forkserver context (started on first use, with :data:`PRELOAD`)."""
+    global _CTX
+    if _CTX is None:
+        _CTX = multiprocessing.get_context("forkserver")
+        _CTX.set_forkserver_preload(PRELOAD)
+    return _CTX
+
+
+def warm_up() -> None:
+    """Start the fork server now (it imports :data:`PRELOAD`), so the first job is warm too."""
+    p = context().Process(target=_noop)
+    p.start()
+    p.join()
+
+
+def _noop() -> None:
+    return None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the fork server (its parent) exits: a worker killed
+    mid-job takes its fork server down, and the job must not outlive them to write a result
+    nobody records."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the worker's recovery still refunds, the result is ignored
+        pass
+
+
+def child(spec_json: str, dataset_dir: str, result_file: str, context_json: str | None,
+          backbones_json: str | None, conn) -> None:
+    """The job process: run the job, report progress and the outcome on ``conn``."""
+    _die_with_parent()
+    from .runner import run_to_file
+
+    try:
+        run_to_file(spec_json, dataset_dir, result_file, context_json, backbones_json,
+                    lambda done, total: conn.send(("progress", int(done), int(total))))
+        conn.send(("done",))
+    except BaseException:  # pylint: disable=broad-except
+        conn.send(("error", traceback.format_exc()[-3000:]))
+        os._exit(1)
+
+
+def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
+    """Run the job described by ``payload`` (spec, dataset_dir, result_path, context,
+    backbones) in a process forked from the warm server; RuntimeError with the job's
+    traceback if it fails."""
+    ctx = context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child, args=(
+        payload["spec_json"], payload["dataset_dir"], payload["result_path"],
+        payload.get("context_json"), payload.get("backbones_json"), send))
+    proc.start()
+    send.close()
+    if on_start is not None:
+        on_start(proc.pid)
+    outcome = None
+    while True:
+        try:
+            if not recv.poll(0.5):
+                if not proc.is_alive():
+                    break
+                continue
+            msg = recv.recv()
+        except EOFError:
+            break
+        if msg[0] == "progress" and on_progress is not None:
+            on_progress(msg[1], msg[2])
+        elif msg[0] in ("done", "error"):
+            outcome = msg
+    proc.join()
+    if outcome is None or outcome[0] != "done" or proc.exitcode != 0:
+        detail = outcome[1] if outcome and outcome[0] == "error" else \
+            f"the job process ended with exit code {proc.exitcode}"
+        raise RuntimeError(f"The job failed: {detail}")
+    if not os.path.exists(payload["result_path"]):
+        raise RuntimeError("The job ended without writing its result.")

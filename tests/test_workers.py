@@ -1,0 +1,243 @@
+"""Warm workers and the job queue (datasite/workers.py, worker.py, job_queue.py): each queued
+job runs once, in its own forked process; a worker killed mid-job has its job refunded once; jobs
+queued while no worker runs survive and run later; concurrent load neither overspends nor loses
+nor repeats a job. No PySyft server: the owner's claim-and-reserve is done as ``datasite run``
+does it, through the same functions."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from datasite.config import init_site
+from datasite.execution import process_alive
+from datasite.job_queue import enqueue
+from datasite.ledger import Ledger, LedgerError
+from datasite.state import now, open_state
+from datasite.states import Request
+from datasite import workers as W
+
+DATASET = "bc"
+
+
+class _Site:
+    """An owner's site without its server: one real table, a budget, a queue."""
+
+    def __init__(self, root, name="wk"):
+        from datasite.demo_data import breast_cancer_frame
+        from datasite.ingest_table import load_table
+        from datasite.storage import write_private
+
+        self.home = init_site(name, home=root / "site")
+        self.state = open_state(self.home)
+        self.ledger = Ledger(self.state)
+        csv = root / "bc.csv"
+        breast_cancer_frame().to_csv(csv, index=False)
+        df, meta = load_table(csv, "diagnosis", DATASET)
+        self.meta = meta
+        (root / "private").mkdir()
+        path = write_private(root / "private", meta, df)
+        self.state.add_dataset(DATASET, meta.kind, meta.to_json(), str(path))
+        self.ledger.set_budget(DATASET, 20.0, 1e-5)
+        self.procs: list[subprocess.Popen] = []
+
+    def queue(self, spec: dict, researcher: str = "r@uni.edu") -> str:
+        """Claim, price, reserve and queue a job exactly as ``OwnerSite.run`` does."""
+        from shared.privacy.accounting import event_to_json
+        from shared.privacy.pricing import planned_event
+
+        rid = uuid.uuid4().hex
+        spec = dict(spec, dataset=DATASET)
+        assert self.state.claim_for_run(rid, dataset=DATASET, researcher=researcher,
+                                        func_name="job", spec_json=json.dumps(spec))
+        try:
+            self.ledger.reserve(rid, DATASET, researcher,
+                                event_to_json(planned_event(spec, self.meta)))
+        except LedgerError:
+            self.state.set_state(rid, Request.FAILED, reason="over budget")
+            raise
+        self.ledger.start(rid)
+        W.save_queued(self.state, rid, spec, self.state.dataset(DATASET)["path"],
+                      self.home.results / f"{rid}.pkl")
+        enqueue(self.home, rid)
+        return rid
+
+    def start_worker(self, wid: str) -> subprocess.Popen:
+        log = open(self.home.root / f"{wid}.log", "ab")
+        p = subprocess.Popen(W.worker_command(self.home, wid, ""), stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def wait_workers(self, n: int, timeout: float = 120) -> None:
+        t = time.monotonic()
+        while len(W.alive(self.state)) < n:
+            assert time.monotonic() - t < timeout, self.logs()
+            assert all(p.poll() is None for p in self.procs), self.logs()
+            time.sleep(0.2)
+
+    def wait_states(self, rids, states=(Request.RAN, Request.FAILED), timeout=180) -> None:
+        t = time.monotonic()
+        while any(self.state.request(r)["state"] not in states for r in rids):
+            assert time.monotonic() - t < timeout, self.logs()
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in self.home.root.glob("*.log"))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = _Site(tmp_path)
+    yield s
+    s.stop()
+
+
+STATS = dict(kind="dp_stats", delta=1e-6,
+             queries=[{"type": "count", "epsilon": 0.1}])
+
+
+def _dpsgd(epochs: int) -> dict:
+    return dict(kind="dpsgd_table", label="diagnosis", epsilon=0.5, delta=1e-6, epochs=epochs,
+                batch_size=64)
+
+
+def test_queued_jobs_run_once_each_in_a_fresh_process(site):
+    a, b = site.queue(STATS), site.queue(_dpsgd(2))
+    enqueue(site.home, a)  # a duplicate delivery of the same run
+    worker = site.start_worker("w-a")
+    site.wait_states([a, b])
+    for rid in (a, b):
+        own = site.state.request(rid)
+        assert own["state"] == Request.RAN, own["reason"]
+        assert site.state.execution_count(rid) == 1
+        assert own["worker"] == "w-a" and own["runner_pid"] not in (None, worker.pid)
+        assert json.loads(own["summary_json"])["kind"] == json.loads(own["spec_json"])["kind"]
+    assert site.state.request(a)["runner_pid"] != site.state.request(b)["runner_pid"]
+    assert W.queue_report(site.state)["waiting_for_release"]
+
+
+def test_jobs_queued_with_no_worker_run_when_one_starts(site):
+    rids = [site.queue(STATS) for _ in range(3)]
+    time.sleep(1)
+    rep = W.queue_report(site.state)
+    assert [q["position"] for q in rep["queued"]] == [1, 2, 3]
+    assert all(site.state.request(r)["started_at"] is None for r in rids)
+    site.start_worker("w-late")
+    site.wait_states(rids)
+    assert all(site.state.request(r)["state"] == Request.RAN for r in rids)
+
+
+def test_a_worker_killed_mid_job_has_its_job_refunded_once(site):
+    rid = site.queue(_dpsgd(2000))  # long: it is still running when the worker dies
+    w = site.start_worker("w-doomed")
+    t = time.monotonic()
+    while not (site.state.request(rid)["progress_json"]):
+        assert time.monotonic() - t < 120, site.logs()
+        time.sleep(0.1)
+    job_pid = site.state.request(rid)["runner_pid"]
+    assert W.recover_dead_runs(site.state, site.ledger) == []  # alive: nothing to recover
+    assert W.queue_report(site.state)["running"][0]["progress"]["done"] >= 1
+    os.kill(w.pid, signal.SIGKILL)
+    w.wait()
+    t = time.monotonic()
+    while process_alive(job_pid):  # the job dies with its worker's fork server
+        assert time.monotonic() - t < 10, "the job outlived its worker"
+        time.sleep(0.05)
+    assert W.recover_dead_runs(site.state, site.ledger) == [rid]
+    assert W.recover_dead_runs(site.state, site.ledger) == []  # once
+    own = site.state.request(rid)
+    assert own["state"] == Request.FAILED and "died" in own["reason"]
+    assert site.ledger.entry(rid)["state"] == "refunded"
+    assert site.ledger.spent(DATASET)["jobs"] == 0
+    assert not (site.home.results / f"{rid}.pkl").exists()
+    assert site.ledger.verify()[0]
+
+
+def test_recovery_never_refunds_a_job_whose_worker_is_alive(site, monkeypatch):
+    """The run lock is the liveness signal; without it (defence off) recovery would refund a
+    live job, which could then still produce a result for a refunded reservation."""
+    rid = site.queue(_dpsgd(2000))
+    site.start_worker("w-live")
+    t = time.monotonic()
+    while not site.state.request(rid)["progress_json"]:
+        assert time.monotonic() - t < 120, site.logs()
+        time.sleep(0.1)
+    assert W.recover_dead_runs(site.state, site.ledger) == []
+    import datasite.state as S
+
+    monkeypatch.setattr(S, "RUN_LOCK", False)  # defence off
+    assert W.recover_dead_runs(site.state, site.ledger) == [rid]  # the live job is refunded
+
+
+def test_orphaned_queue_entries_are_queued_again(site):
+    rid = site.queue(STATS)
+    from datasite.job_queue import queue_for
+
+    queue_for(site.home).flush()  # the queue lost it (its owner died before enqueue)
+    time.sleep(0.2)
+    assert W.requeue_orphans(site.home, site.state, older_than_s=0.1) == [rid]
+    assert W.requeue_orphans(site.home, site.state, older_than_s=0.1) == []  # queued now
+    site.start_worker("w-orphan")
+    site.wait_states([rid])
+    assert site.state.request(rid)["state"] == Request.RAN
+
+
+def test_concurrent_load_overspends_nothing_and_runs_each_job_once(site):
+    """50 submissions from 5 researchers at once against 2 workers; the budget admits ~half."""
+    site.ledger.set_budget(DATASET, 3.0, 1e-5)
+    site.start_worker("w-1"), site.start_worker("w-2")
+    site.wait_workers(2)
+    accepted, refused, lock = [], [], threading.Lock()
+    submitted_at = {}
+
+    def submit(i):
+        spec = dict(STATS, queries=[{"type": "count", "epsilon": 0.1 + 0.001 * i}])
+        try:
+            t = time.monotonic()
+            rid = site.queue(spec, researcher=f"r{i % 5}@uni.edu")
+            with lock:
+                accepted.append(rid)
+                submitted_at[rid] = t
+        except LedgerError:
+            with lock:
+                refused.append(i)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(50)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    ran_at = {}
+    while len(ran_at) < len(accepted):
+        for r in accepted:
+            if r not in ran_at and site.state.request(r)["state"] in (Request.RAN,
+                                                                      Request.FAILED):
+                ran_at[r] = time.monotonic()
+        assert time.monotonic() - t0 < 300, site.logs()
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    assert accepted and refused and len(accepted) + len(refused) == 50
+    assert all(site.state.request(r)["state"] == Request.RAN for r in accepted)
+    assert all(site.state.execution_count(r) == 1 for r in accepted)
+    spent = site.ledger.spent(DATASET)
+    assert spent["jobs"] == len(accepted) and spent["epsilon"] <= 3.0
+    assert site.ledger.verify()[0]
+    lat = sorted(ran_at[r] - submitted_at[r] for r in accepted)
+    print(f"\n{len(accepted)} jobs ({len(refused)} refused) in {elapsed:.1f} s: "
+          f"{60 * len(accepted) / elapsed:.0f} jobs/min with 2 workers; submit -> ran p50 "
+          f"{lat[len(lat) // 2]:.2f} s, p95 {lat[int(0.95 * (len(lat) - 1))]:.2f} s")

@@ -1,0 +1,60 @@
+"""``datasite run`` through warm workers on a live datasite (SQLite and PostgreSQL queues):
+the researcher's job is queued, run by the worker, released and received as before."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import researcher
+from datasite import workers as W
+from researcher import jobs
+
+from conftest import RESEARCHER
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def worker(live_site):
+    log = open(live_site.home.root / "worker-live.log", "ab")
+    p = subprocess.Popen(W.worker_command(live_site.home, "w-live", ""), stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    t = time.monotonic()
+    while not W.alive(live_site.state):
+        assert p.poll() is None and time.monotonic() - t < 120, \
+            (live_site.home.root / "worker-live.log").read_text()[-3000:]
+        time.sleep(0.2)
+    yield p
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    live_site.state.remove_worker("w-live")
+
+
+def test_owner_run_is_queued_to_the_warm_worker_and_released(live_site, worker):
+    site = researcher.connect(live_site.url, *RESEARCHER)
+    job = jobs.DPSGD(dataset="breast_cancer", label="diagnosis", epsilon=1.0, delta=1e-5,
+                     epochs=2, batch_size=64)
+    req = site.submit(job)
+    summary = live_site.run(req.id, progress=False)
+    own = live_site.state.request(req.id)
+    assert own["worker"] == "w-live" and own["queued_at"] is not None
+    assert own["runner_pid"] != worker.pid and live_site.executions(req.id) == 1
+    assert summary["kind"] == "dpsgd_table"
+    live_site.release(req.id)
+    res = site.request(req.id).wait(timeout=60, progress=False)
+    assert res.kind == "dpsgd_table"
+
+    later = site.submit(job)  # --no-wait: queued, then followed with `datasite queue`
+    assert live_site.run(later.id, progress=False, wait=False) == {"queued": later.id}
+    summary = W.wait_for_run(live_site.state, live_site.ledger, later.id, progress=False)
+    assert summary["kind"] == "dpsgd_table"
+    assert later.id in [r["request"] for r in
+                        W.queue_report(live_site.state)["waiting_for_release"]]
+
+    here = site.submit(job)  # --foreground: the owner's own subprocess, no worker
+    live_site.run(here.id, progress=False, foreground=True)
+    assert live_site.state.request(here.id)["worker"] is None

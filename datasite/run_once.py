@@ -44,7 +44,12 @@ class RunMixin:
             return out
         from .job_queue import enqueue
 
+        from . import progress_notes
+
         enqueue(self.home, request_id)  # after the lock: a worker can take it at once
+        queued = workers.queue_report(self.state)["queued"]
+        progress_notes.send(self, request_id, "queued", position=next(
+            (q["position"] for q in queued if q["request"] == request_id), None))
         if not wait:
             return {"queued": request_id}
         try:

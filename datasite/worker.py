@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import SiteHome
@@ -53,6 +54,18 @@ class Worker:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.request_id: str | None = None
         self._stop = threading.Event()
+        self._owner = None
+        # progress notes go out from one background thread: a slow server never slows a job
+        self._notes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notes")
+
+    def note(self, request_id: str, phase: str, **fields) -> None:
+        """Tell the researcher (a PySyft notification, sent in the background)."""
+        from . import progress_notes
+        from .owner import OwnerSite
+
+        if self._owner is None:
+            self._owner = OwnerSite(self.home)
+        self._notes.submit(progress_notes.send, self._owner, request_id, phase, **fields)
 
     def beat(self) -> None:
         self.state.heartbeat(self.worker_id, self.host, self.pid, self.gpu, self.request_id)
@@ -66,6 +79,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._notes.shutdown(wait=True)
         self.state.remove_worker(self.worker_id)
 
     def run(self, request_id: str) -> bool:
@@ -89,7 +103,10 @@ class Worker:
     def _execute(self, request_id: str, payload: dict) -> None:
         from .job_process import run_forked
 
-        last = [0.0]
+        from .progress_notes import Throttle
+
+        last, notes = [0.0], Throttle()
+        self.note(request_id, "running")
 
         def progress(done: int, total: int) -> None:
             t = time.monotonic()
@@ -97,6 +114,8 @@ class Worker:
                 last[0] = t
                 self.state.update_request(request_id, progress_json=json.dumps(
                     {"done": done, "total": total}))
+            if notes.due(done, total):
+                self.note(request_id, "running", done=done, total=total)
 
         dataset = json.loads(payload["spec_json"])["dataset"]
         try:
@@ -107,8 +126,10 @@ class Worker:
         except Exception as e:  # pylint: disable=broad-except
             log.warning("request %s failed: %s", request_id[:8], str(e)[-500:])
             record_failed(self.state, self.ledger, request_id, str(e))
+            self.note(request_id, "failed")
             return
         record_ran(self.state, request_id, result, Path(payload["result_path"]))
+        self.note(request_id, "ran")
         log.info("request %s ran", request_id[:8])
 
 

@@ -123,6 +123,28 @@ class JobRequest:
         self._result = JobResult(value)
         return True
 
+    def progress(self) -> dict | None:
+        """The owner's latest progress note on this job: ``phase`` (queued, running, ran,
+        failed), and ``position`` in the queue or ``done``/``total`` steps; None before any."""
+        from shared.protocol import decode_progress_note
+
+        notes = sorted(self.site.client.api.services.notifications.get_all(),
+                       key=lambda n: n.created_at)
+        mine = [p for p in (decode_progress_note(n.subject) for n in notes)
+                if p and p.get("request") == self.id]
+        return mine[-1] if mine else None
+
+    def _describe_progress(self) -> str:
+        p = self.progress()
+        if not p:
+            return "waiting for the data owner"
+        if p.get("phase") == "queued":
+            return f"queued (#{p['position']})" if p.get("position") else "queued"
+        if p.get("phase") == "running" and p.get("total"):
+            return f"running, step {p['done']}/{p['total']}"
+        return {"running": "running", "ran": "ran; waiting for the owner's release",
+                "failed": "failed at the datasite"}.get(p.get("phase"), "waiting")
+
     def wait(self, timeout: float | None = 3600, poll: float = 2.0, progress: bool = True) -> JobResult:
         """Block until the owner releases the result (or denies it, or ``timeout`` passes)."""
         from tqdm.auto import tqdm
@@ -141,6 +163,9 @@ class JobRequest:
                 if timeout is not None and time.monotonic() - start > timeout:
                     raise JobTimeout(f"Request {self.id[:8]} is still pending after {timeout:.0f}s; "
                                      "call wait() again later, or ask the data owner.")
+                if progress:
+                    bar.set_description_str(f"{self.func_name[:28]}: "
+                                            f"{self._describe_progress()}")
                 bar.update(0)
                 bar.refresh()
                 time.sleep(poll)

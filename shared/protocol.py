@@ -32,6 +32,10 @@ BUDGET_NOTE_PREFIX = "dp-datasite budget: "
 # The budget note's key for the site's signed audit head (shared/audit_chain.py).
 AUDIT_HEAD_KEY = "_audit_head"
 MODEL_UPDATE_PREFIX = "dp-datasite model update: "
+# A job's progress, sent privately to its researcher: phase (queued, running, ran, failed),
+# queue position, steps done of the plan's total. Public by declaration (SECURITY.md): the total
+# comes from the spec and the public record count, not from the data.
+PROGRESS_NOTE_PREFIX = "dp-datasite progress: "
 
 
 def public_privacy(report: dict | None) -> dict:
@@ -112,6 +116,15 @@ def encode_model_update(payload: dict) -> str:
 def decode_model_update(subject: str) -> dict | None:
     """The model-update note in a notification subject, or None if it is not one."""
     return _decode(subject, MODEL_UPDATE_PREFIX)
+
+
+def encode_progress_note(payload: dict) -> str:
+    return PROGRESS_NOTE_PREFIX + json.dumps(payload, sort_keys=True)
+
+
+def decode_progress_note(subject: str) -> dict | None:
+    """The progress note in a notification subject, or None if it is not one."""
+    return _decode(subject, PROGRESS_NOTE_PREFIX)
 
 
 def _decode(subject: Any, prefix: str) -> dict | None:

@@ -34,6 +34,21 @@ def worker(live_site):
     live_site.state.remove_worker("w-live")
 
 
+def _progress_notes(site, rid: str, until: str, timeout: float = 20) -> list[dict]:
+    """The researcher's progress notes about ``rid``, oldest first, once ``until`` arrived."""
+    from shared.protocol import decode_progress_note
+
+    t = time.monotonic()
+    while True:
+        notes = sorted(site.client.api.services.notifications.get_all(),
+                       key=lambda n: n.created_at)
+        mine = [p for p in (decode_progress_note(n.subject) for n in notes)
+                if p and p["request"] == rid]
+        if any(p["phase"] == until for p in mine) or time.monotonic() - t > timeout:
+            return mine
+        time.sleep(0.5)
+
+
 def test_owner_run_is_queued_to_the_warm_worker_and_released(live_site, worker):
     site = researcher.connect(live_site.url, *RESEARCHER)
     job = jobs.DPSGD(dataset="breast_cancer", label="diagnosis", epsilon=1.0, delta=1e-5,
@@ -47,6 +62,12 @@ def test_owner_run_is_queued_to_the_warm_worker_and_released(live_site, worker):
     live_site.release(req.id)
     res = site.request(req.id).wait(timeout=60, progress=False)
     assert res.kind == "dpsgd_table"
+    notes = _progress_notes(site, req.id, until="ran")
+    assert notes[0] == {"request": req.id, "phase": "queued", "position": 1}
+    assert {"running", "ran"} <= {n["phase"] for n in notes}
+    steps = [n for n in notes if n.get("total")]
+    assert all(set(n) == {"request", "phase", "done", "total"} for n in steps)
+    assert site.request(req.id).progress()["phase"] == "ran"
 
     later = site.submit(job)  # --no-wait: queued, then followed with `datasite queue`
     assert live_site.run(later.id, progress=False, wait=False) == {"queued": later.id}

@@ -70,7 +70,8 @@ def run_make_secrets(out: Path, *args: str, env: dict | None = None) -> subproce
 
 # -- compose file -----------------------------------------------------------------------------
 def test_services_build_our_image_from_the_repo_root(spec):
-    assert set(spec["services"]) == set(SITES) | set(SITES.values())
+    assert set(spec["services"]) == set(SITES) | set(SITES.values()) | \
+        {f"{site}-worker" for site in SITES}
     for site in SITES:
         build = spec["services"][site]["build"]
         context = (COMPOSE / build["context"]).resolve()
@@ -82,6 +83,18 @@ def test_services_build_our_image_from_the_repo_root(spec):
     for key in ("build", "image", "deploy", "restart"):
         assert a[key] == b[key], key
     assert "<<: *datasite" in COMPOSE_FILE.read_text()
+
+
+def test_each_site_has_gpu_workers_on_its_own_home_and_database(spec):
+    services = spec["services"]
+    for site in SITES:
+        w, srv = services[f"{site}-worker"], services[site]
+        assert w["command"][:3] == ["datasite", "workers", site] and "--gpus" in w["command"]
+        assert w["network_mode"] == f"service:{site}"  # its db network; the server on localhost
+        assert w["volumes"] == srv["volumes"] and w["image"] == srv["image"]
+        assert secret_targets(w) == secret_targets(srv)
+        assert env_of(w)["DATASITE_HOME"] == env_of(srv)["DATASITE_HOME"]
+        assert "ports" not in w
 
 
 def test_each_site_reserves_a_gpu(spec):

@@ -3,6 +3,7 @@
 * ``engine``: :class:`DPTrainer`, the one DP-SGD engine (Opacus clipping and noise, Poisson
   sampling at per-record rates), and :func:`poisson_schedule`, the priced schedule.
 * ``table`` / ``images``: the DP-SGD job kinds on tables and on images.
+* ``distributed``: data-parallel DP-SGD over several processes/GPUs (Opacus DPDDP; launcher).
 * ``split``: the per-record train/test split; ``preprocess``: public per-record input maps.
 * ``models`` / ``backbones``: the classifiers and frozen feature extractors.
 * ``results``: rebuild a released model and predict; ``serialise``: model states as bytes;

@@ -21,6 +21,14 @@ as DP active learning does).
   ``PrivacyEngine.make_private(..., grad_sample_mode="ghost")``'s criterion wrapper: that wrapper
   insists on one loss_reduction everywhere, while we need "sum" for the per-sample losses and
   "mean over the expected batch size" in the optimizer, and it takes a DataLoader, not our sampler.)
+
+``data_parallel=True`` (inside a ``torch.distributed`` process group, see
+:mod:`shared.training.distributed`): Opacus' DDP pattern, as ``make_private`` sets it up for a
+``DPDDP`` module. Each rank holds a shard of the records and Poisson-samples it at the SAME
+per-record rates (so every record's inclusion probability, and the event, are unchanged); the
+module is wrapped in Opacus' ``DifferentiallyPrivateDistributedDataParallel`` (broadcasts rank
+0's weights) and the optimizer is Opacus' distributed one: clipped sums are all-reduced and the
+noise N(0, (sigma C)^2) is drawn on rank 0 only, so the update equals one process's.
 """
 from __future__ import annotations
 
@@ -30,8 +38,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import (DistributedDPOptimizer,
+                               DistributedDPOptimizerFastGradientClipping, DPOptimizer,
+                               DPOptimizerFastGradientClipping)
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
@@ -77,10 +88,25 @@ def poisson_batch(rng: np.random.Generator, sample_rates: np.ndarray) -> np.ndar
     return np.flatnonzero(rng.random(len(sample_rates)) < sample_rates)
 
 
-def _seeds(seed: int) -> tuple[np.random.SeedSequence, int]:
-    """Independent secret streams for sampling and noise (see :mod:`shared.randomness`)."""
+def _seeds(seed: int, rank: int = 0,
+           world_size: int = 1) -> tuple[np.random.SeedSequence, int]:
+    """Independent secret streams for sampling and noise (see :mod:`shared.randomness`). Data
+    parallel ranks get independent sampling streams (the same stream on every shard would
+    include record j of each shard together, not independently); noise is rank 0's alone."""
     sampling, noise = np.random.SeedSequence(secret_seed(int(seed))).spawn(2)
+    if world_size > 1:
+        sampling = sampling.spawn(world_size)[rank]
     return sampling, int(noise.generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def _world(data_parallel: bool) -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless ``data_parallel``."""
+    if not data_parallel:
+        return 0, 1
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError("data_parallel=True needs an initialised torch.distributed process "
+                           "group (shared.training.distributed.launch or torchrun)")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 class DPTrainer:
@@ -92,12 +118,15 @@ class DPTrainer:
     (Opacus' skip-step mechanism, as in its BatchMemoryManager); it changes memory, not the
     mechanism.
     ``loss_fn(logits, y)`` returns one loss per record (default cross entropy).
+    ``data_parallel``: this process is one rank of a data-parallel job (module docstring);
+    :meth:`run` then gets this rank's shard and the GLOBAL expected batch size.
     """
 
     def __init__(self, model: nn.Module, *, clip_norm: float, noise_multiplier: float,
                  learning_rate: float, seed: int, device=None, grad_sample_mode: str = "hooks",
                  momentum: float = 0.0, max_physical_batch_size: int | None = None,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 data_parallel: bool = False):
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, "
                              f"got {grad_sample_mode!r}")
@@ -113,24 +142,29 @@ class DPTrainer:
         self.grad_sample_mode = grad_sample_mode
         self.max_physical_batch_size = max_physical_batch_size
         self.loss_fn = loss_fn or per_sample_cross_entropy
-        sampling_seed, noise_seed = _seeds(seed)
+        self.rank, self.world_size = _world(data_parallel)
+        sampling_seed, noise_seed = _seeds(seed, self.rank, self.world_size)
         self._rng = np.random.default_rng(sampling_seed)
         self._noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self._params = [p for p in self.module.parameters() if p.requires_grad]
         sgd = torch.optim.SGD(self._params, lr=learning_rate, momentum=momentum)
         # Per-sample losses are summed ("sum" in the module); the optimizer divides the noisy
         # sum by expected_batch_size ("mean"), which run() sets to sum(sample_rates).
+        wrapped = DPDDP(self.module) if data_parallel else self.module
+        ghost_opt, hooks_opt = ((DistributedDPOptimizerFastGradientClipping,
+                                 DistributedDPOptimizer) if data_parallel else
+                                (DPOptimizerFastGradientClipping, DPOptimizer))
         if grad_sample_mode == "ghost":
             self._gsm = GradSampleModuleFastGradientClipping(
-                self.module, loss_reduction="sum", max_grad_norm=self.clip_norm,
+                wrapped, loss_reduction="sum", max_grad_norm=self.clip_norm,
                 use_ghost_clipping=True)
-            self._opt = DPOptimizerFastGradientClipping(
+            self._opt = ghost_opt(
                 sgd, noise_multiplier=noise_in_optimizer(noise_multiplier),
                 max_grad_norm=self.clip_norm, expected_batch_size=1.0, loss_reduction="mean",
                 generator=self._noise)
         else:
-            self._gsm = GradSampleModule(self.module, loss_reduction="sum")
-            self._opt = DPOptimizer(
+            self._gsm = GradSampleModule(wrapped, loss_reduction="sum")
+            self._opt = hooks_opt(
                 sgd, noise_multiplier=noise_in_optimizer(noise_multiplier),
                 max_grad_norm=self.clip_norm, expected_batch_size=1.0, loss_reduction="mean",
                 generator=self._noise)
@@ -160,6 +194,9 @@ class DPTrainer:
         batch size (``expected_batch_size``, default sum(sample_rates); a job passes the planned,
         public one when the realised record count is private); empty batches still take the
         noise-only step. Returns the number of steps done.
+
+        Data parallel: ``X``, ``y``, ``sample_rates`` are this rank's shard; the default expected
+        batch size is the sum of the rates over all shards. Every rank runs the same ``steps``.
         """
         rates = np.asarray(sample_rates, dtype=np.float64)
         if rates.shape != (len(X),) or len(y) != len(X):
@@ -167,12 +204,15 @@ class DPTrainer:
                              f"y {len(y)}, rates {rates.shape}")
         if not np.all((rates >= 0) & (rates <= 1)):
             raise ValueError("sample rates must lie in [0, 1]")
-        expected = float(rates.sum() if expected_batch_size is None else expected_batch_size)
+        expected = float(self._total(rates.sum()) if expected_batch_size is None
+                         else expected_batch_size)
         if steps > 0 and expected <= 0:
             raise ValueError("all sample rates are 0: the expected batch size must be > 0")
         if int(steps) != steps or steps < 0:
             raise ValueError(f"steps must be a non-negative integer, got {steps}")
-        self._opt.expected_batch_size = expected
+        # Opacus' DDP optimizers divide by the PER-RANK expected batch, then average the
+        # ranks' gradients (make_private: expected_batch_size /= world_size): overall / expected
+        self._opt.expected_batch_size = expected / self.world_size
         was_training = self.module.training
         self.module.train()
         self.last_batch_sizes = []
@@ -186,6 +226,16 @@ class DPTrainer:
         finally:
             self.module.train(was_training)
         return int(steps)
+
+    def _total(self, value: float) -> float:
+        """``value`` summed over the ranks (itself in one process)."""
+        if self.world_size == 1:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.to(self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
 
     # -- one logical step ----------------------------------------------------------------------
     def _step(self, X: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> None:

@@ -9,6 +9,10 @@ every training record at the planned rate q and the planned expected batch size 
 Class weights (``class_weights="balanced"``) scale each record's loss by a public weight of its
 class (from the declared label rates); the engine clips the weighted per-sample gradient to
 ``clip_norm`` before the noise, so the sensitivity -- and the price -- do not change.
+
+Inside a ``torch.distributed`` process group (:func:`train_dpsgd_table_parallel`, or torchrun)
+each rank trains on its shard of the training records, same q, same sigma, same steps
+(:mod:`shared.training.distributed`): the model and the report are those of one process.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ..privacy.private_metrics import NOISE_STREAM, histograms_per_release, metr
 from ..privacy.private_metrics import privacy_report as metrics_report
 from ..targets import noise_multiplier as target_noise_multiplier
 from .device import default_device
+from .distributed import launch, shard, world
 from .engine import DPTrainer, poisson_schedule
 from .metrics import mock_extras, predict_probs
 from .models import build_model, model_config
@@ -96,14 +101,17 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
 
     model = _initial_model(spec, X.shape[1], len(classes), init_state)  # one-hot: > len(cols)
     weights = class_weights(getattr(spec, "class_weights", "none"), label_rates, len(classes))
+    rank, world_size = world()
     trainer = DPTrainer(model, clip_norm=spec.clip_norm, noise_multiplier=sigma,
                         learning_rate=spec.learning_rate, device=device,
                         seed=spec.seed if sampling_seed is None else sampling_seed,
-                        loss_fn=None if weights is None else weighted_cross_entropy(weights))
+                        loss_fn=None if weights is None else weighted_cross_entropy(weights),
+                        data_parallel=world_size > 1)
     # every training record at the planned rate; "mean" divides by the planned expected batch
     # size q * n_train, never by a function of the realised split or the realised batch
     average = TailAverage(model, steps) if getattr(spec, "tail_average", False) else None
-    done = trainer.run(torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), np.full(len(tr), q),
+    mine = shard(tr, rank, world_size)  # all of tr in one process
+    done = trainer.run(torch.from_numpy(X[mine]), torch.from_numpy(y[mine]), np.full(len(mine), q),
                        steps, progress=_hooked(progress, average),
                        expected_batch_size=q * n_train)
     trainer.close()
@@ -130,6 +138,18 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                             (spec.seed, NOISE_STREAM, metrics_index), n_train, auc),
         "privacy": privacy,
     }
+
+
+def train_dpsgd_table_parallel(df: pd.DataFrame, spec, world_size: int,
+                               device_type: str | None = None, **kwargs) -> dict:
+    """:func:`train_dpsgd_table` data-parallel over ``world_size`` local processes (GPUs 0..n-1
+    of CUDA_VISIBLE_DEVICES, or CPU ranks): rank 0's result, the only one released.
+    ``kwargs``: those of train_dpsgd_table except ``progress`` and ``device``."""
+    return launch(_table_rank, world_size, df, spec, kwargs, device_type=device_type)
+
+
+def _table_rank(device, df, spec, kwargs) -> dict:
+    return train_dpsgd_table(df, spec, device=device, **kwargs)
 
 
 class TailAverage:

@@ -23,6 +23,8 @@ from .config import SiteError
 from .execution import process_alive, run_claimed_job
 from .inbox import sender_identity
 from .release_gate import deposit
+from .request_journal import JournalReader, journal_path
+from .round_inbox import RequestFeed, RoundInbox, classify_round, poll_interval
 from .states import Request
 
 SERVING = Request.SERVING
@@ -67,48 +69,55 @@ def _spawn(home: Path, request_id: str) -> int:
     return proc.pid
 
 
-def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.0) -> str:
+def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.0,
+          max_poll: float = 5.0) -> str:
     """Serve rounds until the schedule completes, is stopped, or sees no round for
-    ``idle_timeout`` seconds (then it stops, committing what ran). Returns the final state."""
+    ``idle_timeout`` seconds (then it stops, committing what ran). Returns the final state.
+    Polls every ``poll`` seconds while rounds come, backing off to ``max_poll`` when idle."""
+    inbox = RoundInbox(schedule_id)
+    feed = RequestFeed(site.syft_requests, lambda rid: _fetch_request(site, rid),
+                       JournalReader(journal_path(site.home.syft_dir)))
     last_activity = time.monotonic()
     while True:
         own = site.state.request(schedule_id)
         if own is None or own["state"] != SERVING:
             return own["state"] if own else "gone"
-        if _serve_pending(site, schedule_id, own):
+        if _serve_pending(site, schedule_id, own, inbox, feed):
             last_activity = time.monotonic()
             continue
-        if time.monotonic() - last_activity > idle_timeout:
+        idle = time.monotonic() - last_activity
+        if idle > idle_timeout:
             finish(site, schedule_id, reason=f"no round request for {idle_timeout:.0f}s")
             return Request.STOPPED
-        time.sleep(poll)
+        time.sleep(poll_interval(idle, poll, max_poll))
 
 
 def _round_for(req, schedule_id: str) -> dict | None:
     """The spec of ``req`` if it is a round request of this schedule, else None."""
-    from shared.jobs import MESSAGE, SPEC_KINDS
-    from shared.template import recognise
-
-    from .inbox import code_of
-
-    code = code_of(req)  # a request without code is no round of anything
-    spec = (recognise(code.raw_code) if code is not None else None) or {}
-    kind = SPEC_KINDS.get(spec.get("kind"))
-    is_message = kind is not None and kind.LIFECYCLE == MESSAGE
-    return spec if is_message and spec.get("schedule") == schedule_id \
-        else None
+    return classify_round(req, schedule_id)[0]
 
 
-def _serve_pending(site, schedule_id: str, own: dict) -> bool:
-    """Handle the round requests waiting for this schedule; True if any was handled."""
+def _fetch_request(site, rid: str):
+    """The PySyft request ``rid``, or None if it is gone (or cannot be read now: the feed's
+    next full listing looks again)."""
+    from syft.types.uid import UID
+
+    try:
+        req = site.client.api.services.request.get_by_uid(uid=UID(rid))
+    except Exception:
+        return None
+    return None if type(req).__name__ in ("SyftError", "SyftException") else req
+
+
+def _serve_pending(site, schedule_id: str, own: dict, inbox: RoundInbox,
+                   feed: RequestFeed | None = None) -> bool:
+    """Handle the new round requests waiting for this schedule; True if any was handled.
+    Without a ``feed``, looks through the full listing (each request still classified once)."""
     spec = json.loads(own["spec_json"])
     handled = False
-    for rid, req in site.syft_requests().items():
-        if req.status.name != "PENDING" or site.state.request(rid) is not None:
-            continue
-        round_spec = _round_for(req, schedule_id)
-        if round_spec is None:
-            continue
+    requests = feed.requests(inbox.seen) if feed is not None else site.syft_requests()
+    new = inbox.new_rounds(requests, lambda rid: site.state.request(rid) is not None)
+    for rid, req, round_spec in new:
         handled = True
         done = rounds_done(site.state.request(schedule_id))
         problem = None

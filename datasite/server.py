@@ -98,6 +98,39 @@ def _harden(worker) -> None:
     _guard_dispatch(worker)
 
 
+def _journal_requests(worker, path: Path) -> None:
+    """Append each new request's id to the site's request journal, so the owner's round
+    servers find new requests in O(new) (``datasite.request_journal``)."""
+    from syft.service.request.request_service import RequestService
+
+    from .request_journal import record
+
+    JOURNALS[str(worker.id)] = path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)  # readers take a missing journal for an old server
+    original = RequestService.submit
+    if getattr(original, "_dpds_journaled", False):
+        return
+
+    def submit(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        context = kwargs.get("context", args[0] if args else None)
+        journal = JOURNALS.get(str(getattr(getattr(context, "server", None), "id", "")))
+        if journal is not None:
+            try:
+                record(journal, request.id.to_string())
+            except OSError:  # readers fall back to a periodic full listing
+                pass
+        return request
+
+    submit._dpds_journaled = True
+    RequestService.submit = submit
+
+
+# server id -> its request journal (the class-level hook serves every server in the process)
+JOURNALS: dict[str, Path] = {}
+
+
 def _close_registration() -> None:
     """Refuse self-service sign-up whatever the server settings say (the owner adds users),
     and unauthenticated "forgot password" requests."""
@@ -252,6 +285,9 @@ def build_worker(site: SiteHome):
         create_producer=False,
     )
     _harden(worker)
+    from .request_journal import journal_path
+
+    _journal_requests(worker, journal_path(site.syft_dir))
     return worker
 
 

@@ -94,6 +94,7 @@ def _accuracy(model, config, df):
 
 def test_federated_rounds_beat_each_single_site(two_sites):
     import researcher
+    from datasite.request_journal import journal_path
     from researcher.federation import federation
 
     sites, test = two_sites
@@ -125,6 +126,9 @@ def test_federated_rounds_beat_each_single_site(two_sites):
         assert schedule["state"] == "released"
         assert schedule["realised_json"] == schedule["event_json"]
         assert s.executions() == 3 + 1  # three rounds and one single-site job ran on real data
+        # the server journaled every request (the round servers read new ones from there)
+        journaled = set(journal_path(s.home.syft_dir).read_text().split())
+        assert set(s.syft_requests()) <= journaled and len(journaled) >= 3 + 1 + 1
     for name, p in trained.privacy.items():  # 3 rounds of training + 3 DP metric releases
         assert 4.0 < p["epsilon"] <= 4.0 + 0.5 and p["delta"] == 1e-4
     for h in trained.history:  # each round's metrics are a priced DP release

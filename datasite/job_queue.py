@@ -27,6 +27,15 @@ TASK_NAME = "dpds_execute"
 LOCK_RETRY_DELAY_S = 0.5
 
 
+_RUNNER = None  # the worker of this process (datasite/worker.py binds itself)
+
+
+def bind(runner) -> None:
+    """Make ``runner`` (its ``run(request_id) -> bool``) run the jobs this process consumes."""
+    global _RUNNER
+    _RUNNER = runner
+
+
 def queue_for(home: SiteHome):
     """The site's huey instance, with the job task registered (``queue.run_request``)."""
     cfg = home.load()
@@ -42,9 +51,10 @@ def queue_for(home: SiteHome):
 
     @q.task(name=TASK_NAME)
     def execute(request_id: str) -> None:
-        from .worker import current
-
-        if not current().run(request_id):
+        if _RUNNER is None:
+            raise RuntimeError("no datasite worker in this process (start one with `datasite "
+                               "workers`)")
+        if not _RUNNER.run(request_id):
             raise RetryTask(delay=LOCK_RETRY_DELAY_S)
 
     q.run_request = execute  # not `execute`: Huey.execute is how its consumer runs a task

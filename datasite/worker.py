@@ -31,14 +31,6 @@ POLL_S = 0.2  # the consumer's longest wait between looks at an idle queue
 PROGRESS_EVERY_S = 0.5
 
 log = logging.getLogger("datasite.worker")
-_CURRENT: "Worker | None" = None
-
-
-def current() -> "Worker":
-    if _CURRENT is None:
-        raise RuntimeError("no datasite worker in this process (start one with `datasite "
-                           "workers`)")
-    return _CURRENT
 
 
 class Worker:
@@ -145,13 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker never takes a GPU
     from .job_process import warm_up
-    from .job_queue import queue_for
-
-    from datasite import worker as this  # run as __main__: the task imports datasite.worker
+    from .job_queue import bind, queue_for
 
     home = SiteHome(Path(args.home))
-    worker = this._CURRENT = Worker(home, args.worker_id or f"{socket.gethostname()}-"
+    worker = Worker(home, args.worker_id or f"{socket.gethostname()}-"
                                                       f"{uuid.uuid4().hex[:6]}", args.gpu)
+    bind(worker)
     warm_up()  # imports torch/Opacus/job code once, before the first job
     worker.beat()
     threading.Thread(target=worker.heartbeat_forever, daemon=True).start()

@@ -248,10 +248,15 @@ def cmd_workers(args) -> None:
         [""] * (args.cpus or 1)
     if any(not g.isdigit() for g in gpus if g):
         raise SiteError(f"--gpus takes GPU indices like 0,1 (got {args.gpus!r}).")
+    ranks = 1
+    if args.data_parallel:  # one worker holding every GPU given, a DP-SGD table job on all
+        if len(gpus) < 2 or not gpus[0]:
+            raise SiteError("--data-parallel needs two or more --gpus (e.g. --gpus 0,1).")
+        gpus, ranks = [",".join(gpus)], len(gpus)
     site = open_site(args.name, args.home)
     print(f"Starting {len(gpus)} worker(s) for {args.name}; Ctrl-C stops them after the jobs "
           "in hand. Logs: " + str(site.root / "worker-N.log"), flush=True)
-    supervise(site, gpus, out=lambda line: print(line, flush=True))
+    supervise(site, gpus, out=lambda line: print(line, flush=True), data_parallel=ranks)
 
 
 def cmd_queue(args) -> None:
@@ -441,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("workers", cmd_workers, "run warm job workers (one per GPU) that take queued jobs")
     s.add_argument("--gpus", default="", help="GPU indices, one worker each, e.g. 0,1")
     s.add_argument("--cpus", type=int, default=0, help="number of CPU workers (default 1)")
+    s.add_argument("--data-parallel", action="store_true",
+                   help="one worker on all --gpus: DP-SGD table jobs train data-parallel "
+                        "(Opacus DPDDP, the same privacy accounting as one GPU)")
     s = cmd("queue", cmd_queue, "jobs queued, running (with progress), waiting for release")
     s.add_argument("--json", action="store_true")
     s = cmd("release", cmd_release, "send a job's result back")

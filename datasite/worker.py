@@ -1,6 +1,6 @@
 """A warm job worker: takes queued jobs and runs each in a fresh forked process.
 
-    python -m datasite.worker HOME [--worker-id ID] [--gpu 0]
+    python -m datasite.worker HOME [--worker-id ID] [--gpu 0] [--gpu 0,1 --data-parallel 2]
 
 Started by ``datasite workers`` (one per GPU, see :mod:`datasite.workers`). It imports the job
 code once (the fork server of :mod:`datasite.job_process`), then consumes the site's queue
@@ -129,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m datasite.worker")
     p.add_argument("home")
     p.add_argument("--worker-id", default=None)
-    p.add_argument("--gpu", default="", help="the GPU index this worker uses ('' for CPU)")
+    p.add_argument("--gpu", default="", help="the GPU indices this worker uses, e.g. 0 or "
+                                              "0,1 ('' for CPU)")
+    p.add_argument("--data-parallel", type=int, default=1,
+                   help="train DP-SGD table jobs on this many ranks (one per GPU given)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.data_parallel > 1:  # read by shared.training.distributed in each job
+        os.environ["DP_DATASITE_DATA_PARALLEL"] = str(args.data_parallel)
     if args.gpu:  # before anything could initialise CUDA, in this process or the fork server
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     else:

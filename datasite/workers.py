@@ -160,15 +160,19 @@ def wait_for_run(state, ledger, request_id: str, progress: bool = True,
             bar.close()
 
 
-def worker_command(home: SiteHome, worker_id: str, gpu: str) -> list[str]:
+def worker_command(home: SiteHome, worker_id: str, gpu: str,
+                   data_parallel: int = 1) -> list[str]:
+    """``gpu``: the CUDA_VISIBLE_DEVICES of the worker ("" for CPU, "0,1" for a data-parallel
+    worker of ``data_parallel`` ranks)."""
     return [sys.executable, "-m", "datasite.worker", str(home.root), "--worker-id", worker_id,
-            "--gpu", gpu]
+            "--gpu", gpu, "--data-parallel", str(data_parallel)]
 
 
 def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float | None = None,
-              out=print) -> None:
-    """Run one worker per entry of ``gpus`` ('' = a CPU worker) until SIGINT/SIGTERM: restart
-    any that dies, after refunding the job it was running."""
+              out=print, data_parallel: int = 1) -> None:
+    """Run one worker per entry of ``gpus`` ('' = a CPU worker; "0,1" = one worker on two GPUs,
+    with ``data_parallel`` 2) until SIGINT/SIGTERM: restart any that dies, after refunding the
+    job it was running."""
     from .ledger import Ledger
     from .state import open_state
 
@@ -181,9 +185,9 @@ def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float
     host = os.uname().nodename
 
     def start(i: int, gpu: str) -> None:
-        wid = f"{host}-w{i}" + (f"-gpu{gpu}" if gpu else "-cpu")
+        wid = f"{host}-w{i}" + (f"-gpu{gpu.replace(',', '+')}" if gpu else "-cpu")
         log = open(os.path.join(log_dir, f"worker-{i}.log"), "ab")
-        procs[wid] = subprocess.Popen(worker_command(home, wid, gpu), stdout=log,
+        procs[wid] = subprocess.Popen(worker_command(home, wid, gpu, data_parallel), stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True,
                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
         out(f"worker {wid} started (pid {procs[wid].pid}, gpu {gpu or 'none'})")

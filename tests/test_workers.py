@@ -241,3 +241,26 @@ def test_concurrent_load_overspends_nothing_and_runs_each_job_once(site):
     print(f"\n{len(accepted)} jobs ({len(refused)} refused) in {elapsed:.1f} s: "
           f"{60 * len(accepted) / elapsed:.0f} jobs/min with 2 workers; submit -> ran p50 "
           f"{lat[len(lat) // 2]:.2f} s, p95 {lat[int(0.95 * (len(lat) - 1))]:.2f} s")
+
+
+def test_a_data_parallel_worker_trains_on_two_ranks_with_the_one_process_accounting(site):
+    """``datasite workers --gpus 0,1 --data-parallel`` on CPU (gloo): the job trains on two
+    ranks, and its released privacy report is the one a single process reports."""
+    single = site.queue(_dpsgd(2))
+    site.start_worker("w-one")
+    site.wait_states([single])
+    site.stop()
+    log = open(site.home.root / "w-ddp.log", "ab")
+    site.procs.append(subprocess.Popen(W.worker_command(site.home, "w-ddp", "", data_parallel=2),
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True))
+    parallel = site.queue(_dpsgd(2))
+    site.wait_states([parallel], timeout=300)
+    from datasite.execution import load_result
+
+    one, two = (site.state.request(r) for r in (single, parallel))
+    assert two["state"] == Request.RAN, two["reason"]
+    a, b = (load_result(r["result_path"]) for r in (one, two))
+    assert b.privacy["event"] == a.privacy["event"]
+    assert b.privacy["epsilon"] == a.privacy["epsilon"]
+    assert (a.owner["_owner_ranks"], b.owner["_owner_ranks"]) == (1, 2)

@@ -142,16 +142,22 @@ class DPSGDTableSpec(JobSpec):
                             self.tuning_shape, self.delta)
 
     def run(self, data, meta: DatasetMeta, progress=None) -> dict:
+        from ..training.distributed import data_parallel_ranks
         from ..training.preprocess import declared_bounds
         from ..training.selection import train_tuned_table
         from ..training.table import train_dpsgd_table
 
-        train = train_tuned_table if is_tuned(self) else train_dpsgd_table
         # Public label set and column declarations from the metadata, never from the records.
-        return train(data, self.resolved(meta), progress=progress, classes=meta.labels or None,
-                     feature_scales=meta.feature_scales or None,
-                     feature_bounds=declared_bounds(meta), columns=meta.columns or None,
-                     label_rates=meta.label_rates or None)
+        kwargs = dict(classes=meta.labels or None, feature_scales=meta.feature_scales or None,
+                      feature_bounds=declared_bounds(meta), columns=meta.columns or None,
+                      label_rates=meta.label_rates or None)
+        ranks = data_parallel_ranks()
+        if ranks > 1 and not is_tuned(self):  # the owner's worker holds several GPUs
+            from ..training.table import train_dpsgd_table_parallel
+
+            return train_dpsgd_table_parallel(data, self.resolved(meta), ranks, **kwargs)
+        train = train_tuned_table if is_tuned(self) else train_dpsgd_table
+        return train(data, self.resolved(meta), progress=progress, **kwargs)
 
     def _check_meta(self, meta: DatasetMeta) -> None:
         if meta.kind != TABLE:

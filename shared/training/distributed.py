@@ -65,6 +65,18 @@ def init_from_env(device_type: str | None = None, timeout_s: float = 300) -> tor
     return device
 
 
+DATA_PARALLEL_ENV = "DP_DATASITE_DATA_PARALLEL"
+
+
+def data_parallel_ranks() -> int:
+    """How many local ranks a DP-SGD table job trains on: the owner's worker sets
+    ``DP_DATASITE_DATA_PARALLEL`` (``datasite workers --gpus 0,1 --data-parallel``); 1 without."""
+    try:
+        return max(1, int(os.environ.get(DATA_PARALLEL_ENV, "1")))
+    except ValueError:
+        return 1
+
+
 def launch(fn: Callable[..., Any], world_size: int, *args, device_type: str | None = None,
            timeout_s: float = 300) -> Any:
     """Run ``fn(device, *args)`` in ``world_size`` fresh local processes joined in one process

@@ -137,6 +137,7 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
         "metrics": _metrics(model, X, y, tr, te, classes, m_sigma,
                             (spec.seed, NOISE_STREAM, metrics_index), n_train, auc),
         "privacy": privacy,
+        "_owner_ranks": world_size,  # how many processes trained it (owner-only)
     }
 
 

@@ -74,6 +74,7 @@ class JobRequest:
         self.func_name = func_name
         self.dataset = dataset
         self._result: JobResult | None = None
+        self._code_uid = None  # the submitted UserCode's id, looked up once
 
     @classmethod
     def find(cls, site, request_id: str) -> "JobRequest":
@@ -109,12 +110,15 @@ class JobRequest:
         return req.code.status.first_denial_reason
 
     def _try_fetch(self) -> bool:
-        fn = getattr(self.site.client.code, self.func_name, None)
-        if fn is None:
-            return False
-        asset = self.site.datasets[self.dataset]._asset
+        # code.call by the code's id: `client.code.<func_name>` would re-download the whole
+        # API for each new function (0.6-1.2 s per poll, benchmarks/workflow.py)
         try:
-            out = fn(data=asset)
+            if self._code_uid is None:
+                self._code_uid = self._syft_request().code.id
+            asset = self.site.datasets[self.dataset]._asset
+            out = self.site.client.api.services.code.call(uid=self._code_uid, data=asset)
+        except ResearcherError:
+            raise
         except Exception:  # "waiting for approval": nothing released yet
             return False
         value = out.get() if hasattr(out, "get") else out

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run the whole test suite (needs PostgreSQL on 127.0.0.1:5432).
 source "$(dirname "$0")/scripts_common.sh"
-exec .venv/bin/python -m pytest "$@"
+# Test files run in parallel (pytest-xdist), whole files per process so module fixtures (live
+# sites) are built once: min(cores, 4) processes, or $DPDS_TEST_WORKERS (1: one process).
+workers=${DPDS_TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(os.cpu_count() or 1, 4))')}
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

@@ -92,10 +92,12 @@ def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
     outcome = None
     while True:
         try:
-            if not recv.poll(0.5):
-                if not proc.is_alive():
-                    break
-                continue
+            # a process found dead may have sent its outcome just before it exited: read on
+            # until the pipe is empty (poll(0)), and only then give up on it
+            if not recv.poll(0.5 if proc.is_alive() else 0):
+                if proc.is_alive():
+                    continue
+                break
             msg = recv.recv()
         except EOFError:
             break

@@ -232,7 +232,9 @@ def test_concurrent_load_overspends_nothing_and_runs_each_job_once(site):
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
     assert accepted and refused and len(accepted) + len(refused) == 50
-    assert all(site.state.request(r)["state"] == Request.RAN for r in accepted)
+    failed = {r[:8]: site.state.request(r)["reason"] for r in accepted
+              if site.state.request(r)["state"] != Request.RAN}
+    assert not failed, failed
     assert all(site.state.execution_count(r) == 1 for r in accepted)
     spent = site.ledger.spent(DATASET)
     assert spent["jobs"] == len(accepted) and spent["epsilon"] <= 3.0

@@ -91,11 +91,13 @@ def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
         on_start(proc.pid)
     outcome = None
     while True:
+        # whether it was alive *before* looking at the pipe: a process that sends its outcome
+        # and exits while we wait is seen alive here, so the loop looks again; one already dead
+        # here has everything it sent in the pipe, so an empty pipe then is the end
+        alive = proc.is_alive()
         try:
-            # a process found dead may have sent its outcome just before it exited: read on
-            # until the pipe is empty (poll(0)), and only then give up on it
-            if not recv.poll(0.5 if proc.is_alive() else 0):
-                if proc.is_alive():
+            if not recv.poll(0.5 if alive else 0):
+                if alive:
                     continue
                 break
             msg = recv.recv()

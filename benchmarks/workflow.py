@@ -108,17 +108,10 @@ def end_to_end(owner, site, job, foreground: bool) -> dict[str, float]:
 def warm_worker(owner):
     from datasite import workers as W
 
-    log = open(owner.home.root / "worker-bench.log", "ab")
-    p = subprocess.Popen(W.worker_command(owner.home, "bench-w", ""), stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    t = time.monotonic()
+    p = W.spawn_worker(owner.home, "bench-w")
     try:
-        while not W.alive(owner.state):
-            if p.poll() is not None or time.monotonic() - t > 300:
-                raise RuntimeError((owner.home.root / "worker-bench.log").read_text()[-3000:])
-            time.sleep(0.2)
-        print(f"# warm worker ready after {time.monotonic() - t:.1f} s (not in any timing)",
-              file=sys.stderr)
+        waited = W.wait_ready(owner.state, [p])
+        print(f"# warm worker ready after {waited:.1f} s (not in any timing)", file=sys.stderr)
         yield p
     finally:
         os.killpg(p.pid, signal.SIGTERM)
@@ -127,7 +120,6 @@ def warm_worker(owner):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-        log.close()
         owner.state.remove_worker("bench-w")
 
 

@@ -168,6 +168,27 @@ def worker_command(home: SiteHome, worker_id: str, gpu: str,
             "--gpu", gpu, "--data-parallel", str(data_parallel)]
 
 
+def spawn_worker(home: SiteHome, worker_id: str, gpu: str = "", data_parallel: int = 1,
+                 log_path=None) -> subprocess.Popen:
+    """Start one worker process (its own session, output appended to ``log_path``, default
+    ``HOME/worker-ID.log``)."""
+    log = open(log_path or os.path.join(home.root, f"worker-{worker_id}.log"), "ab")
+    return subprocess.Popen(worker_command(home, worker_id, gpu, data_parallel), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def wait_ready(state, procs: list[subprocess.Popen], n: int = 1, timeout_s: float = 300) -> float:
+    """Wait until ``n`` workers beat (they import torch first); seconds waited. RuntimeError if
+    one of ``procs`` exits or the time runs out."""
+    t = time.monotonic()
+    while len(alive(state)) < n:
+        if any(p.poll() is not None for p in procs) or time.monotonic() - t > timeout_s:
+            raise RuntimeError(f"{n} worker(s) did not start; see their worker-*.log files")
+        time.sleep(0.2)
+    return time.monotonic() - t
+
+
 def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float | None = None,
               out=print, data_parallel: int = 1) -> None:
     """Run one worker per entry of ``gpus`` ('' = a CPU worker; "0,1" = one worker on two GPUs,
@@ -186,10 +207,8 @@ def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float
 
     def start(i: int, gpu: str) -> None:
         wid = f"{host}-w{i}" + (f"-gpu{gpu.replace(',', '+')}" if gpu else "-cpu")
-        log = open(os.path.join(log_dir, f"worker-{i}.log"), "ab")
-        procs[wid] = subprocess.Popen(worker_command(home, wid, gpu, data_parallel), stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        procs[wid] = spawn_worker(home, wid, gpu, data_parallel,
+                                  os.path.join(log_dir, f"worker-{i}.log"))
         out(f"worker {wid} started (pid {procs[wid].pid}, gpu {gpu or 'none'})")
 
     slots = list(enumerate(gpus))

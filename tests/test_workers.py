@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ from datasite.config import init_site
 from datasite.execution import process_alive
 from datasite.job_queue import enqueue
 from datasite.ledger import Ledger, LedgerError
-from datasite.state import now, open_state
+from datasite.state import open_state
 from datasite.states import Request
 from datasite import workers as W
 
@@ -70,18 +69,15 @@ class _Site:
         return rid
 
     def start_worker(self, wid: str) -> subprocess.Popen:
-        log = open(self.home.root / f"{wid}.log", "ab")
-        p = subprocess.Popen(W.worker_command(self.home, wid, ""), stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = W.spawn_worker(self.home, wid, log_path=self.home.root / f"{wid}.log")
         self.procs.append(p)
         return p
 
     def wait_workers(self, n: int, timeout: float = 120) -> None:
-        t = time.monotonic()
-        while len(W.alive(self.state)) < n:
-            assert time.monotonic() - t < timeout, self.logs()
-            assert all(p.poll() is None for p in self.procs), self.logs()
-            time.sleep(0.2)
+        try:
+            W.wait_ready(self.state, self.procs, n, timeout)
+        except RuntimeError as e:
+            raise AssertionError(self.logs()) from e
 
     def wait_states(self, rids, states=(Request.RAN, Request.FAILED), timeout=180) -> None:
         t = time.monotonic()
@@ -252,10 +248,8 @@ def test_a_data_parallel_worker_trains_on_two_ranks_with_the_one_process_account
     site.start_worker("w-one")
     site.wait_states([single])
     site.stop()
-    log = open(site.home.root / "w-ddp.log", "ab")
-    site.procs.append(subprocess.Popen(W.worker_command(site.home, "w-ddp", "", data_parallel=2),
-                                       stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True))
+    site.procs.append(W.spawn_worker(site.home, "w-ddp", data_parallel=2,
+                                     log_path=site.home.root / "w-ddp.log"))
     parallel = site.queue(_dpsgd(2))
     site.wait_states([parallel], timeout=300)
     from datasite.execution import load_result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -20,14 +19,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def worker(live_site):
-    log = open(live_site.home.root / "worker-live.log", "ab")
-    p = subprocess.Popen(W.worker_command(live_site.home, "w-live", ""), stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    t = time.monotonic()
-    while not W.alive(live_site.state):
-        assert p.poll() is None and time.monotonic() - t < 120, \
-            (live_site.home.root / "worker-live.log").read_text()[-3000:]
-        time.sleep(0.2)
+    p = W.spawn_worker(live_site.home, "w-live")
+    try:
+        W.wait_ready(live_site.state, [p], timeout_s=120)
+    except RuntimeError as e:
+        raise AssertionError((live_site.home.root / "worker-w-live.log").read_text()[-3000:]) \
+            from e
     yield p
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()

@@ -47,16 +47,18 @@ def save_queued(state, request_id: str, spec: dict, dataset_dir: str, result_pat
     state.update_request(request_id, queued_at=now(), queue_payload=json.dumps(payload))
 
 
-def recover_dead_runs(state, ledger) -> list[str]:
+def recover_dead_runs(state, ledger, only: str | None = None) -> list[str]:
     """Fail and refund (once, visibly) every run a worker started and no one runs any more.
 
     A worker holds the request's run lock for the whole job; PostgreSQL (advisory lock) and the
     OS (flock) free it when the worker dies. So a started, still-running request whose lock can
     be taken has no worker: its job process died with it (it is killed with its fork server),
-    and no result was recorded. Returns the ids refunded."""
+    and no result was recorded. ``only``: look at this request alone. Returns the ids
+    refunded."""
     done = []
-    for row in state.queue_rows():
-        if row["state"] != Request.RUNNING or row["started_at"] is None:
+    rows = [state.request(only)] if only else state.queue_rows()
+    for row in rows:
+        if row is None or row["state"] != Request.RUNNING or row["started_at"] is None:
             continue
         rid = row["request_id"]
         with state.run_lock(rid) as locked:
@@ -137,7 +139,7 @@ def wait_for_run(state, ledger, request_id: str, progress: bool = True,
     """Wait until a queued job has run; its summary, or SiteError with why it failed."""
     from tqdm import tqdm
 
-    bar = None
+    bar, checked = None, 0.0
     try:
         while True:
             own = state.request(request_id)
@@ -152,8 +154,9 @@ def wait_for_run(state, ledger, request_id: str, progress: bool = True,
                 if bar is None:
                     bar = tqdm(total=p["total"], desc=f"job {request_id[:8]}", unit="step")
                 bar.update(p["done"] - bar.n)
-            if own["started_at"] is not None:
-                recover_dead_runs(state, ledger)  # its worker may have died
+            if own["started_at"] is not None and time.monotonic() - checked >= RECOVER_EVERY_S:
+                checked = time.monotonic()
+                recover_dead_runs(state, ledger, only=request_id)  # its worker may have died
             time.sleep(poll_s)
     finally:
         if bar is not None:
@@ -172,10 +175,10 @@ def spawn_worker(home: SiteHome, worker_id: str, gpu: str = "", data_parallel: i
                  log_path=None) -> subprocess.Popen:
     """Start one worker process (its own session, output appended to ``log_path``, default
     ``HOME/worker-ID.log``)."""
-    log = open(log_path or os.path.join(home.root, f"worker-{worker_id}.log"), "ab")
-    return subprocess.Popen(worker_command(home, worker_id, gpu, data_parallel), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    with open(log_path or os.path.join(home.root, f"worker-{worker_id}.log"), "ab") as log:
+        return subprocess.Popen(worker_command(home, worker_id, gpu, data_parallel), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def wait_ready(state, procs: list[subprocess.Popen], n: int = 1, timeout_s: float = 300) -> float:
@@ -202,18 +205,18 @@ def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float
     log_dir = log_dir or home.root
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    procs: dict[str, subprocess.Popen] = {}
     host = os.uname().nodename
+    wids = [f"{host}-w{i}" + (f"-gpu{gpu.replace(',', '+')}" if gpu else "-cpu")
+            for i, gpu in enumerate(gpus)]
+    procs: dict[str, subprocess.Popen] = {}
 
-    def start(i: int, gpu: str) -> None:
-        wid = f"{host}-w{i}" + (f"-gpu{gpu.replace(',', '+')}" if gpu else "-cpu")
-        procs[wid] = spawn_worker(home, wid, gpu, data_parallel,
-                                  os.path.join(log_dir, f"worker-{i}.log"))
-        out(f"worker {wid} started (pid {procs[wid].pid}, gpu {gpu or 'none'})")
+    def start(i: int) -> None:
+        procs[wids[i]] = spawn_worker(home, wids[i], gpus[i], data_parallel,
+                                      os.path.join(log_dir, f"worker-{i}.log"))
+        out(f"worker {wids[i]} started (pid {procs[wids[i]].pid}, gpu {gpus[i] or 'none'})")
 
-    slots = list(enumerate(gpus))
-    for i, gpu in slots:
-        start(i, gpu)
+    for i in range(len(gpus)):
+        start(i)
     t0 = time.monotonic()
     try:
         while not stopping and (stop_after_s is None or time.monotonic() - t0 < stop_after_s):
@@ -222,12 +225,11 @@ def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float
                 out(f"request {rid[:8]}: its worker died; refunded")
             for rid in requeue_orphans(home, state):
                 out(f"request {rid[:8]}: queued but not in the queue; queued again")
-            for i, gpu in slots:
-                wid = next(w for w in procs if w.startswith(f"{host}-w{i}-"))
+            for i, wid in enumerate(wids):
                 if procs[wid].poll() is not None:
                     out(f"worker {wid} exited ({procs[wid].returncode}); restarting it")
                     state.remove_worker(wid)
-                    start(i, gpu)
+                    start(i)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,8 +1,10 @@
 """Fixtures: real datasites (HTTP servers on 127.0.0.1) with SQLite or PostgreSQL storage."""
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,33 @@ from datasite.lifecycle import free_port  # noqa: E402  (re-exported for the tes
 
 
 _CREATED: list[str] = []
+
+# Seconds per test file in a recent full run (``DPDS_RECORD_DURATIONS=tests/durations.json
+# ./test.sh`` rewrites it). Only the order of files depends on it, never a result.
+DURATIONS = Path(__file__).with_name("durations.json")
+_SPENT: dict[str, float] = defaultdict(float)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Slowest files first. pytest-xdist (``--dist loadfile --no-loadscope-reorder``) hands
+    whole files to its workers in this order, so the long end-to-end files start at once and
+    the short ones fill in around them, instead of one long file running alone at the end."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -known.get(item.nodeid.split("::")[0], 0.0))  # stable
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("DPDS_RECORD_DURATIONS"):
+        _SPENT[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    out = os.environ.get("DPDS_RECORD_DURATIONS")
+    if out and _SPENT and not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller has all
+        Path(out).write_text(json.dumps(
+            {f: round(s, 1) for f, s in sorted(_SPENT.items(), key=lambda x: -x[1])},
+            indent=1) + "\n")
 
 
 def _pg_admin(sql: str) -> None:
@@ -33,7 +62,10 @@ def calibration_cache_file(tmp_path_factory):
     before instead of each calibrating the same request again."""
     from shared.privacy.calibration_cache import ENV_VAR
 
-    path = tmp_path_factory.mktemp("calibration") / "calibration.sqlite"
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one file for all the run's workers (WAL-safe)
+        root = root.parent
+    path = root / "calibration.sqlite"
     old = os.environ.get(ENV_VAR)
     os.environ[ENV_VAR] = str(path)
     yield path

@@ -219,24 +219,85 @@ def print_request(it: dict, file=None) -> None:
             out(f"  request: {escape(it['request_type'], 1000)}")
         out(f"  {escape(it.get('validation') or 'no code to show', 1000)}")
     else:
-        out("  code: CUSTOM CODE -- read it in full; dp-datasite will not run it "
-            "(control characters shown as \\x.. escapes; all of it: --json):")
-        for line in escape_lines(it["code"]):
-            out(f"    | {line}")
-        if it.get("validation"):
-            out(f"  {escape(it['validation'], 1000)}")
+        _print_custom(it, out)
     out()
 
 
+def _print_custom(it: dict, out) -> None:
+    """A custom function: all of its code, the declared cost and the static summary."""
+    c = it.get("custom") or {}
+    out("  code: CUSTOM CODE -- read it in full; it runs only at the cost you state, in the "
+        "sandbox (control characters shown as \\x.. escapes; all of it: --json):")
+    for line in escape_lines(it["code"]):
+        out(f"    | {line}")
+    said = c.get("declared_by_researcher")
+    out("  researcher's declared privacy cost: " + (
+        f"eps={said['epsilon']:g}, delta={said['delta']:g}" if said else "NONE declared"))
+    s = c.get("summary") or {}
+    if s.get("error"):
+        out(f"  static summary: {escape(s['error'], 500)}")
+    else:
+        out("  static summary (a reading aid, not a proof):")
+        for label, key in (("imports", "imports"), ("DP library calls", "dp_library_calls"),
+                           ("dp handle calls", "handle_calls"),
+                           ("randomness outside the handle", "randomness_outside_handle"),
+                           ("system / file calls", "system_calls"), ("returns", "returns")):
+            out(f"    {label}: {escape(', '.join(s.get(key) or []) or '-', 600)}")
+    out(f"  priced by: {escape(c.get('priced_by', '?'))}; sandbox: {escape(c.get('sandbox'))}")
+    if c.get("same_code_as"):
+        out(f"  the same code was submitted before as: {escape(', '.join(c['same_code_as']))}")
+    q = c.get("declared_quote")
+    if q:
+        out(f"  at the declared cost: dataset {q['dataset_spent']:.3f} -> {q['dataset_after']:.3f}"
+            f" of {q['dataset_budget']:g}" + ("" if q["fits"] else "  DOES NOT FIT"))
+    if it.get("validation") and it["validation"] != "ok":
+        out(f"  {escape(it['validation'], 1000)}")
+    elif it.get("state") == "pending":
+        out(f"  run it with: datasite run NAME {escape(str(it['request_id'])[:8])} "
+            "--epsilon E --delta D   (the cost YOU state is what the ledger charges)")
+
+
 def cmd_run(args) -> None:
+    custom = {}
+    if args.epsilon is not None or args.delta is not None or args.unsandboxed \
+            or args.time_limit or args.memory_mb:
+        from .sandbox import Limits
+
+        base = Limits()
+        custom = dict(epsilon=args.epsilon, delta=args.delta, unsandboxed=args.unsandboxed,
+                      limits=Limits(wall_s=args.time_limit or base.wall_s,
+                                    memory_mb=args.memory_mb or base.memory_mb))
     summary = _site(args).run(args.request, progress=not args.quiet, wait=not args.no_wait,
-                              foreground=args.foreground)
+                              foreground=args.foreground, **custom)
+    if summary.get("kind") == "custom":
+        _print_custom_run(summary)
+        print(f"Release it with: datasite release {escape(args.name)} {escape(args.request)}")
+        return
     if "queued" in summary:
         print(f"Queued request {escape(args.request)} for the workers; follow it with: "
               f"datasite queue {escape(args.name)}")
         return
     print(json.dumps(summary, indent=2, default=str))
     print(f"Release it with: datasite release {escape(args.name)} {escape(args.request)}")
+
+
+def _print_custom_run(summary: dict) -> None:
+    """What a custom run produced, for the owner to read before releasing it."""
+    o, p = summary["output"], summary["privacy"]
+    print(f"output: {escape(o['type'], 600)} ({o['size_bytes']} bytes)")
+    print("preview:")
+    for line in escape_lines(o["preview"], max_lines=20):
+        print(f"  | {line}")
+    d = p["declared_by_owner"]
+    print(f"privacy: eps={d['epsilon']:g}, delta={d['delta']:g} DECLARED by you (not computed)")
+    m = p.get("measured")
+    if m is None:
+        print("  measured: nothing (the function takes no dp handle): priced by declaration")
+    else:
+        print(f"  measured through the dp handle: eps={m['epsilon']:.4f} over "
+              f"{m['measurements']} measurement(s)"
+              + ("  -- MORE THAN STATED: release will refuse; deny it" if p["overspent"] else ""))
+    print(f"sandbox: {escape(summary['sandbox'])}")
 
 
 def cmd_workers(args) -> None:
@@ -443,6 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with workers running: queue the job and return at once")
     s.add_argument("--foreground", action="store_true",
                    help="run it here even when workers are running")
+    s.add_argument("--epsilon", type=float, default=None,
+                   help="custom code: the privacy cost YOU state (the ledger charges it)")
+    s.add_argument("--delta", type=float, default=None, help="custom code: the stated delta")
+    s.add_argument("--unsandboxed", action="store_true",
+                   help="custom code on a host without a sandbox: run it with resource limits "
+                        "only (recorded in the audit log)")
+    s.add_argument("--time-limit", type=float, default=None,
+                   help="custom code: wall-time limit in seconds (default 600)")
+    s.add_argument("--memory-mb", type=int, default=None,
+                   help="custom code: memory limit in MB (default 8192)")
     s = cmd("workers", cmd_workers, "run warm job workers (one per GPU) that take queued jobs")
     s.add_argument("--gpus", default="", help="GPU indices, one worker each, e.g. 0,1")
     s.add_argument("--cpus", type=int, default=0, help="number of CPU workers (default 1)")

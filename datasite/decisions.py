@@ -4,6 +4,8 @@ A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, `
 ``ledger`` and ``client``); its methods are called on the site."""
 from __future__ import annotations
 
+import json
+
 from shared.jobs import spec_from_dict
 from shared.protocol import ResultPayload
 
@@ -30,6 +32,10 @@ class DecisionsMixin:
                             f"released (run it with `datasite run {self.name} {request_id[:8]}`).")
         if own["state"] == Request.RELEASED:
             raise SiteError(f"Request {request_id[:8]} was already released.")
+        if json.loads(own["spec_json"] or "{}").get("kind") == "custom":
+            from . import custom_code
+
+            return custom_code.release(self, request_id, req, own)
         result = load_result(own["result_path"])
         job = spec_from_dict(result.spec)
         entry = self.ledger.entry(request_id)

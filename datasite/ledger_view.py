@@ -1,6 +1,8 @@
 """What `datasite ledger` shows: budgets, spend (tight and naive), history, and a plot."""
 from __future__ import annotations
 
+from shared.privacy.accounting import cost_source
+
 from .ledger import Ledger
 from .states import SPENDING
 
@@ -23,8 +25,9 @@ def report(ledger: Ledger, dataset: str | None = None,
                                 "researchers": researchers,
                                 "records": ledger.record_histogram(ds, (sizes or {}).get(ds))})
     for e in ledger.history(dataset):
-        out["history"].append({k: (str(v) if k.endswith("_at") else v) for k, v in e.items()
-                               if k not in ("event_json", "realised_json")})
+        out["history"].append({**{k: (str(v) if k.endswith("_at") else v) for k, v in e.items()
+                                  if k not in ("event_json", "realised_json")},
+                               "cost": cost_source(e["realised_json"] or e["event_json"])})
     ok, why = ledger.verify()
     out["audit"] = {"intact": ok, "detail": why}
     return out
@@ -48,8 +51,10 @@ def render(rep: dict) -> str:
         for h in rep["history"]:
             lines.append(f"  {h['created_at'][:19]}  {h['request_id'][:8]}  {h['dataset']:<16} "
                          f"{h['researcher'] or 'everyone (owner release)':<24} {h['state']:<9} "
-                         f"eps={h['epsilon']:.3f}"
+                         f"eps={h['epsilon']:.3f} {h.get('cost', 'computed')}"
                          + (f"  {h['request_id']}" if h["request_id"].startswith("mock:") else ""))
+    if any(h.get("cost") == "declared" for h in rep["history"]):
+        lines.append("  (declared: a cost the owner stated for custom code, not computed here)")
     lines.append(f"audit log: {rep['audit']['detail']}")
     return "\n".join(lines)
 

@@ -1,6 +1,8 @@
 """The one place a datasite hands anything to a researcher through PySyft's ``deposit_result``.
 
-Callers give a :class:`shared.protocol.ResultPayload`, never a dict: what is deposited is always
+Job templates give a :class:`shared.protocol.ResultPayload`, never a dict (:func:`deposit`);
+custom functions give their decoded output (:func:`deposit_output`).
+For templates, a :class:`shared.protocol.ResultPayload`, never a dict: what is deposited is always
 its :meth:`~shared.protocol.ResultPayload.public_view` (no ``_owner_*`` key, no realised
 privacy event, the kind's ``public_payload`` hook applied), so an owner-only value cannot be
 released by a caller forgetting to strip it. ``tests/test_architecture.py`` checks that no other
@@ -39,3 +41,12 @@ def deposit(req, result: ResultPayload, *, spec=None, only: Iterable[str] | None
     if type(res).__name__ == "SyftError":
         raise SiteError(f"Depositing the result failed: {res.message}")
     return view
+
+
+def deposit_output(req, value) -> None:
+    """Deposit a custom function's output as ``req``'s result: the value the owner previewed,
+    decoded from the sandbox's data files (:func:`shared.custom.output.decode`: no pickle, so
+    nothing the researcher's code built can run here). Nothing else is added to it."""
+    res = req.deposit_result(value)
+    if type(res).__name__ == "SyftError":
+        raise SiteError(f"Depositing the result failed: {res.message}")

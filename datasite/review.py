@@ -66,7 +66,9 @@ class ReviewMixin:
             info["validation"] = ("not a code request: dp-datasite runs only job requests; "
                                   f"deny it with `datasite deny {self.name} {request_id[:8]}`")
         elif spec is None:
-            info["code"] = code.raw_code
+            from . import custom_code
+
+            info.update(custom_code.describe(self, request_id, code, user, info["state"]))
         elif user is None:
             info["validation"] = ("sent by an identity this site did not register (`datasite "
                                   "users add`); it cannot run")

@@ -23,23 +23,33 @@ class RunMixin:
     """Running a recognised job once on the private data."""
 
     def run(self, request_id: str, progress: bool = True, wait: bool = True,
-            foreground: bool = False) -> dict:
+            foreground: bool = False, *, epsilon: float | None = None,
+            delta: float | None = None, unsandboxed: bool = False,
+            limits=None) -> dict:
         """Run a recognised job once on the real data; keep the result for review.
 
         With warm workers running (``datasite workers``) and not ``foreground``, the job is
         queued for them and (``wait``) waited for; otherwise it runs here, in a fresh
         subprocess. The request's run lock is held while it is claimed and priced (and, here,
         while it runs), so a second owner process (or a second `datasite run`) can neither run
-        it again nor mistake the live run for a crashed one."""
+        it again nor mistake the live run for a crashed one.
+
+        Custom code (not a job template) runs only with the cost the owner states
+        (``epsilon``, ``delta``), here, in the sandbox (``datasite.custom_code``); without one
+        on the host only with ``unsandboxed`` (audit-logged). ``limits``: its
+        ``datasite.sandbox.Limits``."""
         from . import workers
 
         request_id, req = self.syft_request(request_id)
+        custom = dict(epsilon=epsilon, delta=delta, unsandboxed=unsandboxed, limits=limits)
+        if epsilon is not None or delta is not None or unsandboxed or limits is not None:
+            foreground = True  # custom code never goes to the workers' job processes
         queue_it = not foreground and bool(workers.alive(self.state))
         with self.state.run_lock(request_id) as locked:
             if not locked:
                 raise SiteError(f"Request {request_id[:8]} is being run by another owner process "
                                 "right now; wait for it, then see `datasite review --all`.")
-            out = self._run_locked(request_id, req, progress, queue_it)
+            out = self._run_locked(request_id, req, progress, queue_it, custom)
         if out is not _QUEUED:
             return out
         from .job_queue import enqueue
@@ -58,7 +68,8 @@ class RunMixin:
             self.publish_budgets([self.state.request(request_id)["researcher"]])
             raise
 
-    def _run_locked(self, request_id: str, req, progress: bool, queue_it: bool = False):
+    def _run_locked(self, request_id: str, req, progress: bool, queue_it: bool = False,
+                    custom: dict | None = None):
         info = self.describe_request(request_id, req, with_cost=False)
         if info["state"] == Request.DENIED:
             raise SiteError(f"Request {request_id[:8]} was denied; it cannot run.")
@@ -68,11 +79,13 @@ class RunMixin:
         if not info["registered"]:
             raise SiteError(f"Request {request_id[:8]} comes from {info['researcher']}, not a "
                             "researcher registered with `datasite users add`; deny it.")
-        if info["spec"] is None:
-            raise SiteError(
-                f"Request {request_id[:8]} is custom code, not a dp-datasite job template. "
-                "The trusted runner only runs recognised jobs, whose privacy cost it can price. "
-                f"Read it with `datasite review {self.name}` and deny it with a reason.")
+        if info["spec"] is None:  # custom code: the owner states its cost; it runs sandboxed
+            from . import custom_code
+
+            return custom_code.run(self, request_id, info, **(custom or {}))
+        if custom and (custom.get("epsilon") is not None or custom.get("delta") is not None):
+            raise SiteError(f"Request {request_id[:8]} is a job template: its cost is computed "
+                            "from its spec; run it without --epsilon/--delta.")
         if info["validation"] != "ok":
             raise SiteError(f"Request {request_id[:8]} cannot run: {info['validation']}")
         spec = info["spec"]

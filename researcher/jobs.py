@@ -280,3 +280,75 @@ def _bounds(bounds, column: str) -> list:
                         "and the noise is scaled to them; the owner's declared bounds are in "
                         "site.datasets[NAME].meta.columns")
     return list(bounds)
+
+
+class Custom:
+    """Your own function, run by the data owner on the real data of one dataset, as PySyft's
+    tutorials do it (``@sy.syft_function_single_use(df=asset)``), with a declared cost.
+
+    ``func(df)`` (or ``func(df, dp=None)``: then the owner's runner passes an accounted handle,
+    ``shared.custom.handle.DP``, whose OpenDP measurements are counted and checked against the
+    cost the owner states). The owner reads the code, states the cost (``declared_epsilon``,
+    ``declared_delta`` are your proposal), and runs it in a sandbox; the result must be data
+    (numbers, numpy, pandas, skops bytes for scikit-learn models, torch state dicts).
+    ``run_on_mock(site)`` runs it here first, on the mock, with a local handle."""
+
+    def __init__(self, func, dataset: str, declared_epsilon: float, declared_delta: float = 0.0):
+        import inspect
+
+        from shared.custom.summary import function_node
+
+        if not (declared_epsilon > 0 and 0 <= declared_delta < 1):
+            raise SpecError("declare epsilon > 0 and 0 <= delta < 1: the owner reads them")
+        self.func, self.dataset = func, dataset
+        self.declared_epsilon, self.declared_delta = float(declared_epsilon), float(declared_delta)
+        self.source = inspect.getsource(func)
+        fn = function_node(_dedent(self.source), func.__name__)
+        params = [a.arg for a in fn.args.args]
+        data_params = [p for p in params if p != "dp"]
+        if not data_params:
+            raise SpecError(f"{func.__name__} needs a parameter for the dataset's records")
+        self.asset_param = data_params[0]
+        self.takes_handle = "dp" in params
+        self.last_handle = None
+
+    def run_on_mock(self, site):
+        """``func`` on the dataset's mock data, here (with a local ``dp`` handle, whose
+        measurements are in ``self.last_handle``); returns what it returns."""
+        from shared.custom.handle import DP
+
+        kwargs = {self.asset_param: site.datasets[self.dataset].mock}
+        if self.takes_handle:
+            self.last_handle = kwargs["dp"] = DP()
+        return self.func(**kwargs)
+
+    def submitted_source(self) -> str:
+        """The code the owner reads: your function, its own decorators removed, under the
+        syft decorator, with the declared cost as a comment line in its body."""
+        import ast
+
+        from shared.custom.summary import declaration, function_node
+
+        src = _dedent(self.source)
+        fn = function_node(src, self.func.__name__)
+        lines = src.splitlines()
+        first = fn.body[0]
+        indent = " " * first.col_offset
+        body_start = first.lineno - 1
+        def_start = fn.lineno - 1  # decorators sit above fn.lineno
+        out = [f"@sy.syft_function_single_use({self.asset_param}=asset)", *lines[def_start:
+               body_start], f"{indent}# {declaration(self.declared_epsilon, self.declared_delta)}",
+               *lines[body_start:]]
+        text = "\n".join(out) + "\n"
+        ast.parse(text)
+        return text
+
+    def __repr__(self) -> str:
+        return (f"<Custom {self.func.__name__} on {self.dataset}: declared eps="
+                f"{self.declared_epsilon:g}, delta={self.declared_delta:g}>")
+
+
+def _dedent(source: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(source)

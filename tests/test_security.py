@@ -70,8 +70,9 @@ def test_no_execution_before_approval_nor_after_release(live_site):
 
 
 def test_custom_code_never_runs(live_site):
-    """Custom code is shown to the owner, refused by the runner, and cannot execute even if
-    the owner approves it by hand in PySyft."""
+    """Custom code is shown to the owner, refused by the runner until the owner states its cost
+    (tests/test_custom_code.py runs it then, sandboxed), and cannot execute on the server even
+    if the owner approves it by hand in PySyft."""
     site = researcher.connect(live_site.url, *RESEARCHER)
     asset = site.datasets["breast_cancer"]._asset
 

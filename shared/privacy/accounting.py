@@ -77,6 +77,32 @@ def approx_dp_event(epsilon: float, delta: float = 0.0) -> dp_accounting.DpEvent
     return ApproxDpEvent(float(epsilon), float(delta))
 
 
+@attr.s(frozen=True)
+class DeclaredDpEvent(ApproxDpEvent):
+    """An (epsilon, delta) the data owner *declared* for code whose cost nothing here computes
+    (custom syft functions). Composed exactly like :class:`ApproxDpEvent` (its worst-case PLD);
+    its own class name in the stored JSON is what makes ledgers, reports and audit entries show
+    the cost as declared by the owner rather than computed from a spec."""
+
+
+def declared_event(epsilon: float, delta: float) -> dp_accounting.DpEvent:
+    """The owner's declared (epsilon, delta) for custom code, as a DpEvent the ledger composes."""
+    base = approx_dp_event(epsilon, delta)
+    if not base.epsilon > 0:
+        raise AccountingError("a declared cost needs epsilon > 0: custom code is never free")
+    return DeclaredDpEvent(base.epsilon, base.delta)
+
+
+def is_declared(event_json: str | None) -> bool:
+    """Whether a stored event holds a cost the owner declared (see :class:`DeclaredDpEvent`)."""
+    return bool(event_json) and '"DeclaredDpEvent"' in event_json
+
+
+def cost_source(event_json: str | None) -> str:
+    """'declared' (by the owner, for custom code) or 'computed' (from a job spec)."""
+    return "declared" if is_declared(event_json) else "computed"
+
+
 class Accountant(PLDAccountant):
     """dp_accounting's PLD accountant, plus :class:`ApproxDpEvent` (so ledgers can hold
     mechanisms known only by their (epsilon, delta))."""
@@ -283,6 +309,7 @@ def _event_classes() -> dict[str, type]:
     classes = {name: obj for name, obj in vars(dp_event).items()
                if isinstance(obj, type) and issubclass(obj, dp_event.DpEvent)}
     classes["ApproxDpEvent"] = ApproxDpEvent
+    classes["DeclaredDpEvent"] = DeclaredDpEvent
     return classes
 
 

@@ -4,7 +4,6 @@ A part of :class:`datasite.owner.OwnerSite` (which holds ``home``, ``config``, `
 ``ledger`` and ``client``); its methods are called on the site."""
 from __future__ import annotations
 
-import json
 
 from shared.data import DatasetMeta
 from shared.protocol import AUDIT_HEAD_KEY, encode_budget_note

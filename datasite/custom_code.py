@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shared.custom.output import OutputError, decode, output_digest, output_size
 from shared.custom.output import describe as describe_output
-from shared.custom.summary import HANDLE, declared_cost, static_summary
+from shared.custom.summary import declared_cost, static_summary
 from shared.privacy.accounting import AccountingError, declared_event, event_to_json
 
 from . import sandbox

@@ -54,11 +54,25 @@ def _noop() -> None:
 def _die_with_parent() -> None:
     """Ask Linux to kill this process when the fork server (its parent) exits: a worker killed
     mid-job takes its fork server down, and the job must not outlive them to write a result
-    nobody records."""
+    nobody records (a job that reports progress would also die of the broken pipe; a silent
+    one, in its privacy report or final evaluation, only of this)."""
+    from multiprocessing import forkserver
+
+    # The fork server exits only when no process holds its "alive" pipe, and every process it
+    # forks inherits that pipe's write end: holding it, the job would keep its own parent alive
+    # after the worker died, and the signal below would never come. A job forks nothing from
+    # the server, so it lets go (tests/test_job_process.py fails without this).
+    server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)  # pylint: disable=protected-access
+        server._forkserver_alive_fd = None  # pylint: disable=protected-access
+    parent = os.getppid()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:  # not Linux: the worker's recovery still refunds, the result is ignored
-        pass
+        return
+    if os.getppid() != parent:  # the fork server died before the signal was armed
+        os._exit(1)
 
 
 def child(spec_json: str, dataset_dir: str, result_file: str, context_json: str | None,

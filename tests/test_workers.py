@@ -137,32 +137,6 @@ def test_jobs_queued_with_no_worker_run_when_one_starts(site):
     assert all(site.state.request(r)["state"] == Request.RAN for r in rids)
 
 
-def test_a_worker_killed_mid_job_has_its_job_refunded_once(site):
-    rid = site.queue(_dpsgd(2000))  # long: it is still running when the worker dies
-    w = site.start_worker("w-doomed")
-    t = time.monotonic()
-    while not (site.state.request(rid)["progress_json"]):
-        assert time.monotonic() - t < 120, site.logs()
-        time.sleep(0.1)
-    job_pid = site.state.request(rid)["runner_pid"]
-    assert W.recover_dead_runs(site.state, site.ledger) == []  # alive: nothing to recover
-    assert W.queue_report(site.state)["running"][0]["progress"]["done"] >= 1
-    os.kill(w.pid, signal.SIGKILL)
-    w.wait()
-    t = time.monotonic()
-    while process_alive(job_pid):  # the job dies with its worker's fork server
-        assert time.monotonic() - t < 10, "the job outlived its worker"
-        time.sleep(0.05)
-    assert W.recover_dead_runs(site.state, site.ledger) == [rid]
-    assert W.recover_dead_runs(site.state, site.ledger) == []  # once
-    own = site.state.request(rid)
-    assert own["state"] == Request.FAILED and "died" in own["reason"]
-    assert site.ledger.entry(rid)["state"] == "refunded"
-    assert site.ledger.spent(DATASET)["jobs"] == 0
-    assert not (site.home.results / f"{rid}.pkl").exists()
-    assert site.ledger.verify()[0]
-
-
 def test_recovery_never_refunds_a_job_whose_worker_is_alive(site, monkeypatch):
     """The run lock is the liveness signal; without it (defence off) recovery would refund a
     live job, which could then still produce a result for a refunded reservation."""
@@ -260,3 +234,58 @@ def test_a_data_parallel_worker_trains_on_two_ranks_with_the_one_process_account
     assert b.privacy["event"] == a.privacy["event"]
     assert b.privacy["epsilon"] == a.privacy["epsilon"]
     assert (a.owner["_owner_ranks"], b.owner["_owner_ranks"]) == (1, 2)
+
+
+def test_a_worker_killed_mid_job_is_refunded_once_and_replaced(site):
+    """`datasite workers NAME --cpus 1`, then kill -9 its worker mid-job: the job process dies
+    with it (no result is written), the supervisor refunds the job once and starts a new
+    worker, which takes the next job; SIGTERM stops it all."""
+    import sys
+
+    sup = subprocess.Popen([sys.executable, "-m", "datasite.cli", "workers", "wk", "--cpus", "1",
+                            "--home", str(site.home.root)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    site.procs.append(sup)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(sup.stdout), daemon=True).start()
+
+    def worker_pid(not_pid=None, timeout=120) -> int:
+        t = time.monotonic()
+        while True:
+            alive = [w["pid"] for w in W.alive(site.state) if w["pid"] != not_pid]
+            if alive:
+                return alive[0]
+            assert time.monotonic() - t < timeout and sup.poll() is None, "".join(lines)
+            time.sleep(0.1)
+
+    first = worker_pid()
+    rid = site.queue(_dpsgd(2000))
+    t = time.monotonic()
+    while not site.state.request(rid)["progress_json"]:
+        assert time.monotonic() - t < 120, "".join(lines) + site.logs()
+        time.sleep(0.1)
+    job_pid = site.state.request(rid)["runner_pid"]
+    assert W.queue_report(site.state)["running"][0]["progress"]["done"] >= 1
+    os.kill(first, signal.SIGKILL)
+    t = time.monotonic()
+    while process_alive(job_pid):  # the job dies with its worker's fork server
+        assert time.monotonic() - t < 10, "the job outlived its worker"
+        time.sleep(0.05)
+    second = worker_pid(not_pid=first)  # a new worker, from the supervisor
+    site.wait_states([rid], states=(Request.FAILED,))
+    assert "died" in site.state.request(rid)["reason"]
+    assert site.ledger.entry(rid)["state"] == "refunded"
+    assert site.ledger.spent(DATASET)["jobs"] == 0
+    assert not (site.home.results / f"{rid}.pkl").exists()
+    assert site.ledger.verify()[0]
+    nxt = site.queue(STATS)
+    site.wait_states([nxt])
+    own = site.state.request(nxt)
+    assert own["state"] == Request.RAN, own["reason"]
+    assert site.state.execution_count(nxt) == 1 and second != first
+    out = "".join(lines)
+    assert f"request {rid[:8]}: its worker died; refunded" in out and "restarting it" in out
+    assert out.count("refunded") == 1
+    os.killpg(sup.pid, signal.SIGTERM)
+    assert sup.wait(timeout=60) == 0
+    assert W.alive(site.state) == []  # the workers are gone, with their heartbeat rows

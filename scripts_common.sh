@@ -12,6 +12,10 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "dp-datasite needs Python 3.11"'
+# the console's browser tests drive Debian's chromium through playwright (no browser download)
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -31,11 +31,24 @@ class BudgetsMixin:
             if delta >= 1.0 / n:
                 raise SiteError(f"delta={delta:g} is not below 1/n = {1.0 / n:.2g} for {n} records: "
                                 "choose a smaller delta.")
+        self._check_not_below_spent(dataset, epsilon, researcher)
         try:
             self.ledger.set_budget(dataset, epsilon, delta, researcher=researcher)
         except LedgerError as e:
             raise SiteError(str(e)) from None
         self.publish_budgets([researcher] if researcher else None)
+
+    def _check_not_below_spent(self, dataset: str, epsilon: float, researcher: str) -> None:
+        """A budget cannot go below what was already spent (or reserved) under it: the spend
+        is a fact, and a budget under it would only hide that it was overspent."""
+        if self.ledger.budget(dataset) is None:
+            return  # a dataset's first budget: nothing spent under it yet
+        spent = self.ledger.spent(dataset, researcher or None)["epsilon"]
+        if epsilon < spent - 1e-9:
+            who = f"{researcher}'s budget" if researcher else "the dataset's budget"
+            raise SiteError(f"Cannot set {who} on {dataset} to eps={epsilon:g}: eps={spent:.3f} "
+                            "is already spent or reserved under it. Choose at least that much; "
+                            "nothing was changed.")
 
     def budgets_for(self, researcher: str, _dataset_left: dict | None = None) -> dict:
         """What a researcher may know: per dataset, their own budget left and whether the

@@ -355,6 +355,35 @@ def _report(text: str) -> str:
     return escape_block(text, max_lines=10**9, max_line_chars=10**6)
 
 
+def cmd_console(args) -> None:
+    from .console.accounts import add_owner
+
+    site = open_site(args.name, args.home)
+    if args.add_owner:
+        from .owner import OwnerSite
+
+        password = (Path(args.password_file).read_text().strip() if args.password_file
+                    else getpass.getpass(f"Console password for {args.add_owner}: "))
+        if not args.password_file and getpass.getpass("Again: ") != password:
+            raise SiteError("The passwords differ.")
+        add_owner(OwnerSite(site), args.add_owner, password)
+        print(f"Owner account {escape(args.add_owner)} can now log in to the console of "
+              f"{escape(args.name)}.")
+        return
+    from .console.app import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the console will listen on {escape(args.host)}, reachable from other "
+              "machines" + ("" if args.certfile else " over plain HTTP (passwords and session "
+              "cookies in clear text): give --certfile/--keyfile, or keep it on 127.0.0.1 and "
+              "reach it through an SSH tunnel") + ".", file=sys.stderr)
+    scheme = "https" if args.certfile else "http"
+    print(f"Console of {escape(args.name)} on {scheme}://{escape(args.host)}:{args.port}/ "
+          f"(log in as {escape(site.load().root_email)} with the root password, or an owner "
+          "account); Ctrl-C stops it.", flush=True)
+    serve(site, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile)
+
+
 def cmd_deny(args) -> None:
     _site(args).deny(args.request, args.reason)
     print(f"Denied request {escape(args.request)}: {escape(args.reason, 1000)}")
@@ -544,6 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--canaries", type=int, default=1000, help="number of canaries m")
     s.add_argument("--confidence", type=float, default=0.95)
     s.add_argument("--json", action="store_true")
+    s = cmd("console", cmd_console, "serve the owner's web console (review, run, release, "
+            "budgets, ledger, forget) on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8090)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback only; others get a warning)")
+    s.add_argument("--certfile", default=None, help="TLS certificate: serve https, Secure cookies")
+    s.add_argument("--keyfile", default=None, help="TLS private key for --certfile")
+    s.add_argument("--add-owner", metavar="EMAIL", default=None,
+                   help="create (or reset) an owner account for the console, then exit")
+    s.add_argument("--password-file", default=None, help="--add-owner: file with the password")
     s = cmd("deny", cmd_deny, "refuse a request")
     s.add_argument("request")
     s.add_argument("--reason", required=True)

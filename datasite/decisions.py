@@ -116,6 +116,13 @@ class DecisionsMixin:
 
         return forget(self, dataset, record, data_only=data_only, row=row)
 
+    def forget_plan(self, dataset: str, record=None, data_only: bool = False, *,
+                    row: int | None = None) -> dict:
+        """What :meth:`forget` would do to each model that saw the record; changes nothing."""
+        from .forget import forget_plan
+
+        return forget_plan(self, dataset, record, data_only=data_only, row=row)
+
     def audit(self, dataset: str, spec: dict, canaries: int = 1000,
               confidence: float = 0.95) -> dict:
         """Empirical privacy audit of a job spec on this dataset (owner only: not a release,

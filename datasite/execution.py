@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from typing import Callable, TypeVar
@@ -22,6 +23,7 @@ from .config import SiteError
 from .states import Request
 
 T = TypeVar("T")
+PROGRESS_EVERY_S = 0.5  # how often a running job's step count is written to its request row
 
 
 def execute_once(state, execution_id: str, dataset: str, work: Callable[[], T]) -> T:
@@ -50,9 +52,19 @@ def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result
     if own is None or own["state"] != Request.RUNNING:
         raise SiteError(f"Request {request_id[:8]} was not claimed to run "
                         f"(state: {own['state'] if own else 'pending'}).")
+    last = [0.0]
+
+    def note_progress(done: int, total: int) -> None:  # what `datasite queue` and the console show
+        t = time.monotonic()
+        if t - last[0] >= PROGRESS_EVERY_S or done >= total:
+            last[0] = t
+            state.update_request(request_id, progress_json=json.dumps({"done": done,
+                                                                       "total": total}))
+
     execute_once(state, request_id, spec["dataset"], lambda: run_job_subprocess(
         spec, dataset_dir, result_path, progress, context=context, backbones=backbones,
-        on_start=lambda pid: state.set_state(request_id, Request.RUNNING, runner_pid=pid)))
+        on_start=lambda pid: state.set_state(request_id, Request.RUNNING, runner_pid=pid),
+        on_progress=note_progress))
     return load_result(result_path)
 
 
@@ -109,7 +121,7 @@ def runner_command(spec: dict, dataset_dir: str, result_path: Path,
 
 def run_job_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
                        on_start=None, context: dict | None = None,
-                       backbones: dict | None = None) -> None:
+                       backbones: dict | None = None, on_progress=None) -> None:
     """Run one job (``python -m datasite.runner``) on ``dataset_dir``, writing ``result_path``;
     SiteError with the job's stderr tail if it fails."""
     from tqdm import tqdm
@@ -126,6 +138,8 @@ def run_job_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress
             msg = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if "progress" in msg and on_progress is not None:
+            on_progress(*msg["progress"])
         if "progress" in msg and progress:
             done, total = msg["progress"]
             if bar is None:

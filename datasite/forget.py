@@ -206,17 +206,9 @@ def forget(site, dataset: str, record=None, data_only: bool = False, *,
         raise SiteError(f"No dataset {dataset!r} on {site.name}; known: "
                         f"{', '.join(site.state.dataset_names()) or 'none'}.")
     path = found["path"]
-    record_id, patient_id = resolve_record(path, dataset, record, row)
+    record_id, patient_id, affected, stale = _affected(site, dataset, path, record, row,
+                                                       data_only)
     ids = record_ids(path)
-    models = [m for m in site.state.models_for(dataset) if m["status"] == "active"]
-    if not models and not data_only:
-        raise SiteError(
-            f"Dataset {dataset} has no released removal-enabled model, so there is nothing to "
-            "update. To remove the record from the data only, run again with --data-only. "
-            f"{_dp_models_note(site, dataset)}")
-    affected = [m for m in models if record_id in json.loads(m["record_ids_json"])]
-    # a model trained on an earlier version of its backbone's features cannot be updated
-    stale = {m["request_id"]: why for m in affected if (why := _stale_features(m))}
     current = [m for m in affected if m["request_id"] not in stale]
     data, meta = read_private(path) if current else (None, None)
     # every update computed before anything changes; each is one touch of the private data
@@ -235,6 +227,54 @@ def forget(site, dataset: str, record=None, data_only: bool = False, *,
         report["models"].append(_withdraw_stale(site, m, stale[rid]) if rid in stale else
                                 _release_update(site, m, record_id, *updates[rid]))
     return report
+
+
+def _affected(site, dataset: str, path, record, row, data_only: bool) -> tuple:
+    """(record id, patient id, the active removal-enabled models trained on the record, and
+    {model: why it cannot be updated} for those trained on stale features); SiteError when
+    the record is unknown, or nothing would be updated and not ``data_only``."""
+    record_id, patient_id = resolve_record(path, dataset, record, row)
+    models = [m for m in site.state.models_for(dataset) if m["status"] == "active"]
+    if not models and not data_only:
+        raise SiteError(
+            f"Dataset {dataset} has no released removal-enabled model, so there is nothing to "
+            "update. To remove the record from the data only, run again with --data-only. "
+            f"{_dp_models_note(site, dataset)}")
+    affected = [m for m in models if record_id in json.loads(m["record_ids_json"])]
+    # a model trained on an earlier version of its backbone's features cannot be updated
+    stale = {m["request_id"]: why for m in affected if (why := _stale_features(m))}
+    return record_id, patient_id, affected, stale
+
+
+def forget_plan(site, dataset: str, record=None, data_only: bool = False, *,
+                row: int | None = None) -> dict:
+    """What :func:`forget` would do, changing nothing: the record, and for every model that
+    saw it what happens to it (``updated``: certified update and a fresh DP release, or
+    withdrawn if a budget cannot pay; ``withdrawn``: stale features; ``dp_only``: a plain DP
+    model, unchanged, covered by its guarantee). Same checks and errors as :func:`forget`."""
+    found = site.state.dataset(dataset)
+    if found is None:
+        raise SiteError(f"No dataset {dataset!r} on {site.name}; known: "
+                        f"{', '.join(site.state.dataset_names()) or 'none'}.")
+    record_id, patient_id, affected, stale = _affected(site, dataset, found["path"], record,
+                                                       row, data_only)
+    models = []
+    for m in affected:
+        rid = m["request_id"]
+        if rid in stale:
+            models.append({"request": rid, "researcher": m["researcher"], "action": "withdrawn",
+                           "why": f"trained on stale features ({stale[rid]}): no certified "
+                                  "update is possible"})
+        else:
+            models.append({"request": rid, "researcher": m["researcher"], "action": "updated",
+                           "why": "certified removal step on the owner's copy (retrained with "
+                                  "fresh noise once its residual budget is used up) and a fresh "
+                                  "DP release sent to the researcher; withdrawn instead if a "
+                                  "budget cannot pay for that release"})
+    dp = [{"request": d["request"], "researcher": d["researcher"], "action": "dp_only",
+           "why": d["guarantee"]} for d in _dp_models(site, dataset)]
+    return {"dataset": dataset, "record": record_id, "patient_id": patient_id,
+            "models": models, "dp_models": dp}
 
 
 def _stale_features(m: dict) -> str | None:

@@ -8,6 +8,7 @@ can never overspend.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -38,6 +39,7 @@ class Ledger:
         """``site`` (a SiteHome; default: the one ``state`` was opened from) holds the key that
         signs the audit chain; without one the chain is only hash-linked."""
         self.engine = state.engine
+        self.acting_as: str | None = None  # see :meth:`acting`
         migrate(self.engine, metadata)
         migrate(self.engine, audit_log.metadata)
         site = site or getattr(state, "home", None)
@@ -417,7 +419,19 @@ class Ledger:
 
     # -- audit log -------------------------------------------------------------------------------
     def _audit(self, c, actor: str, action: str, request_id: str | None, payload: dict) -> None:
+        if actor == "owner" and self.acting_as:  # who, of the owners, did it (the console)
+            actor = self.acting_as
         self.audit_log.append(c, actor, action, request_id, payload)
+
+    @contextlib.contextmanager
+    def acting(self, account: str):
+        """Audit entries written inside are by ``account`` (e.g. ``console:root@site``), not
+        the anonymous "owner" of the CLI. One ledger per thread: not for concurrent use."""
+        before, self.acting_as = self.acting_as, account
+        try:
+            yield self
+        finally:
+            self.acting_as = before
 
     def log(self, action: str, request_id: str | None, payload: dict, actor: str = "owner") -> None:
         """Append an audit entry that moves no budget (a denial, a round released, a removal

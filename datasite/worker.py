@@ -24,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import SiteHome
-from .execution import execute_once, load_result, record_failed, record_ran
+from .execution import PROGRESS_EVERY_S, execute_once, load_result, record_failed, record_ran
 
 HEARTBEAT_S = 1.0
 POLL_S = 0.05  # the consumer's longest wait between looks at an idle queue
-PROGRESS_EVERY_S = 0.5
 
 log = logging.getLogger("datasite.worker")
 

@@ -1,0 +1,156 @@
+"""Requests: the list by state, one request's page (spec, code, price, budgets, checks,
+result summary), and the decisions on it: approve & run, deny with a reason, release."""
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from ..config import SiteError
+from . import charts, words
+from .web import back, checked_form, flash, owner, render
+
+router = APIRouter()
+ops = None  # the app's Console, set by app.create_app
+
+# the steward's groups of the owner-side request states (datasite/states.py)
+GROUPS = {"pending": ("pending",), "running": ("running", "serving"),
+          "awaiting release": ("ran",), "released": ("released", "stopped"),
+          "denied": ("denied",), "failed": ("failed",)}
+_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def _group(state: str) -> str:
+    return next((g for g, states in GROUPS.items() if state in states), state)
+
+
+def _rid(request_id: str) -> str:
+    if not _ID.fullmatch(request_id):
+        raise SiteError("That is not a request id (8 to 64 hex digits); pick one from the list.")
+    return request_id
+
+
+@router.get("/requests", response_class=HTMLResponse)
+def list_requests(request: Request, show: str = "", account: str = Depends(owner)):
+    with ops.reading() as site:
+        items = site.review(include_done=True)
+    for it in items:
+        it["group"] = _group(it["state"])
+    counts = {g: sum(it["group"] == g for it in items) for g in GROUPS}
+    if show in GROUPS:
+        items = [it for it in items if it["group"] == show]
+    items.sort(key=lambda it: str(it.get("submitted")), reverse=True)
+    return render(request, "requests.html", items=items, groups=list(GROUPS), counts=counts,
+                  show=show if show in GROUPS else "")
+
+
+def _event_json(site, rid: str, info: dict) -> str | None:
+    """The priced event (cached by the review that priced it), or the ledger's entry."""
+    entry = site.ledger.entry(rid)
+    if entry:
+        return entry["realised_json"] or entry["event_json"]
+    if info.get("spec"):
+        cached = site.state.cached_price(rid, json.dumps(info["spec"], sort_keys=True))
+        return cached["event_json"] if cached and not cached["error"] else None
+    return None
+
+
+@router.get("/requests/{request_id}", response_class=HTMLResponse)
+def show_request(request: Request, request_id: str, account: str = Depends(owner)):
+    rid = _rid(request_id)
+    with ops.reading() as site:
+        info = site.describe_request(rid)
+        rid = info["request_id"]
+        own = site.state.request(rid) or {}
+        entry = site.ledger.entry(rid)
+        event_json = _event_json(site, rid, info)
+        summary = json.loads(own.get("summary_json") or "null")
+        progress = ops.progress(site.state, rid)
+    cost = info.get("cost") or {}
+    budget = cost.get("budget") or {}
+    bars = [(label, words.bar(budget.get(f"{k}_spent"), budget.get(f"{k}_after"),
+                              budget.get(f"{k}_budget")))
+            for label, k in (("Dataset budget", "dataset"), ("Researcher's budget", "researcher"))]
+    rows, curves = words.flat_metrics((summary or {}).get("metrics"))
+    return render(
+        request, "request.html", info=info, own=own, entry=entry, group=_group(info["state"]),
+        spec_rows=words.spec_rows(info.get("spec")), cost=cost, budget=budget,
+        bars=[(label, b) for label, b in bars if b], summary=summary, metric_rows=rows,
+        curves={k: charts.series(k, v) for k, v in curves.items()},
+        tradeoff=charts.tradeoff(event_json) if event_json else None,
+        code=words.code_html(info["code"]) if info.get("code") else None,
+        code_css=words.code_css(), progress=progress, number=words.number)
+
+
+@router.get("/requests/{request_id}/progress", response_class=HTMLResponse)
+def progress(request: Request, request_id: str, account: str = Depends(owner)):
+    rid = _rid(request_id)
+    with ops.reading() as site:
+        p = ops.progress(site.state, rid)
+    resp = render(request, "progress.html", progress=p, rid=rid)
+    if p["state"] != "running" and not p["starting"]:
+        resp.headers["HX-Refresh"] = "true"  # finished: show the result (or the error)
+    return resp
+
+
+def _current(site, rid: str, form: dict) -> tuple[str, dict]:
+    """The request's full id and state now; SiteError when the form was shown for another
+    state (someone acted in between): nothing is done on a stale page."""
+    info = site.describe_request(rid, with_cost=False)
+    shown = form.get("state", "")
+    if shown != info["state"]:
+        raise SiteError(f"This request is now {info['state']} (it was {shown or 'unknown'} when "
+                        "the page was shown: someone acted in between). Nothing was done; "
+                        "review it again.")
+    return info["request_id"], info
+
+
+@router.post("/requests/{request_id}/run")
+async def run(request: Request, request_id: str, account: str = Depends(owner)):
+    form = await checked_form(request)
+    rid = _rid(request_id)
+    try:
+        with ops.acting(account) as site:
+            rid, info = _current(site, rid, form)
+            if info["state"] not in ("pending", "failed"):
+                raise SiteError(f"Request {rid[:8]} is {info['state']}: only a pending request "
+                                "(or a failed one) can be run.")
+        ops.start_run(rid, account)
+        flash(request, "ok", f"Approved; request {rid[:8]} is starting on the private data.")
+    except SiteError as e:
+        flash(request, "error", str(e))
+    return back(f"/requests/{rid}")
+
+
+@router.post("/requests/{request_id}/deny")
+async def deny(request: Request, request_id: str, account: str = Depends(owner)):
+    form = await checked_form(request)
+    rid = _rid(request_id)
+    reason = (form.get("reason") or "").strip()
+    try:
+        if not reason:
+            raise SiteError("Say why you deny it: the researcher reads the reason. Nothing was "
+                            "done.")
+        with ops.acting(account) as site:
+            rid, _ = _current(site, rid, form)
+            site.deny(rid, reason[:2000])
+        flash(request, "ok", f"Denied request {rid[:8]}.")
+    except SiteError as e:
+        flash(request, "error", str(e))
+    return back(f"/requests/{rid}")
+
+
+@router.post("/requests/{request_id}/release")
+async def release(request: Request, request_id: str, account: str = Depends(owner)):
+    form = await checked_form(request)
+    rid = _rid(request_id)
+    try:
+        with ops.acting(account) as site:
+            rid, _ = _current(site, rid, form)
+            site.release(rid)
+        flash(request, "ok", f"Released request {rid[:8]} to its researcher.")
+    except SiteError as e:
+        flash(request, "error", str(e))
+    return back(f"/requests/{rid}")

@@ -1,0 +1,273 @@
+"""The owner's web console without a browser (FastAPI's TestClient, no PySyft server): who may
+log in, sessions and CSRF, the persisted lockout, escaping of researcher-chosen text, bad input
+refused with a message and nothing changed, and audit entries naming the owner account."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from datasite.audit_log import audit
+from datasite.config import init_site
+from datasite.console import accounts
+from datasite.console.app import create_app
+from datasite.owner import OwnerSite
+
+from conftest import free_port
+
+RESEARCHER = "alice@uni.edu"
+ATTACK = "<script>alert('pwned')</script>"
+
+
+@pytest.fixture
+def home(tmp_path):
+    return init_site("cons", home=tmp_path / "cons", port=free_port())
+
+
+def client(home, **kw) -> TestClient:
+    return TestClient(create_app(home, **kw), base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def csrf(c: TestClient, path: str = "/login") -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', c.get(path).text).group(1)
+
+
+def login(c: TestClient, home, account: str | None = None, password: str | None = None):
+    return c.post("/login", data={"csrf": csrf(c), "account": account or home.load().root_email,
+                                  "password": password or home.root_password()})
+
+
+def actors(home) -> list[tuple[str, str]]:
+    site = OwnerSite(home)
+    with site.ledger.engine.connect() as conn:
+        return [(r.actor, r.action) for r in conn.execute(select(audit).order_by(audit.c.seq))]
+
+
+def test_root_logs_in_with_secure_session_cookie(home):
+    c = client(home)
+    r = c.get("/requests")
+    assert r.status_code == 303 and r.headers["location"] == "/login"  # pages need a login
+    r = login(c, home)
+    assert r.status_code == 303 and r.headers["location"] == "/requests"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    root = home.load().root_email
+    assert ("console:" + root, "console_login") in actors(home)
+    assert c.get("/ledger").status_code == 200
+    assert c.post("/logout", data={"csrf": csrf(c, "/ledger")}).status_code == 303
+    assert c.get("/ledger").status_code == 303  # logged out
+    # served with TLS, the same cookie is Secure
+    r = login(client(home, https=True), home)
+    assert "secure" in r.headers["set-cookie"].lower()
+
+
+def test_wrong_password_and_unknown_account_refused(home):
+    c = client(home)
+    r = login(c, home, password="not-the-root-password")
+    assert r.status_code == 401 and "Wrong account or password" in r.text
+    r = login(c, home, account="nobody@x.org", password=home.root_password())
+    assert r.status_code == 401
+    assert c.get("/requests").status_code == 303  # still not logged in
+    assert accounts.locked_for(OwnerSite(home).state, "nobody@x.org") == 0  # counted, not locked
+    assert "nobody@x.org" in json.loads(OwnerSite(home).state.setting(accounts.FAILURES_KEY))
+
+
+def test_owner_accounts_log_in_and_researchers_never(home):
+    site = OwnerSite(home)
+    accounts.add_owner(site, "steward@hospital.org", "a-long-steward-password")
+    assert login(client(home), home, "steward@hospital.org",
+                 "a-long-steward-password").status_code == 303
+    assert login(client(home), home, "steward@hospital.org", "wrong-password-x").status_code == 401
+    # a researcher: not an owner account, whatever the password (root's included)
+    site.state.add_researcher(RESEARCHER, "ab" * 32)
+    with pytest.raises(Exception, match="is a researcher"):
+        accounts.add_owner(site, RESEARCHER, "researcher-password-1")
+    r = login(client(home), home, RESEARCHER, home.root_password())
+    assert r.status_code == 401
+    # an owner account whose address later became a researcher's is refused too
+    site.state.add_researcher("steward@hospital.org", "cd" * 32)
+    assert login(client(home), home, "steward@hospital.org",
+                 "a-long-steward-password").status_code == 401
+
+
+def test_post_without_csrf_token_is_refused(home):
+    c = client(home)
+    assert c.post("/login", data={"account": home.load().root_email,
+                                  "password": home.root_password()}).status_code == 403
+    login(c, home)
+    before = len(actors(home))
+    for data in ({"reason": "no"}, {"reason": "no", "csrf": "forged-token"}):
+        r = c.post("/requests/abcdef12/deny", data={**data, "state": "pending"})
+        assert r.status_code == 403 and "security token" in r.text
+    r = c.post("/datasets/bc/budget", data={"epsilon": "1", "current": ""})
+    assert r.status_code == 403
+    assert len(actors(home)) == before  # nothing happened
+
+
+def test_lockout_after_failures_survives_a_restart(home, monkeypatch):
+    c = client(home)
+    for _ in range(accounts.MAX_FAILURES):
+        assert login(c, home, password="wrong-password").status_code == 401
+    r = login(c, home)  # the right password, but locked
+    assert r.status_code == 401 and "locked" in r.text
+    r = login(client(home), home)  # a new console app: still locked
+    assert r.status_code == 401 and "locked" in r.text
+    assert _login_in_a_new_process(home) == 401  # a restarted console: still locked
+    now = accounts.time.time()
+    monkeypatch.setattr(accounts.time, "time", lambda: now + accounts.LOCK_S + 1)
+    assert login(client(home), home).status_code == 303
+
+
+def _login_in_a_new_process(home) -> int:
+    """The status of a root login to a console started in a fresh Python process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, re; from fastapi.testclient import TestClient; "
+            "from datasite.config import SiteHome; from datasite.console.app import create_app; "
+            "from pathlib import Path; h = SiteHome(Path(sys.argv[1])); "
+            "c = TestClient(create_app(h), base_url='http://127.0.0.1'); "
+            "tok = re.search(r'name=\"csrf\" value=\"([^\"]+)\"', c.get('/login').text)[1]; "
+            "print(c.post('/login', follow_redirects=False, data={'csrf': tok, "
+            "'account': h.load().root_email, 'password': h.root_password()}).status_code)")
+    out = subprocess.run([sys.executable, "-c", code, str(home.root)], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _fake_request(rid: str) -> dict:
+    return {"request_id": rid, "researcher": f"{ATTACK}@evil.org", "registered": True,
+            "submitted": ATTACK, "function": "f", "template": False, "kind": "custom",
+            "dataset": ATTACK, "spec": None, "server_status": "pending", "state": "pending",
+            "validation": ATTACK,
+            "code": f"def f(data):\n    return '{ATTACK}'  # \u202e hidden \x1b[2J\n"}
+
+
+def test_researcher_text_is_shown_escaped(home, monkeypatch):
+    rid = "ab" * 16
+    monkeypatch.setattr(OwnerSite, "describe_request", lambda self, r, *a, **k: _fake_request(rid))
+    monkeypatch.setattr(OwnerSite, "review", lambda self, include_done=False: [_fake_request(rid)])
+    c = client(home)
+    login(c, home)
+    for page in ("/requests", f"/requests/{rid}"):
+        text = c.get(page).text
+        assert "<script>alert" not in text and "&lt;script&gt;" in text, page
+    text = c.get(f"/requests/{rid}").text
+    assert "\u202e" not in text and "\\u202e" in text  # bidi override shown, not applied
+    assert "\x1b" not in text and "\\x1b" in text
+
+
+def _with_spend(home) -> OwnerSite:
+    """A dataset row with a budget of 5 and eps=1 reserved under it (no PySyft server)."""
+    import dp_accounting
+
+    from shared.data import DatasetMeta
+    from shared.privacy.accounting import event_to_json
+
+    site = OwnerSite(home)
+    meta = DatasetMeta(name="bc", kind="table", n_records=500, label="y", labels=[0, 1])
+    site.state.add_dataset("bc", "table", meta.to_json(), str(home.root / "nowhere"))
+    site.ledger.set_budget("bc", 5.0, 1e-5)
+    site.ledger.reserve("r1", "bc", RESEARCHER, event_to_json(dp_accounting.GaussianDpEvent(3.0)))
+    return site
+
+
+def test_bad_input_is_refused_with_a_message_and_changes_nothing(home, monkeypatch):
+    monkeypatch.setattr(OwnerSite, "publish_budgets", lambda self, researchers=None: None)
+    site = _with_spend(home)
+    spent = site.ledger.spent("bc")["epsilon"]
+    c = client(home)
+    login(c, home)
+    tok = csrf(c, "/forget")
+
+    def budget(eps: str, current: str) -> str:
+        r = c.post("/datasets/bc/budget", data={"csrf": tok, "epsilon": eps, "current": current})
+        assert r.status_code == 303
+        return c.get(r.headers["location"]).text
+
+    assert "must be a number" in budget("lots", "5.0")
+    assert "already spent" in budget(f"{spent / 2:g}", "5.0")  # below what was spent
+    assert "changed since the page was shown" in budget("6", "4.0")  # a stale form
+    assert site.ledger.budget("bc")["epsilon"] == 5.0
+    assert "is now eps=7" in budget("7", "5.0")
+    assert site.ledger.budget("bc")["epsilon"] == 7.0
+    root = home.load().root_email
+    assert ("console:" + root, "budget") in actors(home)  # the owner account, in the chain
+
+    r = c.post(f"/requests/{'ab' * 16}/deny", data={"csrf": tok, "reason": "  ",
+                                                   "state": "pending"})
+    assert "Say why you deny it" in c.get(r.headers["location"]).text
+    r = c.post("/forget/confirm", data={"csrf": tok, "dataset": "nope", "record": "3"})
+    assert "No dataset &#39;nope&#39;" in c.get(r.headers["location"]).text
+    r = c.post("/forget/confirm", data={"csrf": tok, "dataset": "bc", "record": "x",
+                                        "by": "row"})
+    assert "whole number" in c.get(r.headers["location"]).text
+    assert c.get("/requests/not-an-id").status_code == 404
+
+
+def test_ledger_export_and_csv_formula_cells(home):
+    site = _with_spend(home)
+    site.ledger.estimate("=HYPERLINK(1)", "bc", RESEARCHER, site.ledger.entry("r1")["event_json"])
+    c = client(home)
+    login(c, home)
+    rep = json.loads(c.get("/ledger/export.json").text)
+    assert {h["request_id"] for h in rep["history"]} == {"r1", "=HYPERLINK(1)"}
+    text = c.get("/ledger/export.csv?state=estimated").text
+    assert "'=HYPERLINK(1)" in text and "r1" not in text  # filtered; a formula made text
+    assert "verified" in c.get("/ledger").text
+
+
+def test_stale_form_after_someone_else_acted_changes_nothing(home, monkeypatch):
+    rid = "cd" * 16
+    acted = []
+    monkeypatch.setattr(OwnerSite, "describe_request",
+                        lambda self, r, *a, **k: {**_fake_request(rid), "state": "denied"})
+    monkeypatch.setattr(OwnerSite, "release", lambda self, r: acted.append(r))
+    monkeypatch.setattr(OwnerSite, "deny", lambda self, r, why: acted.append(r))
+    c = client(home)
+    login(c, home)
+    tok = csrf(c, "/forget")
+    for action in ("release", "deny", "run"):  # the page was shown while it was pending / ran
+        r = c.post(f"/requests/{rid}/{action}", data={"csrf": tok, "state": "ran",
+                                                     "reason": "late"})
+        assert "someone acted in between" in c.get(r.headers["location"]).text, action
+    assert acted == []
+
+
+def test_console_command_warns_off_loopback_and_adds_owners(home, monkeypatch, capsys, tmp_path):
+    from datasite import cli
+    from datasite.console import app
+
+    served = []
+    monkeypatch.setattr(app, "serve", lambda *a, **k: served.append(k))
+    args = ["console", "cons", "--home", str(home.root)]
+    assert cli.main(args) == 0 and served[-1]["host"] == "127.0.0.1"
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(args + ["--host", "0.0.0.0", "--port", "9443"]) == 0
+    assert served[-1]["port"] == 9443 and "plain HTTP" in capsys.readouterr().err
+    pw = tmp_path / "pw"
+    pw.write_text("steward-password-1\n")
+    assert cli.main(args + ["--add-owner", "Steward@Hospital.org", "--password-file", str(pw)]) == 0
+    assert login(client(home), home, "steward@hospital.org",
+                 "steward-password-1").status_code == 303
+    assert len(served) == 2  # adding an owner serves nothing
+
+
+def test_mock_is_shown_as_rows_or_images():
+    import numpy as np
+    import pandas as pd
+
+    from datasite.console.pages_datasets import _mock
+
+    class Site:
+        def __init__(self, mock):
+            self._published_mock = lambda meta: mock
+
+    rows = _mock(Site(pd.DataFrame({"age": [61.123456, 70.0], ATTACK: [0, 1]})), None)
+    assert rows["columns"] == ["age", ATTACK] and rows["rows"][0] == ["61.12", "0"]
+    imgs = _mock(Site({"images": np.zeros((12, 28, 28), np.uint8), "labels": np.arange(12)}), None)
+    assert len(imgs["images"]) == 8 and imgs["images"][0].startswith("data:image/png;base64,")

@@ -225,3 +225,41 @@ def test_forget_flow(live, page):
     assert actors == {"console:" + root}
     page.goto("/requests")
     shot(page, "14-requests")
+
+
+def test_custom_code_runs_in_the_sandbox_at_the_stated_cost(live, page):
+    """A raw syft function: the console shows its static summary and the researcher's declared
+    cost, runs it at the cost the owner states, previews the output, releases it; the
+    researcher gets it through PySyft's own call."""
+    site, _ = live
+    log_in(page, site.config.root_email, site.home.root_password())
+    client = researcher.connect(site.url, *RESEARCHER)
+    asset = client.datasets["breast_cancer"]._asset
+
+    @sy.syft_function_single_use(data=asset)
+    def count_rows(data):
+        """declared privacy cost: epsilon=0.5, delta=0"""
+        return {"rows": 1000}  # a constant: no private information in it
+
+    rid = client.client.code.request_code_execution(count_rows).id.to_string()
+    page.goto(f"/requests/{rid}")
+    body = page.inner_text("main")
+    assert "Cost the researcher declared" in body and "eps=0.5" in body
+    page.get_by_label("Epsilon you charge for it").fill("-1")  # refused: nothing done
+    page.get_by_label("Epsilon you charge for it").evaluate("e => e.removeAttribute('min')")
+    page.get_by_role("button", name=re.compile("Approve & run in the sandbox")).click()
+    assert "State the cost as numbers" in page.get_by_role("alert").inner_text()
+    assert site.state.request(rid) is None
+    page.get_by_label("Epsilon you charge for it").fill("0.6")
+    page.get_by_role("button", name=re.compile("Approve & run in the sandbox")).click()
+    page.get_by_role("heading", name="Result summary (what you see before release)").wait_for(
+        timeout=120_000)
+    body = page.inner_text("main")
+    assert "'rows': 1000" in body and "(declared, not computed)" in body and "eps=0.6" in body
+    shot(page, "16-custom-ran")
+    page.get_by_role("button", name="Release to the researcher").click()
+    assert f"Released request {rid[:8]}" in page.get_by_role("status").first.inner_text()
+    assert site.ledger.entry(rid)["epsilon"] == pytest.approx(0.6, abs=1e-3)  # at the site delta
+    client.client.refresh()
+    out = client.client.code.count_rows(data=asset)
+    assert (out.get() if hasattr(out, "get") else out) == {"rows": 1000}

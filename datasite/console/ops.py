@@ -51,9 +51,10 @@ class Console:
                 yield site
 
     # -- runs ---------------------------------------------------------------------------------
-    def start_run(self, request_id: str, account: str) -> None:
+    def start_run(self, request_id: str, account: str, **stated) -> None:
         """Approve & run: ``OwnerSite.run`` in a thread (queued to the warm workers if any run,
-        else a job subprocess here); its outcome lands in the request's row."""
+        else a job subprocess here); its outcome lands in the request's row. ``stated``: the
+        ``epsilon`` and ``delta`` the owner states for custom code (run in the sandbox)."""
         if self.runs.get(request_id, {}).get("thread_alive"):
             raise SiteError(f"Request {request_id[:8]} is being started already.")
         rec = self.runs[request_id] = {"error": None, "started": time.time(), "seen": None,
@@ -65,7 +66,7 @@ class Console:
             try:
                 site = OwnerSite(self.home)
                 with site.ledger.acting(actor(account)):
-                    site.run(request_id, progress=False, wait=True)
+                    site.run(request_id, progress=False, wait=True, **stated)
             except Exception as e:  # pylint: disable=broad-except  (shown on the page)
                 rec["error"] = str(e)
             finally:

@@ -95,6 +95,21 @@ def progress(request: Request, request_id: str, account: str = Depends(owner)):
     return resp
 
 
+def _stated_cost(form: dict) -> dict:
+    """The cost the owner states for custom code (``epsilon``, ``delta`` fields), or {}."""
+    if not form.get("epsilon") and not form.get("delta"):
+        return {}
+    try:
+        eps, delta = float(form.get("epsilon", "")), float(form.get("delta", ""))
+    except ValueError:
+        raise SiteError("State the cost as numbers: epsilon > 0 and delta in [0, 1). Nothing "
+                        "was done.") from None
+    if not (eps > 0 and 0 <= delta < 1):
+        raise SiteError("State the cost as numbers: epsilon > 0 and delta in [0, 1). Nothing "
+                        "was done.")
+    return {"epsilon": eps, "delta": delta}
+
+
 def _current(site, rid: str, form: dict) -> tuple[str, dict]:
     """The request's full id and state now; SiteError when the form was shown for another
     state (someone acted in between): nothing is done on a stale page."""
@@ -117,7 +132,7 @@ async def run(request: Request, request_id: str, account: str = Depends(owner)):
             if info["state"] not in ("pending", "failed"):
                 raise SiteError(f"Request {rid[:8]} is {info['state']}: only a pending request "
                                 "(or a failed one) can be run.")
-        ops.start_run(rid, account)
+        ops.start_run(rid, account, **_stated_cost(form))
         flash(request, "ok", f"Approved; request {rid[:8]} is starting on the private data.")
     except SiteError as e:
         flash(request, "error", str(e))

@@ -56,10 +56,12 @@ class RunMixin:
 
         from . import progress_notes
 
+        queued = workers.queue_report(self.state)["queued"]  # its place before any worker can
+        position = next((q["position"] for q in queued if q["request"] == request_id), None)
         enqueue(self.home, request_id)  # after the lock: a worker can take it at once
-        queued = workers.queue_report(self.state)["queued"]
-        progress_notes.send(self, request_id, "queued", position=next(
-            (q["position"] for q in queued if q["request"] == request_id), None))
+        # the researcher's notes go out while a worker starts the job
+        progress_notes.send(self, request_id, "queued", position=position)
+        self.publish_budgets([self.state.request(request_id)["researcher"]])
         if not wait:
             return {"queued": request_id}
         try:
@@ -116,18 +118,20 @@ class RunMixin:
             self.state.set_state(request_id, Request.FAILED, reason=str(e))
             raise SiteError(str(e)) from None
         self.ledger.start(request_id)
+        result_path = self.home.results / f"{request_id}.pkl"
+        if queue_it and job.LIFECYCLE != SCHEDULE:
+            from .workers import save_queued
+
+            # the worker reads what the owner resolved from the request's row; run() tells the
+            # researcher their budgets once the job is queued, while a worker starts it
+            save_queued(self.state, request_id, spec, row["path"], result_path, context,
+                        backbones)
+            return _QUEUED
         self.publish_budgets([info["researcher"]])
         if job.LIFECYCLE == SCHEDULE:
             from .rounds import start_schedule
 
             return start_schedule(self, request_id, req, info)
-        result_path = self.home.results / f"{request_id}.pkl"
-        if queue_it:  # the worker reads what the owner resolved from the request's row
-            from .workers import save_queued
-
-            save_queued(self.state, request_id, spec, row["path"], result_path, context,
-                        backbones)
-            return _QUEUED
         try:
             result = run_claimed_job(self.state, request_id, spec, row["path"], result_path,
                                      progress, context=context, backbones=backbones)

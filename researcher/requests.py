@@ -34,7 +34,8 @@ def submit(site, job) -> "JobRequest":
         raise ResearcherError(f"Submission failed: {getattr(e, 'public_message', e)}") from None
     if isinstance(res, sy.SyftError):
         raise ResearcherError(f"Submission failed: {res.message}")
-    return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict(), nonce), spec.dataset)
+    return JobRequest(site, res.id.to_string(), func_name_for(spec.to_dict(), nonce), spec.dataset,
+                      code_uid=res.code_id, asset=remote._asset)
 
 
 def _submit_custom(site, job) -> "CustomRequest":
@@ -50,7 +51,8 @@ def _submit_custom(site, job) -> "CustomRequest":
         raise ResearcherError(f"Submission failed: {getattr(e, 'public_message', e)}") from None
     if isinstance(res, sy.SyftError):
         raise ResearcherError(f"Submission failed: {res.message}")
-    return CustomRequest(site, res.id.to_string(), job.func.__name__, job.dataset)
+    return CustomRequest(site, res.id.to_string(), job.func.__name__, job.dataset,
+                         code_uid=res.code_id, asset=remote._asset)
 
 
 def _check_backbones(site, spec, meta) -> None:
@@ -88,13 +90,24 @@ def _quietly_compiled(source: str, namespace: dict):
 class JobRequest:
     """A submitted job. ``wait()`` returns its result once the owner releases it."""
 
-    def __init__(self, site, request_id: str, func_name: str, dataset: str):
+    def __init__(self, site, request_id: str, func_name: str, dataset: str, code_uid=None,
+                 asset=None):
         self.site = site
         self.id = request_id
         self.func_name = func_name
         self.dataset = dataset
         self._result: JobResult | None = None
-        self._code_uid = None  # the submitted UserCode's id, looked up once
+        # the submitted UserCode's id and the dataset's asset: known at submit, else looked up
+        # once (each lookup is a round trip; wait() polls)
+        self._code_uid = code_uid
+        self._asset_ref = asset
+
+    def _code_and_asset(self):
+        if self._code_uid is None:
+            self._code_uid = self._syft_request().code_id
+        if self._asset_ref is None:
+            self._asset_ref = self.site.datasets[self.dataset]._asset
+        return self._code_uid, self._asset_ref
 
     @classmethod
     def find(cls, site, request_id: str) -> "JobRequest":
@@ -116,12 +129,9 @@ class JobRequest:
 
     def status(self) -> str:
         """'pending' (waiting for the owner), 'denied' or 'released'."""
-        if self._result is not None:
+        if self._result is not None or self._try_fetch():  # released: one round trip
             return "released"
-        req = self._syft_request()
-        if req.status.name == "REJECTED":
-            return "denied"
-        return "released" if self._try_fetch() else "pending"
+        return "denied" if self._syft_request().status.name == "REJECTED" else "pending"
 
     def denial_reason(self) -> str | None:
         req = self._syft_request()
@@ -133,10 +143,8 @@ class JobRequest:
         # code.call by the code's id: `client.code.<func_name>` would re-download the whole
         # API for each new function (0.6-1.2 s per poll, benchmarks/workflow.py)
         try:
-            if self._code_uid is None:
-                self._code_uid = self._syft_request().code.id
-            asset = self.site.datasets[self.dataset]._asset
-            out = self.site.client.api.services.code.call(uid=self._code_uid, data=asset)
+            code_uid, asset = self._code_and_asset()
+            out = self.site.client.api.services.code.call(uid=code_uid, data=asset)
         except ResearcherError:
             raise
         except Exception:  # "waiting for approval": nothing released yet
@@ -257,13 +265,11 @@ class CustomRequest(JobRequest):
 
     def _try_fetch(self) -> bool:
         try:
-            if self._code_uid is None:
-                self._code_uid = self._syft_request().code.id
-            asset = self.site.datasets[self.dataset]._asset
+            code_uid, asset = self._code_and_asset()
             req = self._syft_request()
             param = next(iter(req.code.input_policy_init_kwargs.values())).keys()
             out = self.site.client.api.services.code.call(
-                uid=self._code_uid, **{next(iter(param)): asset})
+                uid=code_uid, **{next(iter(param)): asset})
         except ResearcherError:
             raise
         except Exception:  # "waiting for approval": nothing released yet

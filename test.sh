@@ -3,6 +3,5 @@
 source "$(dirname "$0")/scripts_common.sh"
 # Test files run in parallel (pytest-xdist), whole files per process so module fixtures (live
 # sites) are built once: min(cores, 4) processes, or $DPDS_TEST_WORKERS (1: one process).
-# Files go out slowest first (tests/durations.json, see tests/conftest.py), not by test count.
 workers=${DPDS_TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(os.cpu_count() or 1, 4))')}
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

@@ -17,19 +17,9 @@ from datasite.lifecycle import free_port  # noqa: E402  (re-exported for the tes
 
 _CREATED: list[str] = []
 
-# Seconds per test file in a recent full run (``DPDS_RECORD_DURATIONS=tests/durations.json
-# ./test.sh`` rewrites it). Only the order of files depends on it, never a result.
-DURATIONS = Path(__file__).with_name("durations.json")
+# ``DPDS_RECORD_DURATIONS=FILE ./test.sh`` writes the seconds spent per test file to FILE (the
+# per-file view --durations does not give; for finding what makes the suite long).
 _SPENT: dict[str, float] = defaultdict(float)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    """Slowest files first. pytest-xdist (``--dist loadfile --no-loadscope-reorder``) hands
-    whole files to its workers in this order, so the long end-to-end files start at once and
-    the short ones fill in around them, instead of one long file running alone at the end."""
-    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    items.sort(key=lambda item: -known.get(item.nodeid.split("::")[0], 0.0))  # stable
 
 
 def pytest_runtest_logreport(report):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -19,6 +22,31 @@ def execute(name: str, env: dict):
     return nb
 
 
+def start(name: str, env: dict) -> subprocess.Popen:
+    """Run notebooks/NAME in a separate process (a kernel's client needs its own main thread:
+    nbclient installs signal handlers, which a thread cannot). Wait on it with ``finish``."""
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would stall the kernel
+    proc = subprocess.Popen([sys.executable, __file__, name], env=dict(os.environ, **env),
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for a notebook started with ``start``; raise with its output if it failed."""
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        proc.wait()
+    proc.log.seek(0)
+    out = proc.log.read()
+    assert not timed_out, f"notebook still running after {timeout:.0f} s:\n{out[-4000:]}"
+    assert proc.returncode == 0, f"notebook failed (exit {proc.returncode}):\n{out[-4000:]}"
+
+
 def printed(nb) -> str:
     """Everything the notebook's cells printed."""
     out = []
@@ -26,3 +54,7 @@ def printed(nb) -> str:
         for o in cell.get("outputs", []):
             out.append(o.get("text", "") or str(o.get("data", {}).get("text/plain", "")))
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    execute(sys.argv[1], {})

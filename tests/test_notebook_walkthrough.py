@@ -1,12 +1,10 @@
 """The owner and researcher notebooks, executed side by side against a live datasite."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from conftest import free_port
-from notebook_runner import execute
+from notebook_runner import execute, finish, start
 
 pytestmark = pytest.mark.slow
 
@@ -21,18 +19,10 @@ def test_owner_and_researcher_notebooks(tmp_path):
            "DPDS_NB_TIMEOUT": "300", "DPDS_NB_WAIT": "0"}
     try:
         execute("owner.ipynb", env)  # set up: site, data, researcher
-        errors = []
-
-        def researcher_side():
-            try:
-                execute("researcher.ipynb", env)
-            except Exception as e:  # reported below
-                errors.append(e)
-
-        t = threading.Thread(target=researcher_side)
-        t.start()
-        execute("owner.ipynb", dict(env, DPDS_NB_WAIT="300"))  # review, run, release
-        t.join(timeout=400)
-        assert not t.is_alive() and not errors, errors
+        researcher_side = start("researcher.ipynb", env)
+        try:
+            execute("owner.ipynb", dict(env, DPDS_NB_WAIT="300"))  # review, run, release
+        finally:
+            finish(researcher_side, timeout=400)
     finally:
         lifecycle.down(open_site("hospital-a", tmp_path / "hospital-a"))

@@ -1,6 +1,7 @@
 """Helpers shared by the custom-code tests: a live site and raw-syft submissions."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import linecache
 
@@ -19,6 +20,16 @@ def live_custom_site(root, demo_files, name: str, second_dataset: bool = False):
                     delta=1e-5)
     site.add_user(*RESEARCHER, name="Alice")
     return site
+
+
+@contextlib.contextmanager
+def running_custom_site(root, demo_files, name: str, second_dataset: bool = False):
+    """``live_custom_site``, taken down on exit (for a module fixture)."""
+    site = live_custom_site(root, demo_files, name, second_dataset)
+    try:
+        yield site
+    finally:
+        site.down()
 
 
 def syft_login(site):

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from custom_helpers import call_released, live_custom_site, submit_source, syft_login
+from custom_helpers import call_released, running_custom_site, submit_source, syft_login
 
 # The tutorial's flow adapted to a medical table: a nearest-centroid classifier whose class
 # means are OpenDP Laplace releases (clipped sums and counts), returned with skops; noise goes
@@ -52,11 +52,8 @@ def dp_centroids(df, dp=None):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, demo_files):
-    s = live_custom_site(tmp_path_factory.mktemp("custom"), demo_files, "hosp-custom")
-    try:
+    with running_custom_site(tmp_path_factory.mktemp("custom"), demo_files, "hosp-custom") as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")

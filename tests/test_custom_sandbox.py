@@ -10,17 +10,14 @@ import textwrap
 
 import pytest
 
-from custom_helpers import RESEARCHER, live_custom_site, submit_source, syft_login
+from custom_helpers import RESEARCHER, running_custom_site, submit_source, syft_login
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, demo_files):
-    s = live_custom_site(tmp_path_factory.mktemp("sandbox"), demo_files, "hosp-sandbox",
-                         second_dataset=True)
-    try:
+    with running_custom_site(tmp_path_factory.mktemp("sandbox"), demo_files, "hosp-sandbox",
+                             second_dataset=True) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")

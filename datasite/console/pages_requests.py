@@ -139,33 +139,39 @@ async def run(request: Request, request_id: str, account: str = Depends(owner)):
     return back(f"/requests/{rid}")
 
 
-@router.post("/requests/{request_id}/deny")
-async def deny(request: Request, request_id: str, account: str = Depends(owner)):
+async def _act_on_current(request: Request, request_id: str, account: str, act):
+    """Check the form (CSRF, a stale page), run ``act(site, rid, form)`` as ACCOUNT and flash
+    the message it returns, or the error; back to the request's page either way."""
     form = await checked_form(request)
     rid = _rid(request_id)
-    reason = (form.get("reason") or "").strip()
     try:
-        if not reason:
-            raise SiteError("Say why you deny it: the researcher reads the reason. Nothing was "
-                            "done.")
         with ops.acting(account) as site:
             rid, _ = _current(site, rid, form)
-            site.deny(rid, reason[:2000])
-        flash(request, "ok", f"Denied request {rid[:8]}.")
+            message = act(site, rid, form)
+        flash(request, "ok", message)
     except SiteError as e:
         flash(request, "error", str(e))
     return back(f"/requests/{rid}")
+
+
+def _deny(site, rid: str, form) -> str:
+    reason = (form.get("reason") or "").strip()
+    if not reason:
+        raise SiteError("Say why you deny it: the researcher reads the reason. Nothing was done.")
+    site.deny(rid, reason[:2000])
+    return f"Denied request {rid[:8]}."
+
+
+def _release(site, rid: str, form) -> str:
+    site.release(rid)
+    return f"Released request {rid[:8]} to its researcher."
+
+
+@router.post("/requests/{request_id}/deny")
+async def deny(request: Request, request_id: str, account: str = Depends(owner)):
+    return await _act_on_current(request, request_id, account, _deny)
 
 
 @router.post("/requests/{request_id}/release")
 async def release(request: Request, request_id: str, account: str = Depends(owner)):
-    form = await checked_form(request)
-    rid = _rid(request_id)
-    try:
-        with ops.acting(account) as site:
-            rid, _ = _current(site, rid, form)
-            site.release(rid)
-        flash(request, "ok", f"Released request {rid[:8]} to its researcher.")
-    except SiteError as e:
-        flash(request, "error", str(e))
-    return back(f"/requests/{rid}")
+    return await _act_on_current(request, request_id, account, _release)

@@ -113,9 +113,20 @@ def demo_files(tmp_path_factory):
 RESEARCHER = ("alice@uni.edu", "alice-password-1")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def pytest_generate_tests(metafunc):
+    """``live_site`` runs on both backends unless a ``backends(...)`` mark (on the test or its
+    module) names fewer: where the behaviour under test is the same on either database, one
+    site start is enough; ledger, queue and concurrency tests keep both."""
+    if "live_site" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("backends")
+        backends = mark.args if mark else ("sqlite", "postgres")
+        metafunc.parametrize("live_site", backends, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def live_site(request, tmp_path_factory, demo_files):
-    """A running datasite with the breast-cancer table and one registered researcher."""
+    """A running datasite with the breast-cancer table and one registered researcher, on the
+    backend the test is parametrized with (``pytest_generate_tests``)."""
     site = make_site(tmp_path_factory.mktemp("site"), f"hosp-{request.param}", request.param)
     try:
         site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"), label="diagnosis",

@@ -16,7 +16,9 @@ from researcher import jobs
 
 from conftest import RESEARCHER
 
-pytestmark = pytest.mark.slow
+# recovery is ledger logic on either database (test_ledger runs both); PostgreSQL is the
+# multi-host deployment's, where a crash matters most
+pytestmark = [pytest.mark.slow, pytest.mark.backends("postgres")]
 
 
 def _job(**kw):

@@ -129,7 +129,7 @@ def _make_old(base: Path) -> None:
 
 # -- a live site --------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("live_site", ["sqlite"], indirect=True)  # the backend that keeps syft.db
+@pytest.mark.backends("sqlite")  # the backend that keeps syft.db
 def test_second_user_can_read_nothing_in_a_live_home(live_site):
     home = live_site.home.root
     # a result waiting for release, written by the job runner (as the owner runs it) started

@@ -284,7 +284,7 @@ def _nasty_upload(site, tmp_path, columns, name):
                        description="Columns with ` \" ' \\ and </script> in their names.")
 
 
-@pytest.mark.parametrize("live_site", ["sqlite"], indirect=True)
+@pytest.mark.backends("sqlite")
 def test_live_site_lists_datasets_with_any_column_name(live_site, tmp_path, capsys):
     """Owner uploads a table whose column names hold quotes, backticks, newlines, unicode,
     HTML and formula prefixes; the researcher still lists every dataset and gets the names

@@ -37,7 +37,7 @@ from researcher import jobs
 from conftest import RESEARCHER
 
 # one backend is enough: the guard sits in front of storage; ``live_site`` is module-scoped
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("live_site", ["sqlite"], indirect=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.backends("sqlite")]
 
 REFUSED = "not open to (researchers|guests)"
 

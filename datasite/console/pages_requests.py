@@ -139,12 +139,15 @@ async def run(request: Request, request_id: str, account: str = Depends(owner)):
     return back(f"/requests/{rid}")
 
 
-async def _act_on_current(request: Request, request_id: str, account: str, act):
-    """Check the form (CSRF, a stale page), run ``act(site, rid, form)`` as ACCOUNT and flash
-    the message it returns, or the error; back to the request's page either way."""
+async def _act_on_current(request: Request, request_id: str, account: str, act, check=None):
+    """Check the form (CSRF, then ``check(form)``, which needs no site, then a stale page), run
+    ``act(site, rid, form)`` as ACCOUNT and flash the message it returns, or the error; back to
+    the request's page either way."""
     form = await checked_form(request)
     rid = _rid(request_id)
     try:
+        if check is not None:
+            check(form)
         with ops.acting(account) as site:
             rid, _ = _current(site, rid, form)
             message = act(site, rid, form)
@@ -154,11 +157,15 @@ async def _act_on_current(request: Request, request_id: str, account: str, act):
     return back(f"/requests/{rid}")
 
 
-def _deny(site, rid: str, form) -> str:
+def _reason(form) -> str:
     reason = (form.get("reason") or "").strip()
     if not reason:
         raise SiteError("Say why you deny it: the researcher reads the reason. Nothing was done.")
-    site.deny(rid, reason[:2000])
+    return reason[:2000]
+
+
+def _deny(site, rid: str, form) -> str:
+    site.deny(rid, _reason(form))
     return f"Denied request {rid[:8]}."
 
 
@@ -169,7 +176,7 @@ def _release(site, rid: str, form) -> str:
 
 @router.post("/requests/{request_id}/deny")
 async def deny(request: Request, request_id: str, account: str = Depends(owner)):
-    return await _act_on_current(request, request_id, account, _deny)
+    return await _act_on_current(request, request_id, account, _deny, check=_reason)
 
 
 @router.post("/requests/{request_id}/release")

@@ -14,7 +14,7 @@ from datasite.state import State, engine_for, now
 from shared.privacy.accounting import dpsgd_event, event_to_json
 
 DELTA = 1e-6
-N_PAST = 200  # committed jobs written straight into the tables (each its own sigma)
+N_PAST = 80  # committed jobs written straight into the tables (each its own sigma)
 
 
 def _event(rng: random.Random, steps: int = 5) -> str:

@@ -87,7 +87,7 @@ def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
             raise SiteError(f"The datasite server exited during start-up; log {site.log_file}:\n{tail}")
         if is_healthy(url):
             return url
-        time.sleep(0.5)
+        time.sleep(0.1)  # a start takes seconds; answer as soon as it is up
     down(site)
     raise SiteError(f"The datasite did not answer on {url} within {timeout:.0f}s; see {site.log_file}.")
 

@@ -11,6 +11,13 @@ import pytest
 
 PG_ADMIN_URL = os.environ.get("DPDS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
+# One intra-op thread per process (tests, the servers, workers and job processes they start all
+# inherit it): several test processes share the cores, and a torch/BLAS thread pool per process
+# then spins waiting on descheduled siblings (a table step up to 10x slower). Set before any
+# import of torch; a caller's own setting wins.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 from datasite.lifecycle import free_port  # noqa: E402  (re-exported for the tests)
 

@@ -140,7 +140,13 @@ class ReviewMixin:
         out = []
         from .rounds import refuse_if_ended
 
+        shown = (Request.PENDING, Request.RAN, Request.FAILED)
         for rid, req in self.syft_requests().items():
+            own = self.state.request(rid)
+            if not include_done and own and own["state"] and own["state"] not in shown:
+                # decided here (released, denied, running, a schedule serving): not shown, and
+                # describing it costs round trips to the server on every poll of a desk
+                continue
             try:
                 info = self.describe_request(rid, req)
                 if info["spec"] and _lifecycle(info["spec"]) == MESSAGE:
@@ -153,7 +159,7 @@ class ReviewMixin:
                         "request_type": inbox.change_summary(req), "state": "pending",
                         "server_status": "", "validation": f"could not be read: "
                         f"{type(e).__name__}: {e}"[:500]}
-            if include_done or info["state"] in (Request.PENDING, Request.RAN, Request.FAILED):
+            if include_done or info["state"] in shown:
                 out.append(info)
         return out
 

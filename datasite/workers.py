@@ -172,13 +172,23 @@ def worker_command(home: SiteHome, worker_id: str, gpu: str,
 
 
 def spawn_worker(home: SiteHome, worker_id: str, gpu: str = "", data_parallel: int = 1,
-                 log_path=None) -> subprocess.Popen:
+                 log_path=None, threads: int | None = None) -> subprocess.Popen:
     """Start one worker process (its own session, output appended to ``log_path``, default
-    ``HOME/worker-ID.log``)."""
+    ``HOME/worker-ID.log``); ``threads``: its jobs' intra-op threads (torch, BLAS), unless the
+    environment already sets OMP_NUM_THREADS."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads and "OMP_NUM_THREADS" not in env:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path or os.path.join(home.root, f"worker-{worker_id}.log"), "ab") as log:
         return subprocess.Popen(worker_command(home, worker_id, gpu, data_parallel), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def threads_per_worker(n_cpu_workers: int) -> int:
+    """The cores each of ``n_cpu_workers`` CPU workers' jobs may use: a thread pool per process
+    over all cores makes concurrent jobs spin waiting on each other (a step several times
+    slower), so the cores are divided between them."""
+    return max(1, (os.cpu_count() or 1) // max(1, n_cpu_workers))
 
 
 def wait_ready(state, procs: list[subprocess.Popen], n: int = 1, timeout_s: float = 300) -> float:
@@ -209,10 +219,12 @@ def supervise(home: SiteHome, gpus: list[str], log_dir=None, stop_after_s: float
     wids = [f"{host}-w{i}" + (f"-gpu{gpu.replace(',', '+')}" if gpu else "-cpu")
             for i, gpu in enumerate(gpus)]
     procs: dict[str, subprocess.Popen] = {}
+    cpu_threads = threads_per_worker(sum(1 for g in gpus if not g))
 
     def start(i: int) -> None:
         procs[wids[i]] = spawn_worker(home, wids[i], gpus[i], data_parallel,
-                                      os.path.join(log_dir, f"worker-{i}.log"))
+                                      os.path.join(log_dir, f"worker-{i}.log"),
+                                      threads=None if gpus[i] else cpu_threads)
         out(f"worker {wids[i]} started (pid {procs[wids[i]].pid}, gpu {gpus[i] or 'none'})")
 
     for i in range(len(gpus)):

@@ -289,3 +289,19 @@ def test_a_worker_killed_mid_job_is_refunded_once_and_replaced(site):
     os.killpg(sup.pid, signal.SIGTERM)
     assert sup.wait(timeout=60) == 0
     assert W.alive(site.state) == []  # the workers are gone, with their heartbeat rows
+
+
+def test_cpu_workers_divide_the_cores_between_their_jobs(tmp_path, monkeypatch):
+    """N CPU workers' jobs get cores // N intra-op threads each (not a pool over every core per
+    job, which makes concurrent jobs spin on each other); an owner's OMP_NUM_THREADS wins."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [W.threads_per_worker(n) for n in (1, 2, 3, 32)] == [16, 8, 5, 1]
+    seen = []
+    monkeypatch.setattr(W.subprocess, "Popen", lambda cmd, **kw: seen.append(kw["env"]))
+    home = init_site("thr", home=tmp_path / "site")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    W.spawn_worker(home, "w0", threads=8)
+    W.spawn_worker(home, "w1", gpu="0")  # a GPU worker: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    W.spawn_worker(home, "w2", threads=8)
+    assert [e.get("OMP_NUM_THREADS") for e in seen] == ["8", None, "3"]

@@ -7,7 +7,6 @@ import json
 from shared.display import escape
 
 from .config import open_site
-from .models import check_model_args
 
 
 def _site(args):
@@ -19,6 +18,8 @@ def _site(args):
 def cmd_add(args) -> None:
     source = dict(torchvision=args.torchvision, weights=args.weights, file=args.file,
                   arch=args.arch, package=args.package, input_size=args.input_size)
+    from .models import check_model_args  # torch: imported by the commands that need it
+
     check_model_args(args.model, **source)  # before the site is opened or logged into
     info = _site(args).add_model(args.model, replace=args.replace, **source)
     print(f"Registered model {escape(info.name)}"

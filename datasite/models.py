@@ -29,7 +29,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.pretrained.architectures import ARCHITECTURES, LITE_PACKAGE
 from shared.pretrained.info import BackboneInfo, LocalBackbone, catalogue_text, prose_of
 
 from .config import SiteError
@@ -52,6 +51,10 @@ def check_model_args(name: str, *, torchvision: str | None = None, weights: str 
                      package: str | None = None, input_size: int | None = None) -> None:
     """The arguments of :meth:`ModelsMixin.add_model`, checked without touching the site or
     the weights' contents (the CLI calls it first: a typo fails at once). SiteError if not."""
+    # here, not at the top: it imports torch and opacus (2 s), which the owner's other
+    # commands and the round server do not need
+    from shared.pretrained.architectures import ARCHITECTURES, LITE_PACKAGE
+
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SiteError(f"Invalid model name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
                         "starting with a letter or digit (researchers pick it by this name).")
@@ -86,6 +89,8 @@ def check_model_args(name: str, *, torchvision: str | None = None, weights: str 
 
 
 def _check_arch(arch: str) -> None:
+    from shared.pretrained.architectures import ARCHITECTURES
+
     if arch not in ARCHITECTURES:
         raise SiteError(f"Unsupported architecture {arch!r}; supported: "
                         f"{', '.join(sorted(ARCHITECTURES))}.")

@@ -122,7 +122,15 @@ class JobRequest:
         raise ResearcherError(f"No request {request_id!r} of yours on {site.name}.")
 
     def _syft_request(self):
-        for req in self.site.client.requests.get_all():
+        from syft.types.uid import UID
+
+        try:  # one request by its id: wait() polls this, and a listing grows with every job
+            req = self.site.client.api.services.request.get_by_uid(uid=UID(self.id))
+        except Exception:
+            req = None
+        if req is not None and type(req).__name__ not in ("SyftError", "SyftException"):
+            return req
+        for req in self.site.client.requests.get_all():  # e.g. an older server: look it up
             if req.id.to_string() == self.id:
                 return req
         raise ResearcherError(f"Request {self.id[:8]} is no longer on {self.site.name}.")

@@ -1,5 +1,6 @@
 """The `datasite` command line: the owner journey through the real entry point (subprocesses, real
-server); the ledger test calls the same `main()` in this process to skip interpreter starts."""
+server); the ledger test (and the journey's one error of `run`) calls the same `main()` in this
+process to skip interpreter starts and PySyft imports."""
 from __future__ import annotations
 
 import json
@@ -73,6 +74,15 @@ def test_init_rejects_bad_db_and_weak_password(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_commands_start_without_torch():
+    """`datasite init`, `up`, `down` and the checks before a login import neither torch nor
+    opacus (seconds per command); the commands that log in pay for PySyft alone."""
+    code = ("import sys, datasite.cli; a = 'torch' in sys.modules; import datasite.owner; "
+            "print(a, 'opacus' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out
+
+
 def test_secret_readable_by_others_is_refused(tmp_path):
     from datasite.config import SiteError, SiteHome, init_site
 
@@ -116,7 +126,7 @@ def test_owner_cli_journey(tmp_path, demo_files):
                 check=False)
         assert p.returncode == 2 and "already registered" in p.stderr
         assert json.loads(run("review", "clinic", "--json", home=home).stdout) == []
-        p = run("run", "clinic", "abc123", home=home, check=False)
+        p = run_here("run", "clinic", "abc123", home=home, check=False)  # `run`'s own error
         assert p.returncode == 2 and "No request" in p.stderr
         assert "stopped" in run("down", "clinic", home=home).stdout
         p = run("review", "clinic", home=home, check=False)

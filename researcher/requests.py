@@ -122,13 +122,14 @@ class JobRequest:
         raise ResearcherError(f"No request {request_id!r} of yours on {site.name}.")
 
     def _syft_request(self):
+        from syft.service.response import SyftError
         from syft.types.uid import UID
 
         try:  # one request by its id: wait() polls this, and a listing grows with every job
             req = self.site.client.api.services.request.get_by_uid(uid=UID(self.id))
-        except Exception:
+        except Exception:  # syft raises its own exceptions for a missing or foreign request
             req = None
-        if req is not None and type(req).__name__ not in ("SyftError", "SyftException"):
+        if req is not None and not isinstance(req, SyftError):
             return req
         for req in self.site.client.requests.get_all():  # e.g. an older server: look it up
             if req.id.to_string() == self.id:

@@ -267,8 +267,10 @@ def cmd_run(args) -> None:
         custom = dict(epsilon=args.epsilon, delta=args.delta, unsandboxed=args.unsandboxed,
                       limits=Limits(wall_s=args.time_limit or base.wall_s,
                                     memory_mb=args.memory_mb or base.memory_mb))
-    summary = _site(args).run(args.request, progress=not args.quiet, wait=not args.no_wait,
-                              foreground=args.foreground, **custom)
+    site = _site(args)
+    site.warm_jobs = False  # one job in this process: a fresh runner imports only what it needs
+    summary = site.run(args.request, progress=not args.quiet, wait=not args.no_wait,
+                       foreground=args.foreground, **custom)
     if summary.get("kind") == "custom":
         _print_custom_run(summary)
         print(f"Release it with: datasite release {escape(args.name)} {escape(args.request)}")

@@ -1,9 +1,12 @@
 """The one way the private data is touched: :func:`execute_once`, recorded as an execution.
 
 Used by the owner's one-off jobs (``run_once.py``), the round server's rounds (``rounds.py``) and
-forget's model updates (``forget.py``); a job runs in its own subprocess
-(:func:`run_job_subprocess`, ``python -m datasite.runner``) so CUDA and the job's memory never
-touch the owner's process.
+forget's model updates (``forget.py``); a job runs in its own process so CUDA and the job's
+memory never touch the owner's process: forked from the warm fork server of
+:mod:`datasite.job_process` (``warm=True``: a long-lived owner process -- the Python API, the
+console, a round server -- pays torch's and Opacus' imports once, not per job), or a fresh
+``python -m datasite.runner`` (:func:`run_job_subprocess`; a one-shot ``datasite run`` command,
+where starting a fork server would import more than the one job needs).
 """
 from __future__ import annotations
 
@@ -42,12 +45,13 @@ def execute_once(state, execution_id: str, dataset: str, work: Callable[[], T]) 
 
 def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result_path: Path,
                     progress: bool, context: dict | None = None,
-                    backbones: dict | None = None) -> ResultPayload:
-    """Run a claimed request's job once in its subprocess and read its result.
+                    backbones: dict | None = None, warm: bool = True) -> ResultPayload:
+    """Run a claimed request's job once in its own process and read its result.
 
     The request must be ``running`` (claimed by ``State.claim_for_run``, which lets a request
     be claimed once); its row gets the job's pid while it runs. ``context`` and ``backbones``:
-    see :func:`runner_command`."""
+    see :func:`runner_command`. ``warm``: fork the job from this process's warm fork server
+    (module docstring); False: a fresh subprocess."""
     own = state.request(request_id)
     if own is None or own["state"] != Request.RUNNING:
         raise SiteError(f"Request {request_id[:8]} was not claimed to run "
@@ -61,7 +65,8 @@ def run_claimed_job(state, request_id: str, spec: dict, dataset_dir: str, result
             state.update_request(request_id, progress_json=json.dumps({"done": done,
                                                                        "total": total}))
 
-    execute_once(state, request_id, spec["dataset"], lambda: run_job_subprocess(
+    run = run_job_forked if warm else run_job_subprocess
+    execute_once(state, request_id, spec["dataset"], lambda: run(
         spec, dataset_dir, result_path, progress, context=context, backbones=backbones,
         on_start=lambda pid: state.set_state(request_id, Request.RUNNING, runner_pid=pid),
         on_progress=note_progress))
@@ -119,36 +124,70 @@ def runner_command(spec: dict, dataset_dir: str, result_path: Path,
     return cmd
 
 
+class _ProgressBar:
+    """The owner's progress bar over a job's steps (created at the first step report)."""
+
+    def __init__(self, spec: dict, show: bool, on_progress=None):
+        self.spec, self.show, self.on_progress, self.bar = spec, show, on_progress, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+        if self.show:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=f"job {self.spec['kind']}", unit="step")
+            self.bar.update(done - self.bar.n)  # tqdm throttles redraws itself
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_job_forked(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
+                   on_start=None, context: dict | None = None,
+                   backbones: dict | None = None, on_progress=None) -> None:
+    """Run one job in a process forked from this process's warm fork server
+    (:func:`datasite.job_process.run_forked`), writing ``result_path``; SiteError with the
+    job's traceback if it fails."""
+    from .job_process import run_forked
+
+    bar = _ProgressBar(spec, progress, on_progress)
+    payload = {"spec_json": json.dumps(spec), "dataset_dir": str(dataset_dir),
+               "result_path": str(result_path),
+               "context_json": json.dumps(context) if context else None,
+               "backbones_json": json.dumps(backbones) if backbones else None}
+    try:
+        run_forked(payload, on_start=on_start, on_progress=bar)
+    except RuntimeError as e:
+        raise SiteError(str(e)) from None
+    finally:
+        bar.close()
+
+
 def run_job_subprocess(spec: dict, dataset_dir: str, result_path: Path, progress: bool,
                        on_start=None, context: dict | None = None,
                        backbones: dict | None = None, on_progress=None) -> None:
     """Run one job (``python -m datasite.runner``) on ``dataset_dir``, writing ``result_path``;
     SiteError with the job's stderr tail if it fails."""
-    from tqdm import tqdm
-
     cmd = runner_command(spec, dataset_dir, result_path, context, backbones)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     errfile = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the job
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env)
     if on_start is not None:
         on_start(proc.pid)
-    bar = None
+    bar = _ProgressBar(spec, progress, on_progress)
     for line in proc.stdout:
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "progress" in msg and on_progress is not None:
-            on_progress(*msg["progress"])
-        if "progress" in msg and progress:
-            done, total = msg["progress"]
-            if bar is None:
-                bar = tqdm(total=total, desc=f"job {spec['kind']}", unit="step")
-            bar.update(done - bar.n)  # tqdm throttles redraws itself
+        if "progress" in msg:
+            bar(*msg["progress"])
     code = proc.wait()
     errfile.seek(0)
     err = errfile.read()
-    if bar is not None:
-        bar.close()
+    bar.close()
     if code != 0 or not result_path.exists():
         raise SiteError(f"The job failed (exit {code}):\n{err[-3000:]}")

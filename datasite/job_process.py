@@ -51,6 +51,17 @@ def _noop() -> None:
     return None
 
 
+def shutdown() -> None:
+    """Stop this process's fork server; the next job starts a new one. The server reads the
+    environment (``DP_DATASITE_JOB_MODULES``, ``PYTHONPATH``, thread counts) and imports the
+    job code when it starts, so an owner process that changed them restarts it (the pricing
+    server has the same rule, :func:`datasite.pricing_worker.shutdown`)."""
+    from multiprocessing import forkserver
+
+    if _CTX is not None:
+        forkserver._forkserver._stop()  # pylint: disable=protected-access
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill this process when the fork server (its parent) exits: a worker killed
     mid-job takes its fork server down, and the job must not outlive them to write a result

@@ -39,6 +39,10 @@ class OwnerSite(DatasetsMixin, UsersMixin, BudgetsMixin, ReviewMixin, RunMixin, 
         self.state = open_state(site)
         self.ledger = Ledger(self.state)
         self._client = None
+        # Jobs run in the foreground fork from this process's warm fork server
+        # (datasite.execution): a one-shot command sets False, a fresh subprocess being cheaper
+        # than a fork server's imports when only one job will run.
+        self.warm_jobs = True
 
     @classmethod
     def open(cls, name: str, home: Path | None = None) -> "OwnerSite":

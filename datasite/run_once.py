@@ -134,7 +134,8 @@ class RunMixin:
             return start_schedule(self, request_id, req, info)
         try:
             result = run_claimed_job(self.state, request_id, spec, row["path"], result_path,
-                                     progress, context=context, backbones=backbones)
+                                     progress, context=context, backbones=backbones,
+                                     warm=self.warm_jobs)
         except BaseException as e:
             self.state.set_state(request_id, Request.FAILED, reason=str(e)[-2000:])
             self.ledger.refund(request_id, reason="job failed")

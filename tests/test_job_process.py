@@ -72,3 +72,73 @@ def test_a_job_process_dies_with_its_worker_even_when_silent(tmp_path):
     finally:
         if process_alive(job_pid):
             os.kill(job_pid, signal.SIGKILL)
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_foreground_job_forks_from_the_owner_process_warm_server(tmp_path):
+    """The owner's own process (the Python API, the console, a round server) runs a foreground
+    job in a process forked from its fork server, not in a fresh interpreter that imports torch
+    again: the job's parent is the fork server; ``warm=False`` (a one-shot CLI ``run``) starts
+    ``python -m datasite.runner`` as our own child. Both write a result and report progress;
+    a job killed mid-run is a failure either way."""
+    import pandas as pd
+    import pytest
+    from sklearn.datasets import load_breast_cancer
+
+    from datasite.config import SiteError
+    from datasite.execution import load_result, run_job_forked, run_job_subprocess
+    from datasite.storage import write_private
+    from shared.data import TABLE, DatasetMeta
+
+    df = load_breast_cancer(as_frame=True).frame.rename(columns=lambda c: c.replace(" ", "_"))
+    df = pd.DataFrame(df).rename(columns={"target": "diagnosis"})
+    meta = DatasetMeta(name="bc", kind=TABLE, n_records=len(df), label="diagnosis", labels=[0, 1],
+                       features={c: "float64" for c in df if c != "diagnosis"})
+    (tmp_path / "private").mkdir()
+    dataset_dir = str(write_private(tmp_path / "private", meta, df))
+    spec = dict(kind="dpsgd_table", dataset="bc", label="diagnosis", epsilon=1.0, delta=1e-5,
+                epochs=2, batch_size=64, learning_rate=0.1)
+    server = _parent_of_a_fork()
+    for run, warm in ((run_job_forked, True), (run_job_subprocess, False)):
+        steps = []
+        out = tmp_path / f"result-{warm}.pkl"
+        run(spec, dataset_dir, out, False, on_progress=lambda done, total: steps.append(done))
+        assert load_result(out).kind == "dpsgd_table" and steps
+
+        parents, pids = [], []
+
+        def started(pid):
+            pids.append(pid)
+            parents.append(_parent_of(pid))  # alive: 2,000 epochs take minutes
+
+        def stop(done, total):
+            if done and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                pids.clear()
+
+        with pytest.raises(SiteError, match="failed"):
+            run(dict(spec, epochs=2000), dataset_dir, tmp_path / f"long-{warm}.pkl", False,
+                on_start=started, on_progress=stop)
+        assert parents == ([server] if warm else [os.getpid()])
+        assert server != os.getpid()
+
+
+def _parent_of_a_fork() -> int:
+    """The parent of a process the fork server forks now: the fork server."""
+    ctx = job_process.context()
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_send_pid, args=(send,))
+    p.start()
+    send.close()
+    parent = _parent_of(recv.recv())
+    p.join()
+    return parent
+
+
+def _send_pid(conn) -> None:
+    conn.send(os.getpid())
+    time.sleep(0.5)  # alive while the test reads its parent

@@ -58,7 +58,7 @@ class ToyCountSpec(JobSpec):
 
 @pytest.fixture
 def toy_kind(tmp_path, monkeypatch):
-    from datasite import pricing_worker
+    from datasite import job_process, pricing_worker
 
     plug = tmp_path / "plugins"
     plug.mkdir()
@@ -68,9 +68,12 @@ def toy_kind(tmp_path, monkeypatch):
         p for p in (str(plug), os.environ.get("PYTHONPATH", "")) if p))
     monkeypatch.setenv(JOB_MODULES_ENV, "toy_count_kind")
     assert load_job_modules() == ["toy_count_kind"]
-    pricing_worker.shutdown()  # a pricing server started earlier was started without it
+    # pricing and job servers started earlier were started without it
+    pricing_worker.shutdown()
+    job_process.shutdown()
     yield SPEC_KINDS["toy_count"]
     pricing_worker.shutdown()
+    job_process.shutdown()
     SPEC_KINDS.pop("toy_count", None)
     sys.modules.pop("toy_count_kind", None)
 

@@ -15,6 +15,7 @@ from datasite.config import init_site
 from datasite.console import accounts
 from datasite.console.app import create_app
 from datasite.owner import OwnerSite
+from datasite.state import State
 
 from conftest import free_port
 
@@ -76,7 +77,7 @@ def test_wrong_password_and_unknown_account_refused(home):
     assert "nobody@x.org" in json.loads(OwnerSite(home).state.setting(accounts.FAILURES_KEY))
 
 
-def test_owner_accounts_log_in_and_researchers_never(home):
+def test_owner_accounts_log_in_and_researchers_never(home, monkeypatch):
     site = OwnerSite(home)
     accounts.add_owner(site, "steward@hospital.org", "a-long-steward-password")
     assert login(client(home), home, "steward@hospital.org",
@@ -92,6 +93,11 @@ def test_owner_accounts_log_in_and_researchers_never(home):
     site.state.add_researcher("steward@hospital.org", "cd" * 32)
     assert login(client(home), home, "steward@hospital.org",
                  "a-long-steward-password").status_code == 401
+    # the defence off (no researcher is known to the login check): the same login goes through,
+    # so the refusal above comes from that check
+    monkeypatch.setattr(State, "researcher_keys", lambda self: {})
+    assert login(client(home), home, "steward@hospital.org",
+                 "a-long-steward-password").status_code == 303
 
 
 def test_post_without_csrf_token_is_refused(home):
@@ -106,6 +112,53 @@ def test_post_without_csrf_token_is_refused(home):
     r = c.post("/datasets/bc/budget", data={"epsilon": "1", "current": ""})
     assert r.status_code == 403
     assert len(actors(home)) == before  # nothing happened
+
+
+def test_forged_posts_refused_and_they_would_pass_with_the_check_off(home, monkeypatch):
+    """A forged form (no token, or a wrong one) gets 403 and changes nothing: a budget, a
+    deny, a login. With the CSRF check switched off the same forged POSTs are processed (303,
+    budget changed, request denied, logged in), so this test fails if the check is gone."""
+    from datasite.console import web
+
+    monkeypatch.setattr(OwnerSite, "publish_budgets", lambda self, researchers=None: None)
+    site = _with_spend(home)
+    rid, denied = "ef" * 16, []
+    monkeypatch.setattr(OwnerSite, "describe_request", lambda self, r, *a, **k: _fake_request(rid))
+    monkeypatch.setattr(OwnerSite, "deny", lambda self, r, why: denied.append((r, why)))
+    c = client(home)
+    login(c, home)
+    root = {"account": home.load().root_email, "password": home.root_password()}
+
+    def forge(token: str | None) -> tuple[int, int, int]:
+        tok = {} if token is None else {"csrf": token}
+        return (c.post("/datasets/bc/budget", data={**tok, "epsilon": "50", "current": "5.0"}),
+                c.post(f"/requests/{rid}/deny", data={**tok, "reason": "forged",
+                                                      "state": "pending"}),
+                client(home).post("/login", data={**tok, **root}))
+
+    for token in (None, "forged-token", "f\u00f6rged"):  # a non-ASCII token is refused too
+        assert [r.status_code for r in forge(token)] == [403, 403, 403], token
+    assert site.ledger.budget("bc")["epsilon"] == 5.0 and denied == []
+    monkeypatch.setattr(web, "token_matches", lambda sent, want: True)  # the defence off
+    budget, deny, login_r = forge("forged-token")
+    assert (budget.status_code, deny.status_code, login_r.status_code) == (303, 303, 303)
+    assert site.ledger.budget("bc")["epsilon"] == 50.0 and denied == [(rid, "forged")]
+    assert login_r.headers["location"] == "/requests"
+
+
+def test_lockout_stops_guessing_and_without_it_guessing_goes_on(home, monkeypatch):
+    """After MAX_FAILURES wrong guesses the right password is refused; with the lockout check
+    switched off, guessing goes on and the right guess logs in (so the lockout is what stops
+    it)."""
+    c = client(home)
+    for _ in range(accounts.MAX_FAILURES):
+        assert login(c, home, password="wrong-password").status_code == 401
+    assert login(c, home).status_code == 401  # the right password, locked
+    monkeypatch.setattr(accounts, "locked_for", lambda *a, **k: 0.0)  # the defence off
+    for _ in range(2 * accounts.MAX_FAILURES):
+        r = login(c, home, password="wrong-password")
+        assert r.status_code == 401 and "locked" not in r.text
+    assert login(c, home).status_code == 303
 
 
 def test_lockout_after_failures_survives_a_restart(home, monkeypatch):
@@ -159,6 +212,16 @@ def test_researcher_text_is_shown_escaped(home, monkeypatch):
     text = c.get(f"/requests/{rid}").text
     assert "\u202e" not in text and "\\u202e" in text  # bidi override shown, not applied
     assert "\x1b" not in text and "\\x1b" in text
+    # the defence off (Jinja2's HTML escaping): the same page carries the researcher's <script>
+    from datasite.console import web
+
+    env = web.templates.env
+    monkeypatch.setattr(env, "autoescape", False)
+    env.cache.clear()
+    try:
+        assert "<script>alert" in c.get(f"/requests/{rid}").text
+    finally:
+        env.cache.clear()  # compiled without escaping: not kept for the next test
 
 
 def _with_spend(home) -> OwnerSite:
@@ -271,3 +334,146 @@ def test_mock_is_shown_as_rows_or_images():
     assert rows["columns"] == ["age", ATTACK] and rows["rows"][0] == ["61.12", "0"]
     imgs = _mock(Site({"images": np.zeros((12, 28, 28), np.uint8), "labels": np.arange(12)}), None)
     assert len(imgs["images"]) == 8 and imgs["images"][0].startswith("data:image/png;base64,")
+
+
+def _rows(html: str) -> list[str]:
+    """The table rows of a page, tags removed (one string per row)."""
+    return [re.sub(r"<[^>]+>", " ", r) for r in re.findall(r"<tr>(.*?)</tr>", html, re.S)]
+
+
+def test_declared_and_computed_cost_shown_everywhere(home):
+    """A cost the owner declared for custom code is marked "declared" (a computed one
+    "computed") on the ledger page, in its CSV export and in the researcher's history."""
+    import csv
+    import io
+
+    from shared.privacy.accounting import declared_event, event_to_json
+
+    site = _with_spend(home)  # r1: computed from an event
+    site.state.add_researcher(RESEARCHER, "ab" * 32)
+    site.ledger.reserve("r2", "bc", RESEARCHER, event_to_json(declared_event(0.5, 0.0)))
+    c = client(home)
+    login(c, home)
+    for page in ("/ledger", "/researchers"):
+        rows = _rows(c.get(page).text)
+        r1 = next(r for r in rows if re.search(r"\br1\b", r))
+        r2 = next(r for r in rows if re.search(r"\br2\b", r))
+        assert "computed" in r1 and "declared" not in r1, page
+        assert "declared" in r2 and "computed" not in r2, page
+    cells = {r["request_id"]: r for r in csv.DictReader(io.StringIO(
+        c.get("/ledger/export.csv").text))}
+    assert (cells["r1"]["cost"], cells["r2"]["cost"]) == ("computed", "declared")
+    assert cells["r2"]["delta"] == "1e-05"  # charged at the dataset budget's delta
+    rep = json.loads(c.get("/ledger/export.json").text)
+    assert {h["request_id"]: h["cost"] for h in rep["history"]} == {"r1": "computed",
+                                                                  "r2": "declared"}
+
+
+def _ran_request(rid: str, state: str) -> dict:
+    return {"request_id": rid, "researcher": RESEARCHER, "registered": True, "submitted": "x",
+            "function": "f", "template": True, "kind": "dpsgd_table", "dataset": "bc",
+            "spec": {"kind": "dpsgd_table", "dataset": "bc", "epsilon": 1.0, "delta": 1e-6,
+                     "clip_norm": 1.0, "tuning_trials": 0},
+            "server_status": "approved", "state": state, "validation": "ok"}
+
+
+def test_request_page_words_after_the_run_and_after_release(home, monkeypatch):
+    """After a run: metrics in words (the key beside them), noisy counts explained, both deltas
+    named, the ledger's charge marked computed, mu and attack TPRs still shown; after release no "before release" heading and
+    no "Go to the decision". Custom code after a run: empty rows say "none", no "state the cost
+    below"."""
+    site = _with_spend(home)
+    rid = "ab" * 16
+    site.ledger.reserve(rid, "bc", RESEARCHER, site.ledger.entry("r1")["event_json"])
+    summary = {"metrics": {"test_accuracy": 1.0, "per_class_accuracy": {"0": 0.98},
+                           "evaluated_on": "private test split, with DP noise",
+                           "noisy_counts": {"0": {"correct": 40.2, "wrong": -2.87}}},
+               "privacy": {"epsilon": 1.1, "delta": 1e-6}}
+    shown = {}
+    monkeypatch.setattr(OwnerSite, "describe_request",
+                        lambda self, r, *a, **k: _ran_request(rid, shown["state"]))
+    real_request = State.request
+    monkeypatch.setattr(State, "request", lambda self, r: {
+        "state": shown["state"], "summary_json": json.dumps(summary)} if r == rid
+        else real_request(self, r))
+    c = client(home)
+    login(c, home)
+    shown["state"] = "ran"
+    text = c.get(f"/requests/{rid}").text
+    assert "Result summary (what you see before release)" in text and "Go to the decision" in text
+    assert "accuracy on class 0" in text and "<code>per_class_accuracy.0</code>" in text
+    assert "test records of class 0 predicted wrong (with noise)" in text
+    assert "(below 0: noise)" in text and "with DP noise added" in text
+    assert "at delta=1e-06 (the delta the researcher asked for)" in text
+    assert "at delta=1e-05, the dataset budget's delta" in text
+    assert "computed from the spec" in text and ">awaiting release</span>" in text
+    assert "Gaussian DP (mu)" in text and "at FPR 0.1 % / 1 % / 10 %" in text  # still shown
+    shown["state"] = "released"
+    text = c.get(f"/requests/{rid}").text
+    assert "Result summary (released to the researcher)" in text
+    assert "before release" not in text and "Go to the decision" not in text
+    assert "No decision is open" in text
+
+    custom = {**_fake_request(rid), "state": "ran", "custom": {
+        "summary": {"imports": [], "returns": ["dict"]}, "declared_by_researcher": None,
+        "priced_by": "declared", "sandbox": "bubblewrap"}}
+    monkeypatch.setattr(OwnerSite, "describe_request", lambda self, r, *a, **k: custom)
+    text = c.get(f"/requests/{rid}").text
+    assert re.search(r"Imports</th><td><code>none</code>", text)
+    assert "below)" not in text and "state the cost below" not in text
+
+
+def test_progress_shows_step_phase_eta_and_moves_the_state_pill(home, monkeypatch):
+    """The progress poll: phase, step / steps and an ETA from the steps seen between polls, and
+    the title's state pill swapped out of band (not left at "pending"); a finished run makes
+    the page reload."""
+    from datasite.console import ops as ops_mod
+
+    c = client(home)
+    login(c, home)
+    rid = "cd" * 16
+    row = {"state": "running", "queued_at": 1.0, "started_at": None, "progress_json": None}
+    monkeypatch.setattr(State, "request", lambda self, r: dict(row) if r == rid else None)
+    clock = [ops_mod.time.time()]  # the real time, moved on by hand (sessions check it too)
+    monkeypatch.setattr(ops_mod.time, "time", lambda: clock[0])
+
+    def poll() -> str:
+        r = c.get(f"/requests/{rid}/progress")
+        assert r.status_code == 200
+        return r.text
+
+    c.app.state.console.runs[rid] = {"error": None, "started": 0, "seen": None,
+                                     "thread_alive": True}
+    row["state"] = "pending"
+    text = poll()
+    assert "Starting…" in text and re.search(r'id="pill"[^>]*hx-swap-oob="true"[^>]*>starting<',
+                                              text)
+    row["state"] = "running"
+    assert "queued for a worker" in poll()
+    row.update(started_at=2.0, progress_json=json.dumps({"done": 10, "total": 100}))
+    text = poll()
+    assert "training: step 10 / 100" in text and "left" not in text
+    assert re.search(r'id="pill"[^>]*hx-swap-oob="true"[^>]*>running<', text)
+    clock[0] += 10  # 20 steps in 10 s: 70 steps left take about 35 s
+    row["progress_json"] = json.dumps({"done": 30, "total": 100})
+    assert "training: step 30 / 100, about 35 s left" in poll()
+    c.app.state.console.runs[rid]["thread_alive"] = False
+    row["state"] = "ran"
+    r = c.get(f"/requests/{rid}/progress")
+    assert r.headers.get("HX-Refresh") == "true" and ">awaiting release<" in r.text
+
+
+def test_broken_audit_chain_names_the_first_bad_entry_on_the_ledger(home):
+    """An audit entry altered in the database: the ledger page says BROKEN (an alert) and
+    names the first bad entry."""
+    site = _with_spend(home)
+    c = client(home)
+    login(c, home)
+    assert "Audit chain: verified" in c.get("/ledger").text
+    with site.ledger.engine.begin() as conn:
+        seq = conn.execute(select(audit.c.seq).where(audit.c.action == "reserve")).scalar()
+        conn.execute(audit.update().where(audit.c.seq == seq).values(
+            payload=json.dumps({"epsilon": 0.001})))
+    text = c.get("/ledger").text
+    assert re.search(r'role="alert"><strong>Audit chain: BROKEN</strong>', text)
+    assert f"entry {seq} (reserve) was altered" in text

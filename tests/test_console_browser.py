@@ -125,14 +125,29 @@ def test_request_appears_approve_run_release(live, page):
 
     page.get_by_role("button", name="Approve & run").click()
     shot(page, "04a-request-starting")  # whatever it shows now: starting, queued or a step
+    assert page.inner_text("#pill") != "pending"
+    seen = page.wait_for_function("""() => {
+        const p = document.querySelector('#progress');
+        if (p && /step \\d+ \\/ \\d+/.test(p.innerText)) return 'training';
+        return document.querySelector('#result') ? 'done' : null; }""",
+                                  timeout=120_000).json_value()
+    if seen == "training":  # the poll moved the title's pill along (a fast run may skip this)
+        assert page.inner_text("#pill") == "running"
+        shot(page, "04b-request-training")
     page.get_by_role("heading", name="Result summary (what you see before release)").wait_for(
         timeout=120_000)  # the progress poll reloads the page once the run finished
     assert "awaiting release" in page.inner_text("h1")
     assert "test_accuracy" in page.inner_text("main")
+    body = page.inner_text("main")
+    assert "test accuracy" in body and "the dataset budget's delta" in body
+    assert "with DP noise added" in body
     shot(page, "04-request-ran")
 
     page.get_by_role("button", name="Release to the researcher").click()
     assert f"Released request {req.id[:8]}" in page.get_by_role("status").first.inner_text()
+    body = page.inner_text("main")
+    assert "Result summary (released to the researcher)" in body
+    assert "before release" not in body and "Go to the decision" not in body
     shot(page, "05-request-released")
     res = client.request(req.id).wait(timeout=60, progress=False)
     assert res.kind == "dpsgd_table"
@@ -149,7 +164,10 @@ def test_ledger_datasets_researchers_show_the_spend(live, page):
     assert "Audit chain: verified" in body and "released" in body
     spent = float(re.search(r"spent (\d+\.\d+) composed", body).group(1))
     assert spent > 0.5
+    assert "computed" in page.locator("tbody tr").first.inner_text()  # cost source column
     shot(page, "06-ledger")
+    page.get_by_role("link", name="Export CSV").focus()  # the focus ring on the white page
+    shot(page, "06b-focus-ring")
     page.goto("/datasets/breast_cancer")
     assert "Records by epsilon spent" in page.inner_text("main")
     assert page.get_by_role("img", name=re.compile("Spend on breast_cancer")).is_visible()
@@ -175,6 +193,7 @@ def test_deny_custom_code_with_script_shown_escaped(live, page):
     assert page.dialogs == [] and page.locator("main script").count() == 0
     page.get_by_role("button", name="Deny").click()  # no reason: refused, nothing done
     assert "Say why you deny it" in page.get_by_role("alert").inner_text()
+    assert re.search(r"Imports\s+none", page.inner_text("main"))
     assert site.state.request(rid) is None
     shot(page, "09-deny-without-reason")
     page.get_by_label("Reason for denying").fill("custom code is not run on this site")
@@ -245,17 +264,23 @@ def test_custom_code_runs_in_the_sandbox_at_the_stated_cost(live, page):
     page.goto(f"/requests/{rid}")
     body = page.inner_text("main")
     assert "Cost the researcher declared" in body and "eps=0.5" in body
+    assert page.get_by_label("Epsilon you charge for it").input_value() == ""  # not pre-filled
+    assert page.get_by_role("img", name=re.compile("declared cost")).first.is_visible()
+    shot(page, "15-custom-pending")
+    page.get_by_label("Delta").fill("0")
     page.get_by_label("Epsilon you charge for it").fill("-1")  # refused: nothing done
     page.get_by_label("Epsilon you charge for it").evaluate("e => e.removeAttribute('min')")
     page.get_by_role("button", name=re.compile("Approve & run in the sandbox")).click()
     assert "State the cost as numbers" in page.get_by_role("alert").inner_text()
     assert site.state.request(rid) is None
     page.get_by_label("Epsilon you charge for it").fill("0.6")
+    page.get_by_label("Delta").fill("0")
     page.get_by_role("button", name=re.compile("Approve & run in the sandbox")).click()
     page.get_by_role("heading", name="Result summary (what you see before release)").wait_for(
         timeout=120_000)
     body = page.inner_text("main")
     assert "'rows': 1000" in body and "(declared, not computed)" in body and "eps=0.6" in body
+    assert "declared by the owner, not computed" in body and "below)" not in body
     shot(page, "16-custom-ran")
     page.get_by_role("button", name="Release to the researcher").click()
     assert f"Released request {rid[:8]}" in page.get_by_role("status").first.inner_text()
@@ -263,3 +288,7 @@ def test_custom_code_runs_in_the_sandbox_at_the_stated_cost(live, page):
     client.client.refresh()
     out = client.client.code.count_rows(data=asset)
     assert (out.get() if hasattr(out, "get") else out) == {"rows": 1000}
+    page.goto("/ledger")
+    row = page.locator("tbody tr", has_text=rid[:8]).inner_text()
+    assert "declared" in row
+    shot(page, "17-ledger-declared")

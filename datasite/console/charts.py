@@ -79,15 +79,28 @@ def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
         xs.append(max(now().replace(tzinfo=xs[-1].tzinfo), xs[-1]))
         tight.append(tight[-1])
         naive.append(naive[-1])
-        ax.step(xs, tight, where="post", label="composed (PLD, tight)")
-        ax.step(xs, naive, where="post", linestyle=":", label="naive sum")
+        # the naive sum drawn first, wide and light; the tight line on top: where they agree,
+        # both show
+        ax.step(xs, naive, where="post", color="C1", linewidth=4, alpha=0.45,
+                label=f"naive sum of epsilons: {naive[-1]:.3g}")
+        ax.step(xs, tight, where="post", color="C0", linewidth=1.8,
+                label=f"composed (PLD, tight): {tight[-1]:.3g}")
+        top = max(naive[-1], tight[-1]) * 1.25
         fig.autofmt_xdate()
     else:
+        top = 0.0
         ax.text(0.5, 0.5, "nothing spent yet", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.axhline(b["epsilon"], color="red", linestyle="--", label="budget")
+    # scaled to the spend, so small spends and tight vs naive can be told apart; the budget is
+    # drawn when it is on that scale, and always stated in the title
+    if b["epsilon"] <= max(top, 1e-9) * 1.6 or not hist:
+        ax.axhline(b["epsilon"], color="red", linestyle="--", label=f"budget {b['epsilon']:g}")
+        top = max(top, b["epsilon"] * 1.05)
+    ax.set_ylim(0, top)
+    ax.set_title(f"Spent on {dataset} (budget eps={b['epsilon']:g} at delta={b['delta']:g}"
+                 + (", far above this scale)" if b["epsilon"] > top else ")"), fontsize=9)
     ax.set_ylabel(f"epsilon spent (delta={b['delta']:g})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
 
 

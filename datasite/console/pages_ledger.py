@@ -16,11 +16,15 @@ from .web import owner, render
 router = APIRouter()
 ops = None  # the app's Console, set by app.create_app
 COLUMNS = ("created_at", "updated_at", "request_id", "dataset", "researcher", "state",
-           "epsilon")
+           "epsilon", "delta", "cost")  # cost: "computed" (from a spec) or "declared" (by the
+# owner, for custom code: nothing here computed it)
 
 
 def _report(site, dataset: str, researcher: str, state: str) -> dict:
     rep = report(site.ledger, sizes={n: m.n_records for n, m in site.datasets().items()})
+    deltas = {d["dataset"]: d["delta"] for d in rep["datasets"]}
+    for h in rep["history"]:  # every entry is charged at its dataset budget's delta
+        h["delta"] = deltas.get(h["dataset"])
     rep["history"] = [h for h in rep["history"]
                       if (not dataset or h["dataset"] == dataset)
                       and (not researcher or h["researcher"] == researcher)

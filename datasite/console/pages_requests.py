@@ -8,6 +8,8 @@ import re
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from shared.privacy.accounting import cost_source
+
 from ..config import SiteError
 from . import charts, words
 from .web import back, checked_form, flash, owner, render
@@ -68,20 +70,51 @@ def show_request(request: Request, request_id: str, account: str = Depends(owner
         event_json = _event_json(site, rid, info)
         summary = json.loads(own.get("summary_json") or "null")
         progress = ops.progress(site.state, rid)
+        ds_budget = site.ledger.budget(info["dataset"]) if info.get("dataset") else None
     cost = info.get("cost") or {}
+    if not cost and entry and info.get("template") and ds_budget and event_json:
+        cost = _charged(event_json, ds_budget["delta"])  # decided: what the ledger charged
     budget = cost.get("budget") or {}
-    bars = [(label, words.bar(budget.get(f"{k}_spent"), budget.get(f"{k}_after"),
-                              budget.get(f"{k}_budget")))
+    # custom code is not priced here: its bars are at the researcher's declared cost
+    quote, at = budget, ""
+    if not budget and ((info.get("custom") or {}).get("declared_quote")):
+        quote, at = info["custom"]["declared_quote"], " at the researcher's declared cost"
+    bars = [(label + at, words.bar(quote.get(f"{k}_spent"), quote.get(f"{k}_after"),
+                                   quote.get(f"{k}_budget")))
             for label, k in (("Dataset budget", "dataset"), ("Researcher's budget", "researcher"))]
-    rows, curves = words.flat_metrics((summary or {}).get("metrics"))
+    rows, curves, noisy = words.metric_rows((summary or {}).get("metrics"))
+    group = _group(info["state"])
     return render(
-        request, "request.html", info=info, own=own, entry=entry, group=_group(info["state"]),
+        request, "request.html", info=info, own=own, entry=entry, group=group,
+        pill=_pill(group, progress), noisy=noisy, ds_delta=(ds_budget or {}).get("delta"),
+        entry_cost=cost_source(entry["realised_json"] or entry["event_json"]) if entry else None,
+        entry_states=words.ENTRY_STATES, metric_label=words.metric_label,
         spec_rows=words.spec_rows(info.get("spec")), cost=cost, budget=budget,
         bars=[(label, b) for label, b in bars if b], summary=summary, metric_rows=rows,
+        open_decision=group in ("pending", "failed", "awaiting release")
+        and not progress["starting"],
         curves={k: charts.series(k, v) for k, v in curves.items()},
         tradeoff=charts.tradeoff(event_json) if event_json else None,
         code=words.code_html(info["code"]) if info.get("code") else None,
         code_css=words.code_css(), progress=progress, number=words.number)
+
+
+def _charged(event_json: str, delta: float) -> dict:
+    """eps at the dataset's delta, mu and attack TPRs of the event the ledger charged (a decided
+    request is not priced again by the review; this reads its ledger entry's event)."""
+    from shared.privacy.accounting import event_from_json
+    from shared.privacy.reporting import privacy_report
+    from shared.protocol import public_privacy
+
+    try:
+        return public_privacy(privacy_report(event_from_json(event_json), delta))
+    except Exception:  # pylint: disable=broad-except  (the page still shows the ledger's eps)
+        return {}
+
+
+def _pill(group: str, progress: dict) -> str:
+    """The state shown in the title: "starting" while an approved run has not begun."""
+    return "starting" if progress.get("starting") and group != "running" else group
 
 
 @router.get("/requests/{request_id}/progress", response_class=HTMLResponse)
@@ -89,7 +122,9 @@ def progress(request: Request, request_id: str, account: str = Depends(owner)):
     rid = _rid(request_id)
     with ops.reading() as site:
         p = ops.progress(site.state, rid)
-    resp = render(request, "progress.html", progress=p, rid=rid)
+    # the title's state pill is swapped out of band, so it follows the run
+    resp = render(request, "progress.html", progress=p, rid=rid,
+                  pill=_pill(_group(p["state"]), p))
     if p["state"] != "running" and not p["starting"]:
         resp.headers["HX-Refresh"] = "true"  # finished: show the result (or the error)
     return resp

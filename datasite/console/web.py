@@ -40,11 +40,16 @@ def csrf_token(request: Request) -> str:
     return tok
 
 
+def token_matches(sent, want: str) -> bool:
+    """The CSRF check: the form's token is this session's (constant-time compare)."""
+    return (bool(want) and isinstance(sent, str)
+            and hmac.compare_digest(sent.encode(), want.encode()))
+
+
 async def checked_form(request: Request) -> dict:
     """The POSTed form, once its CSRF token matched the session's (CsrfRefused otherwise)."""
     form = await request.form()
-    sent, want = form.get("csrf") or "", request.session.get("csrf") or ""
-    if not want or not isinstance(sent, str) or not hmac.compare_digest(sent, want):
+    if not token_matches(form.get("csrf") or "", request.session.get("csrf") or ""):
         raise CsrfRefused()
     return {k: v for k, v in form.items() if isinstance(v, str)}
 

@@ -31,7 +31,43 @@ FIELDS = {
     "rounds": "training rounds",
     "removable": "model can later forget a patient's record",
     "noise_multiplier": "noise added per step (relative to clipping)",
+    "clip_norm": "clipping bound on each record's gradient",
+    "class_weights": "weighting of the classes in the loss (\"balanced\": from the label rates "
+                     "declared in the schema)",
+    "metrics_epsilon": "privacy loss spent on the test metrics (epsilon; 0: no metrics on the "
+                       "private data)",
+    "metrics_auc": "also release the test AUC (with noise, priced)",
+    "tail_average": "release the average of the weights over the last half of training "
+                    "(no privacy cost)",
+    "target": "privacy target the noise is set to instead of epsilon (empty: epsilon)",
+    "tuning_trials": "average number of tuning trials (0: no tuning; the real number is "
+                     "secret)",
+    "tuning_shape": "shape of the random number of tuning trials (1: geometric)",
+    "candidates": "settings the tuning trials choose from",
 }
+
+# What a result metric means (the first part of its dotted key; "{}" takes the rest, e.g. the
+# class). Unknown metrics show their key with spaces.
+METRICS = {
+    "n_test": "records in the test split",
+    "n_train": "records trained on",
+    "test_accuracy": "test accuracy",
+    "test_accuracy_std": "spread of the test accuracy from the noise (standard deviation)",
+    "per_class_accuracy": "accuracy on class {}",
+    "per_class_recall": "recall on class {}",
+    "balanced_accuracy": "balanced accuracy (mean recall over classes)",
+    "test_auc": "test AUC",
+    "auc": "test AUC",
+    "evaluated_on": "metrics computed on",
+    "mechanism": "how the metrics were made private",
+    "noise": "noise added to the metric counts",
+    "noise_scale": "noise scale on each count (sigma)",
+    "noisy_counts": "test records of class {} {} (with noise)",
+    "epochs_run": "passes over the data",
+    "steps": "training steps",
+    "loss": "training loss",
+}
+_NOISY_WORDS = {"correct": "predicted right", "wrong": "predicted wrong"}
 
 
 def field_label(key) -> str:
@@ -78,6 +114,43 @@ def flat_metrics(metrics: dict | None) -> tuple[list[tuple[str, object]], dict[s
 
     walk("", metrics or {})
     return rows, curves
+
+
+def metric_label(key: str) -> str:
+    """A result metric's dotted key in words (``per_class_accuracy.1``: accuracy on class 1)."""
+    head, *rest = str(key).split(".")
+    words = METRICS.get(head)
+    if words is None:
+        return str(key).replace("_", " ").replace(".", " / ")
+    rest = [_NOISY_WORDS.get(r, r) for r in rest] if head == "noisy_counts" else rest
+    n = words.count("{}")
+    if n == 0:
+        return words + (" / " + " / ".join(rest) if rest else "")
+    rest = (rest + [""] * n)[:n - 1] + [".".join(rest[n - 1:])]
+    return words.format(*rest).replace("  ", " ").strip()
+
+
+def metric_rows(metrics: dict | None) -> tuple[list[dict], dict[str, list], bool]:
+    """(rows {label, key, value, below_zero}, number series, whether any count is noisy)."""
+    rows, curves = flat_metrics(metrics)
+    out = [{"label": metric_label(k), "key": k, "value": v,
+            "below_zero": k.startswith("noisy_counts.") and isinstance(v, (int, float))
+            and v < 0} for k, v in rows]
+    noisy = any(k.startswith("noisy_counts.") for k, _ in rows) or "DP noise" in str(
+        (metrics or {}).get("evaluated_on", ""))
+    return out, curves, noisy
+
+
+# What a ledger entry's state means for the owner (datasite/states.py)
+ENTRY_STATES = {
+    "estimated": "priced only; nothing reserved",
+    "reserved": "reserved before the run",
+    "running": "held while it runs and until you release or deny it",
+    "committed": "spent",
+    "released": "spent; the result was released",
+    "refunded": "given back: not spent",
+    "denied": "denied: not spent",
+}
 
 
 def number(v, digits: int = 3) -> str:

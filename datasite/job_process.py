@@ -13,10 +13,13 @@ job initialises CUDA itself.
 from __future__ import annotations
 
 import ctypes
+import io
 import multiprocessing
 import os
 import signal
 import traceback
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import ForkServerProcess, set_spawning_popen
 
 # Imported once by the fork server: what every job needs before it touches data.
 PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privacy.accounting",
@@ -29,6 +32,40 @@ PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privac
            "sklearn.compose", "sklearn.impute", "sklearn.preprocessing"]  # schema_transformer
 
 _CTX = None
+_NOT_FOR_JOBS = ("init_main_from_path", "init_main_from_name")
+
+
+class _JobPopen(popen_forkserver.Popen):
+    """multiprocessing's forkserver launch, less the owner's ``__main__``: by default each
+    child re-imports the parent's main script first, so an owner's script without an
+    ``if __name__ == "__main__"`` guard would run again inside every job (and fail there). A job
+    runs :func:`child`, which needs nothing from ``__main__``. The rest is CPython 3.11's
+    ``popen_forkserver.Popen._launch`` (the project pins Python 3.11)."""
+
+    def _launch(self, process_obj):
+        prep_data = {k: v for k, v in spawn.get_preparation_data(process_obj._name).items()
+                     if k not in _NOT_FOR_JOBS}
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)  # the child's sentinel of its parent, as in the original
+        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class JobProcess(ForkServerProcess):
+    """A process forked from the warm fork server that does not re-run the owner's main."""
+
+    @staticmethod
+    def _Popen(process_obj):  # pylint: disable=invalid-name
+        return _JobPopen(process_obj)
 
 
 def context():
@@ -56,8 +93,6 @@ def shutdown() -> None:
     environment (``DP_DATASITE_JOB_MODULES``, ``PYTHONPATH``, thread counts) and imports the
     job code when it starts, so an owner process that changed them restarts it (the pricing
     server has the same rule, :func:`datasite.pricing_worker.shutdown`)."""
-    from multiprocessing import forkserver
-
     if _CTX is not None:
         forkserver._forkserver._stop()  # pylint: disable=protected-access
 
@@ -67,8 +102,6 @@ def _die_with_parent() -> None:
     mid-job takes its fork server down, and the job must not outlive them to write a result
     nobody records (a job that reports progress would also die of the broken pipe; a silent
     one, in its privacy report or final evaluation, only of this)."""
-    from multiprocessing import forkserver
-
     # The fork server exits only when no process holds its "alive" pipe, and every process it
     # forks inherits that pipe's write end: holding it, the job would keep its own parent alive
     # after the worker died, and the signal below would never come. A job forks nothing from
@@ -107,7 +140,7 @@ def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
     traceback if it fails."""
     ctx = context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=child, args=(
+    proc = JobProcess(target=child, args=(
         payload["spec_json"], payload["dataset_dir"], payload["result_path"],
         payload.get("context_json"), payload.get("backbones_json"), send))
     proc.start()

@@ -142,3 +142,36 @@ def _parent_of_a_fork() -> int:
 def _send_pid(conn) -> None:
     conn.send(os.getpid())
     time.sleep(0.5)  # alive while the test reads its parent
+
+
+# An owner's script with no ``if __name__ == "__main__"`` guard: multiprocessing's own forkserver
+# children re-import the parent's main script first, which would run the owner's script again
+# inside each job. argv[1]: "job" (job_process.JobProcess) or "plain" (multiprocessing's).
+_UNGUARDED = textwrap.dedent("""
+    import os, sys
+    from datasite import job_process
+
+    with open(os.environ["RAN_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    job_process.PRELOAD[:] = ["datasite.job_process"]  # fast: this job needs no torch
+    ctx = job_process.context()
+    p = (job_process.JobProcess if sys.argv[1] == "job" else ctx.Process)(target=os.getpid)
+    p.start()
+    p.join()
+    print(p.exitcode)
+""")
+
+
+def test_a_job_never_reruns_the_owners_main_script(tmp_path):
+    script = tmp_path / "owner_script.py"
+    script.write_text(_UNGUARDED)
+    runs = {}
+    for how in ("job", "plain"):
+        log = tmp_path / f"{how}.log"
+        out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd(),
+                                                   RAN_LOG=str(log)))
+        runs[how] = (log.read_text().split(), out.stdout.split()[-1:])
+    assert len(runs["job"][0]) == 1 and runs["job"][1] == ["0"]  # ran once; the job ended well
+    # defence off (multiprocessing's own launch): the child runs the script again
+    assert len(runs["plain"][0]) == 2 and runs["plain"][1] != ["0"]

@@ -138,15 +138,22 @@ def _python_binds() -> list[str]:
 
 
 def _limit(limits: Limits, nproc: bool = True):
+    def cap(which: int, soft: int, hard: int) -> None:
+        """Set a limit, never above the host's hard limit (raising it would fail)."""
+        host = resource.getrlimit(which)[1]
+        if host != resource.RLIM_INFINITY:
+            soft, hard = min(soft, host), min(hard, host)
+        resource.setrlimit(which, (soft, hard))
+
     def apply() -> None:
         mem = limits.memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
+        cap(resource.RLIMIT_AS, mem, mem)
+        cap(resource.RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 5)
         out = limits.output_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        cap(resource.RLIMIT_FSIZE, out, out)
+        cap(resource.RLIMIT_CORE, 0, 0)
         if nproc:
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+            cap(resource.RLIMIT_NPROC, limits.nproc, limits.nproc)
     return apply
 
 
@@ -243,13 +250,16 @@ def _outcome(out: Path, code: int, timed_out: bool, limits: Limits, tail: str,
     err = _read_json(out / "error.json")
     if code != 0 or err is not None:
         if err is None:
-            return fail(f"the sandboxed process exited with status {code}")
+            last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+            return fail(f"the sandboxed process exited with status {code}"
+                        + (f" ({last[-300:]})" if last else ""))
         kind, msg = err.get("type", "Error"), err.get("message", "")
         if kind == "MemoryError":
             return fail(f"MemoryError: passed its memory limit of {limits.memory_mb} MB")
-        if kind == "BlockingIOError" and "fork" in err.get("traceback", ""):
-            return fail(f"BlockingIOError: passed its limit of {limits.nproc} processes "
-                        f"(fork refused): {msg}")
+        if (kind == "BlockingIOError" and "fork" in err.get("traceback", "")) or (
+                kind == "RuntimeError" and "can't start new thread" in msg):
+            return fail(f"{kind}: passed its limit of {limits.nproc} processes (RLIMIT_NPROC; "
+                        f"fork refused): {msg}")
         return fail(f"{kind}: {msg}")
     if not (out / "output.json").exists():
         return fail("the sandboxed process wrote no output")

@@ -291,9 +291,13 @@ class Custom:
     cost the owner states). The owner reads the code, states the cost (``declared_epsilon``,
     ``declared_delta`` are your proposal), and runs it in a sandbox; the result must be data
     (numbers, numpy, pandas, skops bytes for scikit-learn models, torch state dicts).
-    ``run_on_mock(site)`` runs it here first, on the mock, with a local handle."""
+    ``run_on_mock(site)`` runs it here, on the mock, with a local handle; ``site.submit(job)``
+    does that first (``run_on_mock_first=False``: submit without trying it) and submits nothing
+    when it fails there, returns what cannot leave the sandbox as data, or spends more through
+    the handle than the declared epsilon. ``mock_result``: what it returned on the mock."""
 
-    def __init__(self, func, dataset: str, declared_epsilon: float, declared_delta: float = 0.0):
+    def __init__(self, func, dataset: str, declared_epsilon: float, declared_delta: float = 0.0,
+                 run_on_mock_first: bool = True):
         import inspect
 
         from shared.custom.summary import function_node
@@ -311,6 +315,8 @@ class Custom:
         self.asset_param = data_params[0]
         self.takes_handle = "dp" in params
         self.last_handle = None
+        self.run_on_mock_first = bool(run_on_mock_first)
+        self.mock_result = None
 
     def run_on_mock(self, site):
         """``func`` on the dataset's mock data, here (with a local ``dp`` handle, whose
@@ -321,6 +327,40 @@ class Custom:
         if self.takes_handle:
             self.last_handle = kwargs["dp"] = DP()
         return self.func(**kwargs)
+
+    def check_on_mock(self, site):
+        """What ``submit`` does first: run on the mock, encode the result as the sandbox will,
+        compare the handle's spend with the declared epsilon; ResearcherError says what failed."""
+        import tempfile
+
+        from shared.custom.handle import spent_epsilon
+        from shared.custom.output import OutputError, encode
+
+        from .errors import ResearcherError
+
+        name, hint = self.func.__name__, ("nothing was submitted; fix it, or pass "
+                                          "run_on_mock_first=False to jobs.Custom")
+        try:
+            value = self.run_on_mock(site)
+        except Exception as e:  # noqa: BLE001 (the researcher's own code)
+            raise ResearcherError(f"{name} failed on the mock of {self.dataset} "
+                                  f"({type(e).__name__}: {e}); {hint}") from e
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                encode(value, d)
+        except OutputError as e:
+            raise ResearcherError(f"{name}'s result on the mock cannot leave the owner's "
+                                  f"sandbox as data: {e}; {hint}") from None
+        if self.last_handle is not None and self.last_handle.measurements:
+            spent = spent_epsilon(self.last_handle.report(), max(self.declared_delta, 1e-6))
+            if spent > self.declared_epsilon * 1.001:
+                raise ResearcherError(
+                    f"{name} spent eps={spent:.4g} through its dp handle on the mock "
+                    f"({self.last_handle.measurements} measurements), more than the "
+                    f"declared eps={self.declared_epsilon:g}: the owner would not release it; "
+                    f"{hint}")
+        self.mock_result = value
+        return value
 
     def submitted_source(self) -> str:
         """The code the owner reads: your function, its own decorators removed, under the

@@ -44,6 +44,8 @@ def _submit_custom(site, job) -> "CustomRequest":
     from syft.types.errors import SyftException
 
     remote = site.datasets[job.dataset]
+    if job.run_on_mock_first:  # as PySyft's tutorials do: try it on the mock, here, first
+        job.check_on_mock(site)
     fn = _quietly_compiled(job.submitted_source(), {"sy": sy, "asset": remote._asset})
     try:
         res = site.client.code.request_code_execution(fn)

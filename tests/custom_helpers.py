@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import linecache
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 RESEARCHER = ("alice@uni.edu", "alice-password-1")
 
@@ -30,6 +34,59 @@ def running_custom_site(root, demo_files, name: str, second_dataset: bool = Fals
         yield site
     finally:
         site.down()
+
+
+@contextlib.contextmanager
+def dir_outside_tmp(prefix: str = "dpds-test-"):
+    """A fresh directory NOT under ``/tmp`` (the sandbox gives custom code a private ``/tmp``,
+    so a secret under the host's ``/tmp`` is hidden from it whatever else the sandbox does):
+    under ``/var/tmp`` (present on Debian/Ubuntu and writable by root), else under the repo's
+    ``tests/output/``. Removed on exit."""
+    candidates = [Path("/var/tmp"), Path(__file__).resolve().parent / "output"]
+    for base in candidates:
+        if str(base.resolve()).startswith("/tmp/"):
+            continue
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"no writable directory outside /tmp among {candidates}")
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def plant_world_readable(directory: Path, text: str) -> Path:
+    """A file any local user may read (mode 0644, parents 0755): only the sandbox's mount
+    isolation, not file permissions, keeps it from custom code."""
+    d = Path(directory) / "planted"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    f = d / "secret.txt"
+    f.write_text(text)
+    os.chmod(f, 0o644)
+    return f
+
+
+def unsandboxed_run(site, rid: str, monkeypatch, **kw):
+    """The defence off: run request ``rid`` as on a host with no sandbox, with the owner's
+    ``unsandboxed`` flag (resource limits only); returns what the code returned on the real
+    data (the run is then denied, so its reservation is refunded)."""
+    from datasite import sandbox
+    from shared.custom.output import decode
+
+    with monkeypatch.context() as m:
+        m.setattr(sandbox, "available", lambda: (False, "defence off for this test"))
+        summary = site.run(rid, progress=False, epsilon=1.0, delta=1e-6, unsandboxed=True, **kw)
+    assert summary["sandbox"].startswith("none")
+    value = decode(Path(site.state.request(rid)["result_path"]) / "out")
+    site.deny(rid, reason="defence-off check")
+    return value
 
 
 def syft_login(site):

@@ -141,16 +141,28 @@ def test_tutorial_flow_with_raw_syft(site, client):
     assert site.executions(rid) == 1
 
 
+ONCE = textwrap.dedent('''
+def released_once(df):
+    """declared privacy cost: epsilon=1.0, delta=0"""
+    return float(df["mean_radius"].clip(0, 50).mean())
+''')
+
+
 def test_resubmitted_and_natively_approved_code_never_runs(site, client):
     """The released code sent again is refused (syft keeps one request per code); new code
-    the owner approves natively in PySyft runs nowhere: the server never executes code."""
+    the owner approves natively in PySyft runs nowhere: the server never executes code.
+    (Its own released request: it does not depend on the tests before it.)"""
     import syft as sy
 
-    released = [r for r in site.state.requests_on("breast_cancer", ["released"])]
-    assert released, "runs after test_tutorial_flow_with_raw_syft"
+    first = submit_source(client, ONCE)
+    site.run(first, progress=False, epsilon=1.0, delta=1e-6)
+    site.release(first)
+    released = [r for r in site.state.requests_on("breast_cancer", ["released"])
+                if r["request_id"] == first]
+    assert released, "its own request was released"
     before = site.executions()
     with pytest.raises(Exception, match="already exists"):
-        submit_source(client, TUTORIAL)
+        submit_source(client, ONCE)
     rid = submit_source(client, TUTORIAL.replace("dp_centroids", "dp_centroids2"))
     syft_req = [x for x in site.client.requests.get_all() if x.id.to_string() == rid][0]
     try:  # the owner approves natively in PySyft (syft may refuse on a low side): nothing runs
@@ -227,3 +239,201 @@ def test_output_encoding_refuses_pickle_in_any_protocol():
         with pytest.raises(OutputError):
             check_bytes(data)
     assert check_bytes(b"plain bytes, not a pickle") == "bytes"
+
+
+def _run_value(site, rid):
+    """What the run produced, as the owner's side decoded it (before release)."""
+    from pathlib import Path
+
+    from shared.custom.output import decode
+
+    return decode(Path(site.state.request(rid)["result_path"]) / "out")
+
+
+def _refused(site, rid, match):
+    from datasite.config import SiteError
+
+    with pytest.raises(SiteError, match=match) as err:
+        site.run(rid, progress=False, epsilon=1.0, delta=1e-6)
+    assert "refunded" in str(err.value)
+    assert site.state.request(rid)["state"] == "failed"
+    assert site.ledger.entry(rid)["state"] == "refunded"
+    return str(err.value)
+
+
+def test_output_tampered_after_the_run_is_not_released(site, client, monkeypatch):
+    """Release deposits exactly what the owner previewed: output changed on disk after the run
+    is refused by the digest check; with the check off, the tampered value would be released."""
+    import json
+    from pathlib import Path
+
+    from datasite import custom_code
+    from datasite.config import SiteError
+
+    rid = submit_source(client, textwrap.dedent('''
+    def tamper_target(df):
+        return {"mean_radius": float(df["mean_radius"].clip(0, 50).mean())}
+    '''))
+    summary = site.run(rid, progress=False, epsilon=1.0, delta=1e-6)
+    out = Path(site.state.request(rid)["result_path"]) / "out"
+    (out / "output.json").write_text(json.dumps({"value": {"mean_radius": 999.0}}))
+    with pytest.raises(SiteError, match="output changed on disk since the run; not released"):
+        site.release(rid)
+    assert site.state.request(rid)["state"] == "ran"
+    assert site.ledger.entry(rid)["state"] == "running"  # nothing committed
+    with pytest.raises(Exception):
+        call_released(client, "tamper_target")
+    # defence off: the digest check always passes; the tampered value goes out
+    monkeypatch.setattr(custom_code, "output_digest", lambda _out: summary["output_sha256"])
+    site.release(rid)
+    assert call_released(client, "tamper_target") == {"mean_radius": 999.0}
+
+
+def test_a_result_forged_past_the_in_sandbox_encoder_is_checked_again(site, client,
+                                                                       monkeypatch):
+    """Code that writes its own output files (a pickle as bytes) and exits before the encoder
+    runs is refused by the owner's decoder; with that re-check off, the pickle would pass."""
+    import shared.custom.output as output
+
+    forge = textwrap.dedent('''
+    def forge(df):
+        import base64, json, os, pickle
+        blob = base64.b64encode(pickle.dumps({"rows": 3})).decode()
+        with open("/job/out/output.json", "w") as f:
+            json.dump({"value": {"__bytes__": blob, "format": "bytes"}}, f)
+        with open("/job/out/privacy.json", "w") as f:
+            json.dump({"events": [], "measurements": 0}, f)
+        os._exit(0)
+    ''')
+    _refused(site, submit_source(client, forge), "pickle is refused")
+    # defence off: the owner's side trusts the sandbox's encoding
+    monkeypatch.setattr(output, "check_bytes", lambda data: "bytes")
+    rid = submit_source(client, forge.replace("def forge(", "def forge_off("))
+    site.run(rid, progress=False, epsilon=1.0, delta=1e-6)
+    assert output.is_pickle(_run_value(site, rid))
+    site.deny(rid, reason="defence-off check")
+
+
+TORCH_STATE = textwrap.dedent('''
+def linear_weights(df):
+    import io
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return {"state_dict": model.state_dict(), "file": buf.getvalue(), "rows": len(df)}
+''')
+
+
+def test_a_torch_state_dict_result_is_accepted_and_reloads(site, client):
+    import io
+
+    import torch
+
+    rid = submit_source(client, TORCH_STATE)
+    summary = site.run(rid, progress=False, epsilon=1.0, delta=1e-6)
+    assert "bytes[" in summary["output"]["type"] and "torch]" in summary["output"]["type"]
+    site.release(rid)
+    value = call_released(client, "linear_weights")
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(2, 1).state_dict()
+    model = torch.nn.Linear(2, 1)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
+                           value["state_dict"].items()})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, reference[k])
+    again = torch.nn.Linear(2, 1)
+    again.load_state_dict(torch.load(io.BytesIO(value["file"]), weights_only=True))
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, reference[k])
+
+
+def test_a_torch_file_or_module_that_needs_pickle_is_refused(site, client):
+    msg = _refused(site, submit_source(client, textwrap.dedent('''
+    def torch_module_file(df):
+        import io
+        import torch
+        buf = io.BytesIO()
+        torch.save(torch.nn.Linear(2, 1), buf)  # the whole module: needs pickle to load
+        return buf.getvalue()
+    ''')), "does not load with weights_only=True")
+    assert "state_dict" in msg
+    _refused(site, submit_source(client, textwrap.dedent('''
+    def torch_module(df):
+        import torch
+        return torch.nn.Linear(2, 1)
+    ''')), r"return model\.state_dict\(\)")
+
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(path)``: code execution, made visible."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.path),))
+
+
+def test_weights_only_is_what_refuses_a_torch_file_that_runs_code(tmp_path):
+    import io
+
+    import torch
+
+    from shared.custom.output import OutputError, check_bytes
+
+    marker = tmp_path / "code-ran"
+    buf = io.BytesIO()
+    torch.save({"weight": torch.zeros(2), "extra": _Payload(marker)}, buf)
+    data = buf.getvalue()
+    with pytest.raises(OutputError, match="weights_only=True"):
+        check_bytes(data)
+    assert not marker.exists()
+    # defence off: a full (pickle) load of the same bytes runs the payload
+    torch.load(io.BytesIO(data), weights_only=False)
+    assert marker.exists()
+
+
+def test_a_skops_file_with_untrusted_types_is_refused(site, client):
+    msg = _refused(site, submit_source(client, textwrap.dedent('''
+    def skops_with_system(df):
+        import os
+        from skops.io import dumps
+        from sklearn.preprocessing import FunctionTransformer
+        return {"model": dumps(FunctionTransformer(func=os.system))}
+    ''')), "skops file holds types outside scikit-learn")
+    assert "posix.system" in msg  # (builtins.eval and getattr: the unit test below)
+
+
+def test_skops_trust_is_classes_only_and_that_is_what_refuses_functions(tmp_path, monkeypatch):
+    """A skops file naming ``builtins.eval`` passed a trust rule of module prefixes alone; the
+    check now trusts classes only. Defence off (the prefix rule): it passes, and loading it
+    with those types trusted runs the caller's string as code."""
+    import os
+    import warnings
+
+    from skops.io import dumps, get_untrusted_types, loads
+    from sklearn.neighbors import NearestCentroid
+    from sklearn.preprocessing import FunctionTransformer
+
+    import shared.custom.output as output
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = dumps(NearestCentroid().fit(np.array([[0.0, 0], [1, 1], [0, 1], [1, 0]]),
+                                            np.array([0, 1, 0, 1])))
+    assert output.check_bytes(plain) == "skops"  # plain estimators still pass
+    for func in (os.system, eval, getattr):
+        with pytest.raises(output.OutputError, match="skops file holds types outside"):
+            output.check_bytes(dumps(FunctionTransformer(func=func)))
+    evil = dumps(FunctionTransformer(func=eval))
+    monkeypatch.setattr(output, "_trusted_skops_type",
+                        lambda name: name.startswith(output.SKOPS_TRUSTED_PREFIXES))
+    assert output.check_bytes(evil) == "skops"
+    marker = tmp_path / "code-ran"
+    loads(evil, trusted=get_untrusted_types(data=evil)).transform(
+        f"__import__('os').mkdir({str(marker)!r})")
+    assert marker.exists()

@@ -2,22 +2,39 @@
 the job refunded and the owner told why; without a sandbox it is refused unless the owner
 says --unsandboxed (audit-logged); and ``researcher.jobs.Custom`` runs on the mock first.
 
-Defence off (checked by hand, see the report): with ``unsandboxed=True`` the socket, key, and
-other-dataset attacks succeed and these tests fail."""
+The site's home (its keys, its database, the other dataset) lives under a directory outside
+``/tmp`` (``/var/tmp/dpds-test-*``): the sandbox's private ``/tmp`` would hide anything under the
+host's ``/tmp`` whatever else it did, so a home there would not test the isolation. Each attack
+that a defence stops is also run with that defence off (no sandbox, the owner's
+``unsandboxed`` flag; or the process limit raised) and shown to succeed there."""
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 
-from custom_helpers import RESEARCHER, running_custom_site, submit_source, syft_login
+from custom_helpers import (RESEARCHER, dir_outside_tmp, plant_world_readable,
+                            running_custom_site, submit_source, syft_login, unsandboxed_run)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, demo_files):
-    with running_custom_site(tmp_path_factory.mktemp("sandbox"), demo_files, "hosp-sandbox",
-                             second_dataset=True) as s:
+def outside():
+    with dir_outside_tmp() as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def site(outside, demo_files):
+    with running_custom_site(outside, demo_files, "hosp-sandbox", second_dataset=True) as s:
+        assert not str(s.home.root.resolve()).startswith("/tmp/")
         yield s
+
+
+@pytest.fixture(scope="module")
+def planted(outside):
+    """A world-readable secret outside /tmp: only mount isolation keeps it from the code."""
+    return plant_world_readable(outside, "the owner's planted secret")
 
 
 @pytest.fixture(scope="module")
@@ -44,43 +61,103 @@ def _escape(site, client, body: str, match: str, **limits):
     return str(err.value)
 
 
-def test_no_network(site, client):
+def _attack(body: str, name: str = "attack") -> str:
+    return f"def {name}(df):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+
+
+def test_no_network(site, client, monkeypatch):
     port = site.config.port
-    _escape(site, client, f"""
+    body = f"""
         import socket
         socket.create_connection(("127.0.0.1", {port}), timeout=5)  # the datasite itself
         return "connected"
-        """, match="ConnectionRefusedError|Network is unreachable|OSError")
+        """
+    _escape(site, client, body, match="ConnectionRefusedError|Network is unreachable|OSError")
+    # defence off: the same code, unsandboxed, reaches the datasite
+    rid = submit_source(client, _attack(body, "attack_off_net"))
+    assert unsandboxed_run(site, rid, monkeypatch) == "connected"
 
 
-def test_cannot_read_the_site_home_or_keys(site, client):
+def test_cannot_read_the_site_home_or_keys(site, client, monkeypatch):
     home = site.home.root
-    msg = _escape(site, client, f"""
+    body = f"""
         import os
         out = {{}}
         for p in [{str(home / "secrets")!r}, {str(home)!r}]:
             out[p] = os.listdir(p)
         return out
-        """, match="FileNotFoundError|PermissionError")
+        """
+    msg = _escape(site, client, body, match="FileNotFoundError|PermissionError")
     assert "secrets" in msg or str(home) in msg
+    # the home is not under /tmp: it is the mount namespace that hides it (not the private /tmp,
+    # and not only file permissions, which would say PermissionError)
+    assert "FileNotFoundError" in msg
+    # defence off: the same code, unsandboxed, lists the keys
+    rid = submit_source(client, _attack(body, "attack_off_home"))
+    listed = unsandboxed_run(site, rid, monkeypatch)
+    assert listed[str(home / "secrets")] and "secrets" in listed[str(home)]
 
 
-def test_cannot_read_another_datasets_file(site, client):
+def test_cannot_read_a_world_readable_file_outside_the_job(site, client, planted,
+                                                           monkeypatch):
+    body = f"""
+        return open({str(planted)!r}).read()
+        """
+    msg = _escape(site, client, body, match="FileNotFoundError")
+    assert str(planted) in msg
+    rid = submit_source(client, _attack(body, "attack_off_planted"))
+    assert unsandboxed_run(site, rid, monkeypatch) == "the owner's planted secret"
+
+
+def test_cannot_read_another_datasets_file(site, client, monkeypatch):
     other = site.state.dataset("other_table")["path"]
-    _escape(site, client, f"""
-        return open({other + "/data.parquet"!r}, "rb").read()
-        """, match="FileNotFoundError|PermissionError")
+    assert not other.startswith("/tmp/")
+    body = f"""
+        return len(open({other + "/data.parquet"!r}, "rb").read())
+        """
+    msg = _escape(site, client, body, match="FileNotFoundError|PermissionError")
+    assert "FileNotFoundError" in msg
+    rid = submit_source(client, _attack(body, "attack_off_other"))
+    assert unsandboxed_run(site, rid, monkeypatch) > 1000  # the other table's bytes
 
 
 def test_fork_bomb_is_stopped(site, client):
-    _escape(site, client, """
+    t0 = time.monotonic()
+    msg = _escape(site, client, """
         import os, time
         while True:
             if os.fork() == 0:
                 time.sleep(60)
                 os._exit(0)
         """, match="processes|BlockingIOError|killed", wall_s=60)
+    # the process limit stopped it, not the wall-time kill (60 s) nor the CPU limit
+    assert "passed its limit of 256 processes (RLIMIT_NPROC" in msg, msg
+    assert time.monotonic() - t0 < 30
     assert site.client is not None and site.describe_request is not None  # host still serves
+
+
+def test_process_limit_is_what_stops_forking(site, client):
+    """The same bounded fork loop (100 sleeping children) is refused under a limit of 64
+    processes, and runs to its end with the process limit raised (the defence off)."""
+    from datasite.sandbox import Limits
+
+    body = """
+        import os, time
+        for i in range(100):
+            if os.fork() == 0:
+                time.sleep(5)
+                os._exit(0)
+        return 100
+        """
+    t0 = time.monotonic()
+    msg = _escape(site, client, body, match="passed its limit of 64 processes \\(RLIMIT_NPROC",
+                  nproc=64, wall_s=60)
+    assert "BlockingIOError" in msg and time.monotonic() - t0 < 30
+    rid = submit_source(client, _attack(body, "forks_limit_off"))
+    summary = site.run(rid, progress=False, epsilon=1.0, delta=1e-6,
+                       limits=Limits(nproc=100_000, wall_s=60))
+    assert summary["output"]["preview"] == "100"
+    site.deny(rid, reason="defence-off check")
 
 
 def test_allocating_100_gb_is_refused(site, client):
@@ -148,3 +225,59 @@ def test_researcher_jobs_custom_runs_on_mock_then_submits(site):
     site.release(req.id)
     value = req.wait(timeout=60, poll=0.5, progress=False)
     assert set(value) == {"mean_radius"} and 5 < value["mean_radius"] < 30
+
+
+def noisy_mean_texture(df, dp=None):
+    """Like noisy_mean_radius, submitted without an explicit run_on_mock."""
+    clipped = df["mean_texture"].clip(0, 100)
+    return {"mean_texture": dp.laplace(clipped.sum(), 100.0, 1.0) / len(df)}
+
+
+def uses_a_missing_column(df):
+    return float(df["no_such_column"].mean())
+
+
+def returns_an_object(df):
+    return object()
+
+
+def spends_three(df, dp=None):
+    return sum(dp.laplace(df[c].clip(0, 100).sum(), 100.0, 1.0)
+               for c in ["mean_radius", "mean_texture", "mean_area"])
+
+
+def test_jobs_custom_submit_runs_on_the_mock_first(site):
+    """``site.submit(jobs.Custom(...))`` runs the function on the mock first and submits
+    nothing when it fails there, returns what cannot leave the sandbox, or overspends its
+    declaration; ``run_on_mock_first=False`` submits without trying."""
+    import researcher
+    from researcher import jobs
+    from researcher.errors import ResearcherError
+
+    rsite = researcher.connect(site.url, *RESEARCHER)
+
+    def n_requests():
+        return len(site.client.requests.get_all())
+
+    before = n_requests()
+    job = jobs.Custom(noisy_mean_texture, dataset="breast_cancer", declared_epsilon=1.0)
+    assert job.mock_result is None and job.last_handle is None
+    req = rsite.submit(job)
+    assert set(job.mock_result) == {"mean_texture"} and job.last_handle.measurements == 1
+    assert n_requests() == before + 1
+    site.deny(req.id, reason="test: submitted only")
+
+    for func, match in [(uses_a_missing_column, "failed on the mock of breast_cancer"),
+                        (returns_an_object, "cannot leave the owner's sandbox as data"),
+                        (spends_three, "spent eps=3.* more than the declared eps=1")]:
+        with pytest.raises(ResearcherError, match=match) as err:
+            rsite.submit(jobs.Custom(func, dataset="breast_cancer", declared_epsilon=1.0))
+        assert "nothing was submitted" in str(err.value)
+    assert n_requests() == before + 1
+
+    # the opt-out: submitted untried (and it would fail on the real data: the owner denies it)
+    job = jobs.Custom(uses_a_missing_column, dataset="breast_cancer", declared_epsilon=1.0,
+                      run_on_mock_first=False)
+    req = rsite.submit(job)
+    assert job.mock_result is None and n_requests() == before + 2
+    site.deny(req.id, reason="test: submitted untried")

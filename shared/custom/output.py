@@ -7,7 +7,8 @@ anything. Accepted: None, bool, int, float, str; lists, tuples and str-keyed dic
 numpy arrays and scalars of non-object dtypes; pandas Series and DataFrames (numeric or text
 columns); torch tensors (as numpy arrays); scikit-learn estimators (as skops bytes); and bytes,
 unless they are a pickle stream. Bytes that are a skops file must hold only scikit-learn, numpy
-and builtin types, and a torch file must load with ``torch.load(weights_only=True)``.
+and builtin classes (no functions: ``FunctionTransformer(func=eval)`` is refused), and a torch
+file must load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -56,6 +57,24 @@ def _zip_names(data: bytes) -> list[str] | None:
         return None
 
 
+def _trusted_skops_type(name: str) -> bool:
+    """A name a returned skops file may hold: a class (never a function such as
+    ``builtins.eval`` or ``posix.system``) of scikit-learn, numpy, scipy.sparse, collections
+    or the builtins (only modules of those packages are imported to look it up)."""
+    import importlib
+
+    if not name.startswith(SKOPS_TRUSTED_PREFIXES):
+        return False
+    module, _, attr = name.rpartition(".")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception:  # noqa: BLE001 (a name that does not resolve is not trusted)
+        return False
+    return isinstance(obj, type)
+
+
 def check_bytes(data: bytes) -> str:
     """What these returned bytes are ('skops', 'torch', 'bytes'); OutputError for a pickle, a
     skops file naming other types, or a torch file that needs pickle to load."""
@@ -70,10 +89,11 @@ def check_bytes(data: bytes) -> str:
         from skops.io import get_untrusted_types
 
         untrusted = get_untrusted_types(data=data)
-        bad = [t for t in untrusted if not t.startswith(SKOPS_TRUSTED_PREFIXES)]
+        bad = [t for t in untrusted if not _trusted_skops_type(t)]
         if bad:
-            raise OutputError(f"the skops file holds types outside scikit-learn/numpy: "
-                              f"{bad[:5]}; return a plain scikit-learn estimator")
+            raise OutputError(f"the skops file holds types outside scikit-learn/numpy (or "
+                              f"functions, which run when called): {bad[:5]}; return a plain "
+                              "scikit-learn estimator")
         return "skops"
     if any(n.endswith("data.pkl") for n in names):
         import torch

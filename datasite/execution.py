@@ -78,9 +78,38 @@ def record_ran(state, request_id: str, result: ResultPayload, result_path: Path)
     summary = result.summary()
     if result.payload.get("backbone"):  # which registered weights the model started from
         summary["backbone"] = result.payload["backbone"]
+    curves = review_curves(result)
+    if curves:
+        summary["curves"] = curves
     state.set_state(request_id, Request.RAN, result_path=str(result_path),
                     summary_json=json.dumps(summary), progress_json=None)
     return summary
+
+
+def review_curves(result: ResultPayload) -> list[dict]:
+    """Learning curves for the owner's review of a finished run (kept with its summary on the
+    site; the console draws them): the training loss per epoch (``_owner_train_loss``: exact,
+    on the private training records, so owner-only -- the release gate strips ``_owner_*``
+    keys) and, for DP active learning, the DP test accuracy after each round against the
+    labelled-set size (its ``rounds``, released too)."""
+    curves = []
+    loss = result.owner.get("_owner_train_loss")
+    if isinstance(loss, list) and any(isinstance(v, (int, float)) for v in loss):
+        pts = [(i, float(v)) for i, v in enumerate(loss, 1) if isinstance(v, (int, float))]
+        curves.append({"title": "Training loss per epoch (exact, owner only: never released)",
+                       "x": [p[0] for p in pts], "y": [p[1] for p in pts], "xlabel": "epoch",
+                       "ylabel": "mean training loss"})
+    rounds = result.payload.get("rounds")
+    if isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds):
+        pts = [(int(r["labelled"]), float(r["accuracy"])) for r in rounds
+               if isinstance(r.get("labelled"), (int, float))
+               and isinstance(r.get("accuracy"), (int, float))]
+        if pts:
+            curves.append({"title": "Test accuracy after each round (with DP noise)",
+                           "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                           "xlabel": "labelled records (after each round)",
+                           "ylabel": "test accuracy"})
+    return curves
 
 
 def record_failed(state, ledger, request_id: str, reason: str) -> None:

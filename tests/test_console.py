@@ -477,3 +477,109 @@ def test_broken_audit_chain_names_the_first_bad_entry_on_the_ledger(home):
     text = c.get("/ledger").text
     assert re.search(r'role="alert"><strong>Audit chain: BROKEN</strong>', text)
     assert f"entry {seq} (reserve) was altered" in text
+
+
+# -- plots of a finished run and of the per-record spend ----------------------------------------
+@pytest.fixture(scope="module")
+def table_run():
+    """A small DP-SGD table job run for real (3 epochs, CPU, pinned randomness): the owner-side
+    result, as the job runner writes it."""
+    import numpy as np
+    import pandas as pd
+
+    from shared.runner import run_job
+    from shared.schema import meta_from_schema
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.4).astype(np.int64)
+    df = pd.DataFrame({"a": np.clip(rng.normal(2.0 * y, 1.0), -4, 4),
+                       "b": np.clip(rng.normal(0.0, 1.0, 400), -4, 4), "y": y})
+    meta = meta_from_schema({"kind": "table", "records": 400, "label": {"column": "y",
+                             "classes": [0, 1]}, "columns": {
+                                 "a": {"type": "float", "bounds": [-4, 4]},
+                                 "b": {"type": "float", "bounds": [-4, 4]}}}, "bc")
+    return run_job(dict(kind="dpsgd_table", dataset="bc", label="y", epsilon=8.0, delta=1e-5,
+                        epochs=3, batch_size=64), df, meta, pin_randomness=0)
+
+
+def test_finished_dpsgd_run_shows_its_loss_curve_and_per_class_bars(home, monkeypatch,
+                                                                    table_run):
+    """A finished DP-SGD run's page draws the training loss per epoch (the owner-only curve
+    the job kept, as the site records it after the run) and the per-class accuracy as bars,
+    each a PNG with its words as alt text."""
+    import math
+
+    from datasite.execution import record_ran
+    from shared.protocol import ResultPayload
+
+    result = ResultPayload.from_dict(table_run)
+    loss = result.owner["_owner_train_loss"]
+    assert len(loss) == 3 and all(math.isfinite(v) and v > 0 for v in loss)
+    assert loss[-1] < loss[0]  # it learns: a learning curve, not noise
+
+    class Rows:  # what record_ran stores on the request's row
+        def set_state(self, rid, state, **kw):
+            self.row = {"state": state, **kw}
+
+    rows = Rows()
+    summary = record_ran(rows, "ab" * 16, result, home.root / "r.pkl")
+    (curve,) = summary["curves"]
+    assert curve["y"] == loss and curve["x"] == [1, 2, 3] and curve["xlabel"] == "epoch"
+    site = _with_spend(home)
+    rid = "ab" * 16
+    site.ledger.reserve(rid, "bc", RESEARCHER, site.ledger.entry("r1")["event_json"])
+    monkeypatch.setattr(OwnerSite, "describe_request",
+                        lambda self, r, *a, **k: _ran_request(rid, "ran"))
+    real_request = State.request
+    monkeypatch.setattr(State, "request", lambda self, r: rows.row if r == rid
+                        else real_request(self, r))
+    c = client(home)
+    login(c, home)
+    text = c.get(f"/requests/{rid}").text
+    assert "Result summary (what you see before release)" in text
+    imgs = dict((alt, src) for src, alt in re.findall(r'<img src="([^"]+)" alt="([^"]+)"', text))
+    loss_alt = next(a for a in imgs if a.startswith("Training loss per epoch"))
+    assert "owner only: never released" in loss_alt and "against epoch" in loss_alt
+    assert "Per-class accuracy on the test split, one bar per class" in imgs
+    assert all(imgs[a].startswith("data:image/png;base64,") for a in imgs)
+    # without the curve in the summary (a run recorded before) no loss chart, the page works
+    rows.row["summary_json"] = json.dumps({k: v for k, v in summary.items() if k != "curves"})
+    text = c.get(f"/requests/{rid}").text
+    assert "Training loss per epoch" not in text and "Per-class accuracy on the test" in text
+
+
+def test_the_owner_only_loss_curve_is_never_released(table_run, monkeypatch):
+    """Attack: a researcher hoping to read the exact training loss (a private quantity) in
+    what is deposited for them. The release gate deposits the public view, with no ``_owner_``
+    key and none of the curve's values; with the strip switched off (no key counts as the
+    owner's) the same deposit carries the curve, so this test fails if the strip is gone."""
+    from datasite import release_gate
+    from shared import protocol
+
+    class Req:  # PySyft's request: what deposit_result is given is what the researcher gets
+        def deposit_result(self, value):
+            self.got = value
+            return value
+
+    loss = table_run["_owner_train_loss"]
+    req = Req()
+    release_gate.deposit(req, protocol.ResultPayload.from_dict(table_run))
+    assert not [k for k in req.got if str(k).startswith("_owner")]
+    assert loss not in list(req.got.values()) and "model_state" in req.got
+
+    monkeypatch.setattr(protocol, "OWNER_PREFIX", "_no_such_prefix_")  # the strip off
+    release_gate.deposit(req, protocol.ResultPayload.from_dict(table_run))
+    assert req.got["_owner_train_loss"] == loss
+
+
+def test_dataset_page_draws_the_per_record_spend_histogram(home):
+    """The per-record spend histogram is a labelled chart (records by epsilon spent); its
+    numbers stay in a table under <details>."""
+    _with_spend(home)
+    c = client(home)
+    login(c, home)
+    text = c.get("/datasets/bc").text
+    assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="Histogram of records by '
+                     r'epsilon spent', text)
+    assert re.search(r"<details><summary>The numbers[^<]*</summary>\s*<table>", text)
+    assert re.search(r"<td>500</td>", text)  # all 500 records in one range (one job)

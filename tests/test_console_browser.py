@@ -6,6 +6,7 @@ looked at after a green run too). The tests run in file order and share one site
 browser page (one live site per module keeps the file well under two minutes)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -141,6 +142,12 @@ def test_request_appears_approve_run_release(live, page):
     body = page.inner_text("main")
     assert "test accuracy" in body and "the dataset budget's delta" in body
     assert "with DP noise added" in body
+    # the owner's plots: the exact training loss per epoch (owner only) and per-class bars
+    assert page.get_by_role("img", name=re.compile(r"^Training loss per epoch")).is_visible()
+    assert page.get_by_role("img", name=re.compile("^Per-class accuracy")).is_visible()
+    loss = site.state.request(req.id)  # the curve the site kept for the owner
+    loss = json.loads(loss["summary_json"])["curves"][0]["y"]
+    assert len(loss) == 2  # epochs=2
     shot(page, "04-request-ran")
 
     page.get_by_role("button", name="Release to the researcher").click()
@@ -151,6 +158,9 @@ def test_request_appears_approve_run_release(live, page):
     shot(page, "05-request-released")
     res = client.request(req.id).wait(timeout=60, progress=False)
     assert res.kind == "dpsgd_table"
+    # attack: the researcher looks for the owner-only loss curve in what they received
+    assert not [k for k in res.raw if str(k).startswith("_owner")]
+    assert loss not in list(res.raw.values()) and "curves" not in res.raw
     root = site.config.root_email
     with site.ledger.engine.connect() as c:  # the decisions name the owner account
         rows = c.exec_driver_sql("SELECT actor, action FROM dpds_audit WHERE request_id = ?",
@@ -170,11 +180,29 @@ def test_ledger_datasets_researchers_show_the_spend(live, page):
     shot(page, "06b-focus-ring")
     page.goto("/datasets/breast_cancer")
     assert "Records by epsilon spent" in page.inner_text("main")
+    assert page.get_by_role("img", name=re.compile("Histogram of records by epsilon")).is_visible()
     assert page.get_by_role("img", name=re.compile("Spend on breast_cancer")).is_visible()
     shot(page, "07-dataset")
     page.goto("/researchers")
     assert RESEARCHER[0] in page.inner_text("main")
     shot(page, "08-researchers")
+
+
+def test_owner_only_curve_reaches_the_researcher_only_with_the_strip_off(live, monkeypatch):
+    """The negative control of the attack above, live: with the release gate's strip switched
+    off (no key counts as the owner's), the researcher's wait() does get the exact training
+    loss; so the check above fails if the strip is gone."""
+    from shared import protocol
+
+    site, _ = live
+    client = researcher.connect(site.url, *RESEARCHER)
+    req = client.submit(jobs.DPSGD(dataset="breast_cancer", label="diagnosis", epsilon=1.0,
+                                   delta=1e-5, epochs=1, batch_size=64))
+    site.run(req.id, progress=False)
+    monkeypatch.setattr(protocol, "OWNER_PREFIX", "_no_such_prefix_")  # the strip off
+    site.release(req.id)
+    res = client.request(req.id).wait(timeout=60, progress=False)
+    assert len(res.raw["_owner_train_loss"]) == 1
 
 
 def test_deny_custom_code_with_script_shown_escaped(live, page):

@@ -113,6 +113,68 @@ def series(name: str, values: list[float]) -> str:
     return _png(fig)
 
 
+def curve(c: dict) -> str:
+    """One of a finished run's review curves (``datasite.execution.review_curves``): its
+    title, x and y axis labels and points."""
+    fig, ax = _figure(4.8, 3.0)
+    xs, ys = c["x"], c["y"]
+    ax.plot(xs, ys, marker="o" if len(xs) < 40 else None)
+    ax.set_xlabel(c.get("xlabel", ""))
+    ax.set_ylabel(c.get("ylabel", ""))
+    ax.set_title(c.get("title", ""), fontsize=9)
+    if all(float(x).is_integer() for x in xs) and len(xs) <= 12:
+        ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def per_class(accuracy: dict, noisy: bool) -> str | None:
+    """Per-class accuracy (recall) as bars, one per class in the result's order; a class
+    without a rate is marked "n/a"."""
+    if not accuracy:
+        return None
+    names = [str(k) for k in accuracy]
+    vals = [float(v) if isinstance(v, (int, float)) else None for v in accuracy.values()]
+    fig, ax = _figure(max(3.6, min(9.0, 1.2 + 0.6 * len(names))), 3.0)
+    xs = np.arange(len(names))
+    ax.bar(xs, [v or 0.0 for v in vals], color="C0")
+    for x, v in zip(xs, vals):
+        ax.text(x, (v or 0.0) + 0.02, "n/a" if v is None else f"{v:.2f}", ha="center",
+                fontsize=8)
+    ax.set_xticks(xs, names, rotation=0 if len(names) <= 10 else 90)
+    ax.set_ylim(0, 1.12)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy on the class" + (" (DP noise)" if noisy else ""))
+    ax.set_title("Per-class accuracy on the test split", fontsize=10)
+    return _png(fig)
+
+
+def record_spend(hist: dict) -> str | None:
+    """The per-record spend histogram (``Ledger.record_histogram``): how many records have
+    spent how much epsilon, one bar per epsilon range, its count written on it."""
+    bins = (hist or {}).get("bins") or []
+    if not bins:
+        return None
+    fig, ax = _figure(5.5, 3.0)
+    counts = [int(b["records"] or 0) for b in bins]
+    width = max(b["to"] - b["from"] for b in bins)
+    if width <= 0:  # nothing spent yet: one range, at 0
+        lefts, widths = [0.0], [1.0]
+        ax.set_xticks([0.5], ["0"])
+    else:
+        lefts, widths = [b["from"] for b in bins], [b["to"] - b["from"] for b in bins]
+    ax.bar(lefts, counts, width=widths, align="edge", color="C0", edgecolor="white")
+    for x, w, n in zip(lefts, widths, counts):
+        if n:
+            ax.text(x + w / 2, n, str(n), ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(min(lefts), max(lefts) + widths[-1])
+    ax.set_ylim(0, max(max(counts), 1) * 1.15)
+    ax.set_xlabel("epsilon spent per record (range)")
+    ax.set_ylabel("number of records")
+    ax.set_title("Records by epsilon spent", fontsize=10)
+    return _png(fig)
+
+
 def images(batch) -> list[str]:
     """Mock images as PNG data URIs (grey or RGB, uint8)."""
     from PIL import Image

@@ -75,6 +75,7 @@ def show_dataset(request: Request, name: str, account: str = Depends(owner)):
         spend = charts.spend_over_time(site.ledger, name)
         mock = _mock(site, meta)
     return render(request, "dataset.html", meta=meta, budgets=budgets, own=own, hist=hist,
+                  hist_chart=charts.record_spend(hist) if hist else None,
                   spend=spend, mock=mock, declared=declared)
 
 

@@ -83,6 +83,7 @@ def show_request(request: Request, request_id: str, account: str = Depends(owner
                                    quote.get(f"{k}_budget")))
             for label, k in (("Dataset budget", "dataset"), ("Researcher's budget", "researcher"))]
     rows, curves, noisy = words.metric_rows((summary or {}).get("metrics"))
+    figures = _result_figures(summary or {}, curves, noisy)
     group = _group(info["state"])
     return render(
         request, "request.html", info=info, own=own, entry=entry, group=group,
@@ -93,10 +94,23 @@ def show_request(request: Request, request_id: str, account: str = Depends(owner
         bars=[(label, b) for label, b in bars if b], summary=summary, metric_rows=rows,
         open_decision=group in ("pending", "failed", "awaiting release")
         and not progress["starting"],
-        curves={k: charts.series(k, v) for k, v in curves.items()},
+        figures=figures,
         tradeoff=charts.tradeoff(event_json) if event_json else None,
         code=words.code_html(info["code"]) if info.get("code") else None,
         code_css=words.code_css(), progress=progress, number=words.number)
+
+
+def _result_figures(summary: dict, series: dict, noisy: bool) -> list[tuple[str, str]]:
+    """(alt text, PNG) of a finished run's plots for the owner: its review curves (the exact
+    training loss per epoch, owner only; DP-AL accuracy per round), per-class accuracy as
+    bars, and any list of numbers among its metrics."""
+    out = [(c["title"] + f": {c['ylabel']} against {c['xlabel']}", charts.curve(c))
+           for c in summary.get("curves") or [] if c.get("x")]
+    per = (summary.get("metrics") or {}).get("per_class_accuracy")
+    bars = charts.per_class(per, noisy) if isinstance(per, dict) else None
+    if bars:
+        out.append(("Per-class accuracy on the test split, one bar per class", bars))
+    return out + [(f"{k} over training", charts.series(k, v)) for k, v in series.items()]
 
 
 def _charged(event_json: str, delta: float) -> dict:

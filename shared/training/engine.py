@@ -169,6 +169,10 @@ class DPTrainer:
                 max_grad_norm=self.clip_norm, expected_batch_size=1.0, loss_reduction="mean",
                 generator=self._noise)
         self.last_batch_sizes: list[int] = []  # realised batch sizes of the last run
+        # summed training loss of each step's sampled records, before its update (last run;
+        # this rank's records): exact on the private records, so owner-only (loss_per_epoch)
+        self.last_losses = np.zeros(0)
+        self._loss_sums: torch.Tensor | None = None
 
     @property
     def noise_multiplier(self) -> float:
@@ -216,16 +220,36 @@ class DPTrainer:
         was_training = self.module.training
         self.module.train()
         self.last_batch_sizes = []
+        # on the device, read once at the end: no host sync per step
+        self._loss_sums = torch.zeros(int(steps), dtype=torch.float32, device=self.device)
         try:
             for done in range(1, int(steps) + 1):
                 idx = poisson_batch(self._rng, rates)
                 self.last_batch_sizes.append(len(idx))
-                self._step(X, y, idx)
+                self._step(X, y, idx, done - 1)
                 if progress is not None:
                     progress(done, int(steps))
         finally:
             self.module.train(was_training)
+            self.last_losses = self._loss_sums.cpu().numpy().astype(np.float64)
+            self._loss_sums = None
         return int(steps)
+
+    def loss_per_epoch(self, epochs: float) -> list[float | None]:
+        """The last :meth:`run`'s mean training loss in each of ``round(epochs)`` (at least 1)
+        equal runs of its steps: the loss of the records sampled at a step, before that step's
+        update, averaged over the records sampled in the epoch (None: none was). This rank's
+        records only. Exact, on the private training records: for the owner's review only (a
+        job returns it under an ``_owner_`` key, which is never released)."""
+        n = min(len(self.last_losses), len(self.last_batch_sizes))  # an interrupted run: done
+        if n == 0:
+            return []
+        k = max(1, min(n, int(round(epochs))))
+        part = np.arange(n) * k // n
+        loss = np.bincount(part, weights=self.last_losses[:n], minlength=k)
+        count = np.bincount(part, weights=np.asarray(self.last_batch_sizes[:n], float),
+                            minlength=k)
+        return [float(a / b) if b > 0 else None for a, b in zip(loss, count)]
 
     def _total(self, value: float) -> float:
         """``value`` summed over the ranks (itself in one process)."""
@@ -238,7 +262,7 @@ class DPTrainer:
         return float(t.item())
 
     # -- one logical step ----------------------------------------------------------------------
-    def _step(self, X: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> None:
+    def _step(self, X: torch.Tensor, y: torch.Tensor, idx: np.ndarray, step: int) -> None:
         opt = self._opt
         opt.zero_grad(set_to_none=True)
         if len(idx) == 0:
@@ -261,6 +285,7 @@ class DPTrainer:
             xb = X.index_select(0, sel).to(self.device, non_blocking=True)
             yb = y.index_select(0, sel.to(y.device)).to(self.device, non_blocking=True)
             losses = self.loss_fn(self._gsm(xb), yb)
+            self._loss_sums[step] += losses.detach().sum().float()
             with warnings.catch_warnings():
                 # Opacus' full backward hook fires on module outputs when inputs need no grad:
                 # exactly the case Opacus handles, so torch's warning is noise.

@@ -88,6 +88,8 @@ def train_finetune(data: dict, spec, meta, backbone: LocalBackbone,
                            probs=probs[te] if spec.metrics_auc else None,
                            mock_extras=lambda: mock_extras(probs, yn, tr, te, classes)),
         "privacy": privacy,
+        # exact, on the private training records: the owner's review only, never released
+        "_owner_train_loss": trainer.loss_per_epoch(spec.epochs),
     }
 
 

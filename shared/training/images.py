@@ -119,6 +119,8 @@ def train_dpsgd_images(data: dict, spec, meta, progress: Progress | None = None,
                            n_train=n_train, n_test=meta.n_records - n_train,
                            mock_extras=lambda: mock_extras(probs, y, tr, te, classes)),
         "privacy": privacy,
+        # exact, on the private training records: the owner's review only, never released
+        "_owner_train_loss": trainer.loss_per_epoch(spec.epochs),
     }
 
 

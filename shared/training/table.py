@@ -138,6 +138,8 @@ def train_dpsgd_table(df: pd.DataFrame, spec, progress: Progress | None = None,
                             (spec.seed, NOISE_STREAM, metrics_index), n_train, auc),
         "privacy": privacy,
         "_owner_ranks": world_size,  # how many processes trained it (owner-only)
+        # exact, on the private training records (this rank's): the owner's review only
+        "_owner_train_loss": trainer.loss_per_epoch(spec.epochs),
     }
 
 

@@ -204,7 +204,8 @@ def run_sandboxed(job_dir: Path, limits: Limits, sandboxed: bool = True,
     env = None
     if not sandboxed:  # no namespaces: at least an environment of our choosing
         env = {"PATH": "/usr/bin:/bin", "HOME": str(job_dir), "MPLCONFIGDIR": str(job_dir),
-               "PYTHONPATH": str(Path(shared.__file__).resolve().parent.parent)}
+               "PYTHONPATH": str(Path(shared.__file__).resolve().parent.parent),
+               "OMP_NUM_THREADS": "1"}  # as in the sandbox: one thread pool, not one per core
     errfile = tempfile.TemporaryFile(mode="w+b")
     # RLIMIT_NPROC counts the sandbox uid's processes (root itself is exempt from it)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errfile, stderr=errfile,

@@ -261,7 +261,9 @@ def test_upload_with_dp_mock_and_a_researcher_reads_it(tmp_path, demo_files):
         ds = researcher.connect(site.url, *RESEARCHER).datasets["bc"]
         assert ds.meta.mock["kind"] == "dp" and ds.meta.mock["epsilon"] <= 3.0
         mock = ds.mock
-        assert len(mock) == 569 and mock["mean_radius"].corr(mock["mean_perimeter"]) > 0.5
+        # the DP mock keeps the strong correlation (real 0.998; 300 draws of this eps-3 mock
+        # offline: min 0.514, 1% quantile 0.537) that the schema mock lacks (|corr| < 0.2)
+        assert len(mock) == 569 and mock["mean_radius"].corr(mock["mean_perimeter"]) > 0.35
         out = site.replace_dataset("bc", table=str(demo_files / "breast_cancer.csv"),
                                    label="diagnosis", mock="dp", mock_epsilon=0.5,
                                    schema=demo_files / "breast_cancer.schema.yaml")

@@ -1,7 +1,7 @@
 """The workers' fork server: it imports what jobs would otherwise import lazily, so a forked job
 starts warm (benchmarks/workflow.py: opendp, torch._dynamo and sklearn cost a forked DP
-statistics job ~1 s and a DP-SGD table job ~3 s when each job imported them itself); and a job
-process never outlives its worker."""
+statistics job ~1 s and a DP-SGD table job ~3 s when each job imported them itself; pyarrow's
+parquet reader 0.3 s per table job); and a job process never outlives its worker."""
 from __future__ import annotations
 
 import os
@@ -17,7 +17,7 @@ from datasite.execution import process_alive
 # imported inside job code (shared.stats.mechanisms, the first torch.optim optimizer, the
 # table preprocessing), not at the top of any PRELOAD module
 LAZY = ("opendp.prelude", "torch._dynamo", "sklearn.compose", "sklearn.impute",
-        "sklearn.preprocessing")
+        "sklearn.preprocessing", "pyarrow.parquet", "pyarrow.dataset")  # + reading a table
 
 
 def _missing(conn) -> None:

@@ -583,3 +583,47 @@ def test_dataset_page_draws_the_per_record_spend_histogram(home):
                      r'epsilon spent', text)
     assert re.search(r"<details><summary>The numbers[^<]*</summary>\s*<table>", text)
     assert re.search(r"<td>500</td>", text)  # all 500 records in one range (one job)
+
+
+def _draw_from_threads(n_threads: int = 6, each: int = 4) -> list[BaseException]:
+    """Log-scale trade-off charts drawn from several threads at once, as the console's thread
+    pool does when pages and progress polls overlap; the exceptions raised."""
+    import threading
+
+    from datasite.console import charts
+    from shared.privacy.accounting import dpsgd_event
+    from shared.privacy.reporting import tradeoff_curve
+
+    curve = tradeoff_curve(dpsgd_event(0.1, 1.0, 50))
+    errors: list[BaseException] = []
+    start = threading.Barrier(n_threads)
+
+    def draw():
+        start.wait()
+        try:
+            for _ in range(each):
+                charts._draw_tradeoff(curve)
+        except BaseException as e:  # noqa: BLE001 (collected for the assertion)
+            errors.append(e)
+
+    threads = [threading.Thread(target=draw) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_charts_drawn_from_many_threads_at_once(monkeypatch):
+    """matplotlib's mathtext parser (log-scale tick labels) is one shared object: two pages
+    drawn at once failed with "Unknown symbol: \\mathdefault" (seen in the browser test). The
+    charts are drawn one at a time; with that lock off, the same load fails."""
+    assert _draw_from_threads() == []
+    import contextlib
+
+    from datasite.console import charts
+
+    monkeypatch.setattr(charts, "_DRAWING", contextlib.nullcontext())
+    assert any(isinstance(e, ValueError) for e in _draw_from_threads(each=8))
+    monkeypatch.undo()  # and the parser still works afterwards, for the tests after this one
+    assert _draw_from_threads() == []

@@ -6,13 +6,29 @@ up in a label is drawn as text in the image, never interpreted.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import threading
 
 import numpy as np
 
 from ..ledger import Ledger
 from ..state import now
 from ..states import SPENDING
+
+
+# matplotlib is not thread-safe (its mathtext parser, used for log-scale tick labels, is one
+# shared object), and the console renders pages in a thread pool: one chart at a time.
+_DRAWING = threading.RLock()
+
+
+def _one_at_a_time(draw):
+    """Serialise a chart function (see :data:`_DRAWING`)."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with _DRAWING:
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def _png(fig) -> str:
@@ -38,9 +54,16 @@ def tradeoff(event_json: str) -> str | None:
     """Membership-attack trade-off: the largest TPR of any attack at each FPR (the job's
     trade-off curve, as the privacy report computes it), with the 0.1/1/10% points marked."""
     from shared.privacy.accounting import event_from_json
-    from shared.privacy.reporting import REPORT_FPRS, tradeoff_curve
+    from shared.privacy.reporting import tradeoff_curve
 
-    curve = tradeoff_curve(event_from_json(event_json))
+    # the curve (PLD compositions) outside the drawing lock: only the drawing is serialised
+    return _draw_tradeoff(tradeoff_curve(event_from_json(event_json)))
+
+
+@_one_at_a_time
+def _draw_tradeoff(curve) -> str:
+    from shared.privacy.reporting import REPORT_FPRS
+
     fig, ax = _figure(4.8, 3.6)
     fpr = np.logspace(-4, 0, 200)
     tpr = np.ones_like(fpr) if curve is None else np.asarray(curve.tpr(fpr))
@@ -58,6 +81,7 @@ def tradeoff(event_json: str) -> str | None:
     return _png(fig)
 
 
+@_one_at_a_time
 def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
     """Cumulative spend on ``dataset``: composed (PLD, tight) and naive (epsilons added)."""
     b = ledger.budget(dataset)
@@ -104,6 +128,7 @@ def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
     return _png(fig)
 
 
+@_one_at_a_time
 def series(name: str, values: list[float]) -> str:
     """A learning curve (or any list of numbers from a result's metrics)."""
     fig, ax = _figure(4.8, 2.8)
@@ -113,6 +138,7 @@ def series(name: str, values: list[float]) -> str:
     return _png(fig)
 
 
+@_one_at_a_time
 def curve(c: dict) -> str:
     """One of a finished run's review curves (``datasite.execution.review_curves``): its
     title, x and y axis labels and points."""
@@ -128,6 +154,7 @@ def curve(c: dict) -> str:
     return _png(fig)
 
 
+@_one_at_a_time
 def per_class(accuracy: dict, noisy: bool) -> str | None:
     """Per-class accuracy (recall) as bars, one per class in the result's order; a class
     without a rate is marked "n/a"."""
@@ -149,6 +176,7 @@ def per_class(accuracy: dict, noisy: bool) -> str | None:
     return _png(fig)
 
 
+@_one_at_a_time
 def record_spend(hist: dict) -> str | None:
     """The per-record spend histogram (``Ledger.record_histogram``): how many records have
     spent how much epsilon, one bar per epsilon range, its count written on it."""
@@ -175,6 +203,7 @@ def record_spend(hist: dict) -> str | None:
     return _png(fig)
 
 
+@_one_at_a_time
 def images(batch) -> list[str]:
     """Mock images as PNG data URIs (grey or RGB, uint8)."""
     from PIL import Image

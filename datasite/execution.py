@@ -180,15 +180,12 @@ def run_job_forked(spec: dict, dataset_dir: str, result_path: Path, progress: bo
     """Run one job in a process forked from this process's warm fork server
     (:func:`datasite.job_process.run_forked`), writing ``result_path``; SiteError with the
     job's traceback if it fails."""
-    from .job_process import run_forked
+    from .job_process import job_payload, run_forked
 
     bar = _ProgressBar(spec, progress, on_progress)
-    payload = {"spec_json": json.dumps(spec), "dataset_dir": str(dataset_dir),
-               "result_path": str(result_path),
-               "context_json": json.dumps(context) if context else None,
-               "backbones_json": json.dumps(backbones) if backbones else None}
     try:
-        run_forked(payload, on_start=on_start, on_progress=bar)
+        run_forked(job_payload(spec, dataset_dir, result_path, context, backbones),
+                   on_start=on_start, on_progress=bar)
     except RuntimeError as e:
         raise SiteError(str(e)) from None
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import multiprocessing
 import os
 import signal
@@ -135,6 +136,17 @@ def child(spec_json: str, dataset_dir: str, result_file: str, context_json: str 
     except BaseException:  # pylint: disable=broad-except
         conn.send(("error", traceback.format_exc()[-3000:]))
         os._exit(1)
+
+
+def job_payload(spec: dict, dataset_dir, result_path, context: dict | None = None,
+                backbones: dict | None = None) -> dict:
+    """What :func:`run_forked` (and a queued job's row) carries: the spec and the paths the
+    owner resolved (``context``: context key -> result file; ``backbones``: name -> info and
+    weights path)."""
+    return {"spec_json": json.dumps(spec, sort_keys=True), "dataset_dir": str(dataset_dir),
+            "result_path": str(result_path),
+            "context_json": json.dumps(context) if context else None,
+            "backbones_json": json.dumps(backbones) if backbones else None}
 
 
 def run_forked(payload: dict, on_start=None, on_progress=None) -> None:

@@ -52,6 +52,18 @@ class Ledger:
 
     # -- accounting helpers --------------------------------------------------------------------
     @staticmethod
+    def charged_event(entry: dict) -> str:
+        """The event an entry stands for: the realised one once committed, else the reserved."""
+        return entry["realised_json"] or entry["event_json"]
+
+    @staticmethod
+    def cost_source(entry: dict) -> str:
+        """'computed' (from a job spec) or 'declared' (by the owner, for custom code)."""
+        from shared.privacy.accounting import cost_source
+
+        return cost_source(Ledger.charged_event(entry))
+
+    @staticmethod
     def epsilon_of(event_jsons: list[str], delta: float) -> float:
         """Tight (PLD) epsilon of composing these events.
 

@@ -1,8 +1,6 @@
 """What `datasite ledger` shows: budgets, spend (tight and naive), history, and a plot."""
 from __future__ import annotations
 
-from shared.privacy.accounting import cost_source
-
 from .ledger import Ledger
 from .states import SPENDING
 
@@ -27,7 +25,7 @@ def report(ledger: Ledger, dataset: str | None = None,
     for e in ledger.history(dataset):
         out["history"].append({**{k: (str(v) if k.endswith("_at") else v) for k, v in e.items()
                                   if k not in ("event_json", "realised_json")},
-                               "cost": cost_source(e["realised_json"] or e["event_json"])})
+                               "cost": Ledger.cost_source(e)})
     ok, why = ledger.verify()
     out["audit"] = {"intact": ok, "detail": why}
     return out
@@ -79,7 +77,7 @@ def plot(ledger: Ledger, path: str) -> None:
             for e in hist:
                 if researcher and e["researcher"] != researcher:
                     continue
-                events.append(e["realised_json"] or e["event_json"])
+                events.append(Ledger.charged_event(e))
                 xs.append(e["updated_at"])
                 ys.append(Ledger.epsilon_of(events, b["delta"]))
             if xs:

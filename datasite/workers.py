@@ -40,10 +40,9 @@ def save_queued(state, request_id: str, spec: dict, dataset_dir: str, result_pat
                 context: dict | None = None, backbones: dict | None = None) -> None:
     """Record a claimed, reserved run as queued, with what its worker needs (the owner resolved
     every path: the queue's message is only the request id)."""
-    payload = dict(spec_json=json.dumps(spec, sort_keys=True), dataset_dir=str(dataset_dir),
-                   result_path=str(result_path),
-                   context_json=json.dumps(context) if context else None,
-                   backbones_json=json.dumps(backbones) if backbones else None)
+    from .job_process import job_payload
+
+    payload = job_payload(spec, dataset_dir, result_path, context, backbones)
     state.update_request(request_id, queued_at=now(), queue_payload=json.dumps(payload))
 
 

@@ -96,7 +96,7 @@ def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
         # from zero just before the first spend, to now: a readable time axis for one point too
         events, xs, tight, naive = [], [hist[0]["updated_at"] - timedelta(minutes=1)], [0.0], [0.0]
         for e in hist:
-            events.append(e["realised_json"] or e["event_json"])
+            events.append(Ledger.charged_event(e))
             xs.append(e["updated_at"])
             tight.append(Ledger.epsilon_of(events, b["delta"]))
             naive.append(naive[-1] + e["epsilon"])

@@ -8,9 +8,8 @@ import re
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from shared.privacy.accounting import cost_source
-
 from ..config import SiteError
+from ..ledger import Ledger
 from . import charts, words
 from .web import back, checked_form, flash, owner, render
 
@@ -52,7 +51,7 @@ def _event_json(site, rid: str, info: dict) -> str | None:
     """The priced event (cached by the review that priced it), or the ledger's entry."""
     entry = site.ledger.entry(rid)
     if entry:
-        return entry["realised_json"] or entry["event_json"]
+        return site.ledger.charged_event(entry)
     if info.get("spec"):
         cached = site.state.cached_price(rid, json.dumps(info["spec"], sort_keys=True))
         return cached["event_json"] if cached and not cached["error"] else None
@@ -88,7 +87,7 @@ def show_request(request: Request, request_id: str, account: str = Depends(owner
     return render(
         request, "request.html", info=info, own=own, entry=entry, group=group,
         pill=_pill(group, progress), noisy=noisy, ds_delta=(ds_budget or {}).get("delta"),
-        entry_cost=cost_source(entry["realised_json"] or entry["event_json"]) if entry else None,
+        entry_cost=Ledger.cost_source(entry) if entry else None,
         entry_states=words.ENTRY_STATES, metric_label=words.metric_label,
         spec_rows=words.spec_rows(info.get("spec")), cost=cost, budget=budget,
         bars=[(label, b) for label, b in bars if b], summary=summary, metric_rows=rows,

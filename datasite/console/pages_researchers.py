@@ -4,8 +4,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from shared.privacy.accounting import cost_source
-
 from .pages_datasets import set_budget
 from .web import back, checked_form, owner, render
 
@@ -19,8 +17,7 @@ def list_researchers(request: Request, account: str = Depends(owner)):
         budgets = site.ledger.all_budgets()
         datasets = [b["dataset"] for b in budgets if not b["researcher"]
                     and site.state.dataset(b["dataset"]) is not None]
-        history = [{**e, "cost": cost_source(e["realised_json"] or e["event_json"])}
-                   for e in site.ledger.history()]
+        history = [{**e, "cost": site.ledger.cost_source(e)} for e in site.ledger.history()]
         people = []
         for email in sorted(site.state.researcher_keys()):
             own = {b["dataset"]: b for b in budgets if b["researcher"] == email}

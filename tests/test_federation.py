@@ -153,7 +153,11 @@ def test_federated_rounds_beat_each_single_site(two_sites, clients):
     assert len(trained.history) == ROUNDS
     fed_acc = _accuracy(trained.model(), trained.model_config, test)
     single_acc = {n: _accuracy(r.model, r.raw["model_config"], test) for n, r in singles.items()}
-    assert all(fed_acc > a for a in single_acc.values()), (fed_acc, single_acc)
+    # on failure, what each round saw: which sites, their weights (planned n_train) and noisy
+    # local accuracy (one CI run in ~25 gave fed 0.56 against singles 0.58 / 0.53, not
+    # reproduced in 40 simulated and 3 live runs: fed 0.71 +- 0.03, singles <= 0.62)
+    assert all(fed_acc > a for a in single_acc.values()), \
+        (fed_acc, single_acc, trained.rounds_table(), trained.left_out)
 
     # each site reserved all rounds at approval and, after the last round, committed exactly them
     for s in sites:

@@ -31,7 +31,7 @@ def worker(live_site):
     live_site.state.remove_worker("w-live")
 
 
-def _progress_notes(site, rid: str, until: str, timeout: float = 20) -> list[dict]:
+def _progress_notes(site, rid: str, until: str, timeout: float = 60) -> list[dict]:
     """The researcher's progress notes about ``rid``, oldest first, once ``until`` arrived."""
     from shared.protocol import decode_progress_note
 

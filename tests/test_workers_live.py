@@ -32,7 +32,9 @@ def worker(live_site):
 
 
 def _progress_notes(site, rid: str, until: str, timeout: float = 60) -> list[dict]:
-    """The researcher's progress notes about ``rid``, oldest first, once ``until`` arrived."""
+    """The researcher's progress notes about ``rid``, oldest first, once ``until`` arrived.
+    A worker logs into the site at its first note (a cold syft import and login, in its notes
+    thread), so on a loaded host the first job's notes can trail the job by many seconds."""
     from shared.protocol import decode_progress_note
 
     t = time.monotonic()

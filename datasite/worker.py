@@ -49,32 +49,14 @@ class Worker:
         # progress notes go out from one background thread: a slow server never slows a job
         self._notes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notes")
 
-    def _site(self):
+    def note(self, request_id: str, phase: str, **fields) -> None:
+        """Tell the researcher (a PySyft notification, sent in the background)."""
+        from . import progress_notes
         from .owner import OwnerSite
 
         if self._owner is None:
             self._owner = OwnerSite(self.home)
-        return self._owner
-
-    def connect(self) -> None:
-        """Log into the site in the notes thread now, while idle: the first job's notes then go
-        out at once, not after seconds of syft import and login (on a loaded host, after the
-        job itself ended). A site that is down is tried again at the first note."""
-        site = self._site()
-
-        def login():
-            try:
-                site.client
-            except Exception as e:  # pylint: disable=broad-except
-                log.warning("not logged into the site yet (%s); notes will try again", e)
-
-        self._notes.submit(login)
-
-    def note(self, request_id: str, phase: str, **fields) -> None:
-        """Tell the researcher (a PySyft notification, sent in the background)."""
-        from . import progress_notes
-
-        self._notes.submit(progress_notes.send, self._site(), request_id, phase, **fields)
+        self._notes.submit(progress_notes.send, self._owner, request_id, phase, **fields)
 
     def beat(self) -> None:
         self.state.heartbeat(self.worker_id, self.host, self.pid, self.gpu, self.request_id)
@@ -165,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(home, args.worker_id or f"{socket.gethostname()}-"
                                                       f"{uuid.uuid4().hex[:6]}", args.gpu)
     bind(worker)
-    worker.connect()  # in the background: the worker is ready without waiting for it
     warm_up()  # imports torch/Opacus/job code once, before the first job
     worker.beat()
     threading.Thread(target=worker.heartbeat_forever, daemon=True).start()

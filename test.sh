@@ -3,5 +3,7 @@
 source "$(dirname "$0")/scripts_common.sh"
 # Test files run in parallel (pytest-xdist), whole files per process so module fixtures (live
 # sites) are built once: min(cores, 4) processes, or $DPDS_TEST_WORKERS (1: one process).
+# Files go out longest first (tests/conftest.py orders them by tests/file_seconds.json; xdist's
+# own reorder, by number of tests, would leave the one-test notebook files for last).
 workers=${DPDS_TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(os.cpu_count() or 1, 4))')}
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -81,6 +81,14 @@ class Ledger:
                  dp_accounting.SelfComposedDpEvent(event_from_json(e), k) for e, k in groups.items()]
         return epsilon(parts[0] if len(parts) == 1 else dp_accounting.ComposedDpEvent(parts), delta)
 
+    def epsilon_series(self, event_jsons: list[str], delta: float) -> list[float]:
+        """The ledger's epsilon (min of PLD and RDP, as :meth:`spent` composes) after each of
+        ``event_jsons`` in turn: a spend-over-time curve. Each prefix extends the one before
+        (the accountant's prefix cache), so n events cost n - 1 convolutions; composing every
+        prefix afresh (:meth:`epsilon_of` per point) cost O(n^2) and grew with every job."""
+        return [self.accountant.epsilon(event_jsons[:i + 1], delta)
+                for i in range(len(event_jsons))]
+
     # -- budgets -------------------------------------------------------------------------------
     def set_budget(self, dataset: str, epsilon: float, delta: float | None, researcher: str = "",
                    actor: str = "owner") -> None:

@@ -73,13 +73,9 @@ def plot(ledger: Ledger, path: str) -> None:
         who = [("dataset", None)] + [(r["researcher"], r["researcher"]) for r in budgets
                                       if r["dataset"] == b["dataset"] and r["researcher"]]
         for label, researcher in who:
-            events, xs, ys = [], [], []
-            for e in hist:
-                if researcher and e["researcher"] != researcher:
-                    continue
-                events.append(Ledger.charged_event(e))
-                xs.append(e["updated_at"])
-                ys.append(Ledger.epsilon_of(events, b["delta"]))
+            mine = [e for e in hist if not researcher or e["researcher"] == researcher]
+            xs = [e["updated_at"] for e in mine]
+            ys = ledger.epsilon_series([Ledger.charged_event(e) for e in mine], b["delta"])
             if xs:
                 ax.step(xs, ys, where="post", marker="o", label=label)
         ax.axhline(b["epsilon"], color="red", linestyle="--", label="dataset budget")

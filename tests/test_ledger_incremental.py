@@ -174,3 +174,27 @@ def test_a_planted_state_is_not_used(ledger):
     assert led.spent("t")["epsilon"] < true
     with led.engine.begin() as c:  # leave the module's ledger sound
         c.execute(delete(records.pld_cache))
+
+
+def test_spend_over_time_series_is_linear_and_the_ledgers_numbers():
+    """The console's and `datasite ledger --plot`'s spend curves: each point extends the one
+    before (n - 1 convolutions for n jobs), and each is the ledger's epsilon of that prefix,
+    bit-identical to composing the prefix afresh."""
+    rng = random.Random(1)
+    events = [_event(rng) for _ in range(40)]
+    led = Ledger.__new__(Ledger)
+    led.accountant = records.HistoryAccountant()
+    series = led.epsilon_series(events, DELTA)
+    assert led.accountant.fine.convolutions == len(events) - 1
+    fresh = [records.HistoryAccountant().epsilon(events[:i + 1], DELTA)
+             for i in (0, 9, 25, 39)]
+    assert [series[i] for i in (0, 9, 25, 39)] == fresh
+    assert all(a <= b for a, b in zip(series, series[1:]))  # spend only grows
+    # and it is what the charts meant: the tight composition, within the ledger's resolution
+    assert series[-1] == pytest.approx(Ledger.epsilon_of(events, DELTA), rel=0.03)
+    # the way it was drawn before: every prefix composed from nothing, O(n^2)
+    per_prefix = records.HistoryAccountant()
+    for i in range(len(events)):
+        per_prefix.fine.states.clear()
+        per_prefix.epsilon(events[:i + 1], DELTA)
+    assert per_prefix.fine.convolutions == sum(range(len(events)))

@@ -83,7 +83,8 @@ def _draw_tradeoff(curve) -> str:
 
 @_one_at_a_time
 def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
-    """Cumulative spend on ``dataset``: composed (PLD, tight) and naive (epsilons added)."""
+    """Cumulative spend on ``dataset``: composed (the ledger's accountant) and naive (epsilons
+    added)."""
     b = ledger.budget(dataset)
     if b is None:
         return None
@@ -94,11 +95,11 @@ def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
         from datetime import timedelta
 
         # from zero just before the first spend, to now: a readable time axis for one point too
-        events, xs, tight, naive = [], [hist[0]["updated_at"] - timedelta(minutes=1)], [0.0], [0.0]
+        xs, naive = [hist[0]["updated_at"] - timedelta(minutes=1)], [0.0]
+        tight = [0.0] + ledger.epsilon_series([Ledger.charged_event(e) for e in hist],
+                                              b["delta"])
         for e in hist:
-            events.append(Ledger.charged_event(e))
             xs.append(e["updated_at"])
-            tight.append(Ledger.epsilon_of(events, b["delta"]))
             naive.append(naive[-1] + e["epsilon"])
         xs.append(max(now().replace(tzinfo=xs[-1].tzinfo), xs[-1]))
         tight.append(tight[-1])

@@ -627,3 +627,19 @@ def test_charts_drawn_from_many_threads_at_once(monkeypatch):
     assert any(isinstance(e, ValueError) for e in _draw_from_threads(each=8))
     monkeypatch.undo()  # and the parser still works afterwards, for the tests after this one
     assert _draw_from_threads() == []
+
+
+def test_a_forget_release_entry_links_to_its_request_and_names_the_model_version(home):
+    """A forget's fresh release is charged under REQUEST:vN: the ledger page links the request
+    and says which model version it paid for (it showed the id cut off, as plain text)."""
+    from shared.privacy.accounting import dpsgd_event, event_to_json
+
+    site = _with_spend(home)
+    site.state.add_researcher(RESEARCHER, "ab" * 32)
+    rid = "ef" * 16
+    site.ledger.reserve(f"{rid}:v2", "bc", RESEARCHER, event_to_json(dpsgd_event(0.1, 2.0, 10)))
+    c = client(home)
+    login(c, home)
+    page = c.get("/ledger").text
+    assert f'<a href="/requests/{rid}">{rid[:8]}</a> · model v2 (after a forget)' in page
+    assert f"{rid}:v2" not in page and "more chars" not in page

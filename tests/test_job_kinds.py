@@ -1,6 +1,8 @@
 """Every job kind through a real datasite: priced by the owner, run once, released, committed."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import researcher
@@ -73,6 +75,14 @@ def test_active_learning_job_with_plan(site, tmp_path):
     groups = result.privacy["groups"]
     assert [g["size"] for g in groups] == [60, 40, 40]
     assert all(g["epsilon"] <= 3.0 and g["tpr_bound"]["0.01"] < 1 for g in groups)
+    # the owner's review of the run draws the released accuracy per round against the
+    # labelled-set size (the job has no owner-only loss curve yet: DP-SGD table jobs do)
+    (own,) = [site.state.request(r["request_id"]) for r in site.review(include_done=True)
+              if r["kind"] == job.spec.KIND]
+    curves = {c["title"]: c for c in json.loads(own["summary_json"])["curves"]}
+    per_round = curves["Test accuracy after each round (with DP noise)"]
+    assert per_round["x"] == [60, 100, 140]
+    assert per_round["y"] == [r["accuracy"] for r in result.rounds]
     # the plots a researcher wants, straight from the result
     from pathlib import Path
 

@@ -96,6 +96,9 @@ def _harden(worker) -> None:
     JobService.create_job_for_user_code_id = create_job_for_user_code_id
     _close_registration()
     _guard_dispatch(worker)
+    from .server_roles import install
+
+    install()
 
 
 def _journal_requests(worker, path: Path) -> None:
@@ -217,7 +220,13 @@ def _guard_dispatch(worker) -> None:
 
     original = worker.handle_api_call_with_unsigned_result
 
+    from .server_roles import call_scope
+
     def guarded(api_call, job_id=None, check_call_location=True):
+        with call_scope():  # the caller's role is read once per call
+            return _guarded(api_call, job_id, check_call_location)
+
+    def _guarded(api_call, job_id, check_call_location):
         # the credentials below are only trusted once the signature over the call is checked
         if not isinstance(api_call, SignedSyftAPICall) or not api_call.is_valid:
             return SyftError(message="dp-datasite: this server only takes API calls signed "

@@ -154,8 +154,8 @@ def test_ledger_command_shows_plots_and_verifies(tmp_path, demo_files):
     from researcher import jobs
 
     home = tmp_path / "site"
-    run("init", "lab", "--port", str(free_port()), home=home)
-    run("up", "lab", home=home)
+    run_here("init", "lab", "--port", str(free_port()), home=home)
+    run_here("up", "lab", home=home)  # the warm launcher's fork (the journey starts it for real)
     try:
         run_here("upload", "lab", "bc", "--table", str(demo_files / "breast_cancer.csv"), "--label",
             "diagnosis", "--schema", str(demo_files / "breast_cancer.schema.yaml"), home=home)
@@ -188,4 +188,4 @@ def test_ledger_command_shows_plots_and_verifies(tmp_path, demo_files):
         p = run_here("ledger", "lab", "--verify", home=home, check=False)
         assert p.returncode == 2 and "tampered" in p.stderr
     finally:
-        run("down", "lab", home=home, check=False)
+        run_here("down", "lab", home=home, check=False)

@@ -122,17 +122,17 @@ def test_owner_cli_journey(tmp_path, demo_files):
         pw = tmp_path / "pw.txt"
         pw.write_text("researcher-password")
         run("users", "add", "clinic", "bob@uni.edu", "--password-file", str(pw), home=home)
-        p = run("users", "add", "clinic", "bob@uni.edu", "--password-file", str(pw), home=home,
-                check=False)
+        p = run_here("users", "add", "clinic", "bob@uni.edu", "--password-file", str(pw),
+                     home=home, check=False)
         assert p.returncode == 2 and "already registered" in p.stderr
-        assert json.loads(run("review", "clinic", "--json", home=home).stdout) == []
+        assert json.loads(run_here("review", "clinic", "--json", home=home).stdout) == []
         p = run_here("run", "clinic", "abc123", home=home, check=False)  # `run`'s own error
         assert p.returncode == 2 and "No request" in p.stderr
         assert "stopped" in run("down", "clinic", home=home).stdout
         p = run("review", "clinic", home=home, check=False)
         assert p.returncode == 2 and "not running" in p.stderr and "datasite up" in p.stderr
-        # state survives a restart
-        run("up", "clinic", home=home)
+        # state survives a restart (this `up` forks from the warm launcher; the first was real)
+        run_here("up", "clinic", home=home)
         from datasite.owner import OwnerSite
         from datasite.config import open_site
 

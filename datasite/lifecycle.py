@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-from .config import PRIVATE_UMASK, SiteError, SiteHome, secure_home
+from .config import SiteError, SiteHome, secure_home
+from .launch import spawn_module
 
 
 def free_port() -> int:
@@ -52,25 +51,6 @@ def running_pid(site: SiteHome) -> int | None:
     return pid
 
 
-def _popen_server(args: list[str], log_file: Path) -> subprocess.Popen:
-    """``python -m datasite.server ARGS`` in its own session, output appended to ``log_file``."""
-    log = os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
-    try:
-        # the server writes syft.db (which holds the signing key) and blob files: owner-only
-        return subprocess.Popen([sys.executable, "-m", "datasite.server", *args], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(Path.cwd()),
-                                umask=PRIVATE_UMASK)
-    finally:
-        log.close()  # the child has its own copy
-
-
-# How :func:`up` starts a server process: a handle with ``pid`` and ``poll()``. The test suite
-# swaps in a launcher that forks servers from a process with syft already imported
-# (tests/server_zygote.py); the server code run is the same.
-spawn_server = _popen_server
-
-
 def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
        foreground: bool = False, timeout: float = 180.0) -> str:
     """Start the server (detached unless ``foreground``); return its URL once it answers."""
@@ -91,7 +71,7 @@ def up(site: SiteHome, port: int | None = None, host: str = "127.0.0.1",
     args = ["--home", str(site.root), "--host", host, "--port", str(port)]
     if foreground:
         os.execv(sys.executable, [sys.executable, "-m", "datasite.server", *args])
-    proc = spawn_server(args, site.log_file)
+    proc = spawn_module("datasite.server", args, site.log_file)
     site.pid_file.write_text(f"{proc.pid} {port}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

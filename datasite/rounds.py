@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -59,14 +58,11 @@ def start_schedule(site, request_id: str, req, info: dict) -> dict:
 
 
 def _spawn(home: Path, request_id: str) -> int:
-    import subprocess
+    from .launch import spawn_module
 
-    log = open(Path(home) / f"rounds-{request_id[:8]}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "datasite.round_server", str(home),
-                             request_id],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    return proc.pid
+    return spawn_module("datasite.round_server", [str(home), request_id],
+                        Path(home) / f"rounds-{request_id[:8]}.log",
+                        env=dict(os.environ, PYTHONUNBUFFERED="1")).pid
 
 
 def serve(site, schedule_id: str, poll: float = 1.0, idle_timeout: float = 3600.0,

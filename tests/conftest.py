@@ -96,21 +96,26 @@ def calibration_cache_file(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_server_launcher(tmp_path_factory):
-    """Servers this pytest process starts fork from one process with syft imported
-    (tests/server_zygote.py): seconds of CPU less per start. ``DPDS_TEST_FRESH_SERVERS=1``
-    starts each with a fresh interpreter, as ``datasite up`` does."""
-    from datasite import lifecycle
+    """Site servers and round servers this run starts -- from this process or from processes it
+    starts, notebook kernels included -- fork from one process with syft imported
+    (tests/server_zygote.py, named by ``DPDS_WARM_LAUNCHER``): seconds of CPU less per start.
+    ``DPDS_TEST_FRESH_SERVERS=1`` starts each with a fresh interpreter, as ``datasite up`` does."""
+    from datasite.launch import LAUNCHER_ENV
     from server_zygote import Launcher
 
     if os.environ.get("DPDS_TEST_FRESH_SERVERS") == "1":
         yield None
         return
-    launcher = Launcher(tmp_path_factory.getbasetemp() / "server-launcher.log")
-    lifecycle.spawn_server = launcher.spawn
+    launcher = Launcher(tmp_path_factory.getbasetemp())
+    old = os.environ.get(LAUNCHER_ENV)
+    os.environ[LAUNCHER_ENV] = launcher.socket
     try:
         yield launcher
     finally:
-        lifecycle.spawn_server = lifecycle._popen_server
+        if old is None:
+            os.environ.pop(LAUNCHER_ENV, None)
+        else:
+            os.environ[LAUNCHER_ENV] = old
         launcher.close()
 
 

@@ -1,38 +1,40 @@
-"""A warm launcher for the datasite servers the tests start in-process (``make_site``,
-``live_site``, restarts).
+"""A warm launcher for the site processes the tests start: datasite servers (``make_site``,
+``live_site``, restarts, the notebooks' ``site.up()``) and federated round servers.
 
-Every ``python -m datasite.server`` spends seconds of CPU importing syft (4-8 s; with about 25
-starts per run, minutes of the suite's CPU) before it builds its server in under a second. This
-process imports syft and the server module once; each start is then a ``fork`` of it that runs
-``datasite.server.main`` with the caller's arguments, environment, working directory and
-umask, its output appended to the site's log, in its own session (``datasite down`` kills the
-group) -- the server code a fresh interpreter runs, without the interpreter start.
+Every ``python -m datasite.server`` or ``datasite.round_server`` spends seconds of CPU
+importing syft (4-8 s; about 40 starts per run) before it does any work. This process imports
+syft and those modules once; each start is then a ``fork`` of it that runs the module's
+``main`` with the caller's arguments, environment, working directory and umask, its output
+appended to the caller's log, in its own session (``datasite down`` kills the group) -- the
+code a fresh interpreter runs, without the interpreter start.
 
-Only the pytest process that starts it uses it (:func:`install` swaps
-``datasite.lifecycle.spawn_server``); the CLI, notebook and demo tests start servers the real
-way, and ``test_server_launch_paths`` checks both paths give a working server.
+The product asks a launcher when ``DPDS_WARM_LAUNCHER`` names its socket
+(``datasite/launch.py``); the conftest sets it for the run, so processes the tests start
+(notebook kernels included) inherit it. The CLI tests' real subprocesses drop it, and
+``test_server_launch_paths`` checks that both paths give a working server.
 
-Protocol: one JSON line per start on stdin ({"args", "log", "env", "cwd", "umask"}); one JSON
-line back ({"pid"} or {"error"}) on the reply pipe, which is the original stdout (stdout itself
-goes to stderr, so that nothing syft prints can corrupt a reply).
+Protocol: one connection per start on the Unix socket; one JSON line in ({"module", "args",
+"log", "env", "cwd", "umask"}), one back ({"pid"} or {"error"}).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-import threading
+import tempfile
 from pathlib import Path
 
 
-def _child(req: dict, reply_fd: int) -> None:
-    """In the forked child: become the server process and run it; never returns."""
+def _child(req: dict) -> None:
+    """In the forked child: become the process and run it; never returns."""
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server may wait on its own children
-        os.close(reply_fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it may wait on its own children
         os.setsid()
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -45,10 +47,9 @@ def _child(req: dict, reply_fd: int) -> None:
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
-        from datasite.server import main
-
-        main(req["args"])
-        code = 0
+        sys.argv = [req["module"], *req["args"]]
+        result = importlib.import_module(req["module"]).main(req["args"])
+        code = result if isinstance(result, int) else 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # pylint: disable=broad-except
@@ -61,95 +62,68 @@ def _child(req: dict, reply_fd: int) -> None:
         os._exit(code)
 
 
-def serve() -> None:
-    """The launcher's loop: import once, then fork one server per request line."""
-    reply = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything printed from here on goes to stderr, never into a reply
-    import syft  # noqa: F401  (the seconds each server start would pay)
+def serve(path: str) -> None:
+    """The launcher's loop: listen at once (callers queue until the imports are done), import
+    once, then fork one process per connection."""
+    from datasite.launch import MODULES
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    print(json.dumps({"listening": os.getpid()}), flush=True)
+    os.dup2(2, 1)  # nobody reads stdout from here on: what syft prints goes to the log
+    import syft  # noqa: F401  (the seconds each start would pay)
     from syft.server.routes import make_routes  # noqa: F401
     import uvicorn  # noqa: F401
 
-    import datasite.server  # noqa: F401
+    for module in MODULES:
+        importlib.import_module(module)
+    import datasite.owner  # noqa: F401  (a round server's site)
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # servers are reaped as they exit
-    reply.write(json.dumps({"ready": os.getpid()}) + "\n")
-    reply.flush()
-    for line in sys.stdin:
-        req = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            pid = os.fork()
-        except OSError as e:
-            reply.write(json.dumps({"error": str(e)}) + "\n")
-            reply.flush()
-            continue
-        if pid == 0:
-            _child(req, reply.fileno())
-        reply.write(json.dumps({"pid": pid}) + "\n")
-        reply.flush()
-
-
-class ForkedServer:
-    """The Popen-like handle ``datasite.lifecycle.up`` polls: the launcher reaps its children,
-    so a gone pid is an exited server."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode = None
-
-    def poll(self):
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            self.returncode = -1
-        return self.returncode
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                req = json.loads(conn.makefile("rb").readline())
+                if req.get("module") not in MODULES:
+                    raise ValueError(f"not a site process: {req.get('module')}")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+            except (OSError, ValueError) as e:
+                conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
+                continue
+            if pid == 0:
+                listener.close()
+                conn.close()
+                _child(req)
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 
 class Launcher:
-    """The launcher process, started at the first server start of this pytest process."""
+    """The launcher process of one pytest process; its socket goes in ``DPDS_WARM_LAUNCHER``."""
 
-    def __init__(self, log: Path):
-        self._log = log
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()  # one request/reply at a time (tests start sites in threads)
-
-    def _start(self) -> subprocess.Popen:
-        err = open(self._log, "ab")  # noqa: SIM115  (the child holds its own copy)
-        proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
-                                cwd=str(Path(__file__).resolve().parents[1]))
+    def __init__(self, log_dir: Path):
+        # a short private directory: a Unix socket's path has at most 107 bytes
+        self.socket = os.path.join(tempfile.mkdtemp(prefix="dpds-launcher-"), "sock")
+        directory = log_dir
+        err = open(directory / "launcher.log", "ab")  # noqa: SIM115  (the child holds a copy)
+        self._proc = subprocess.Popen([sys.executable, __file__, self.socket],
+                                      stdout=subprocess.PIPE, stderr=err, text=True,
+                                      cwd=str(Path(__file__).resolve().parents[1]))
         err.close()
-        hello = proc.stdout.readline()
-        if not hello:
-            raise RuntimeError(f"the server launcher did not start; see {self._log}")
-        return proc
-
-    def spawn(self, args: list[str], log_file: Path):
-        from datasite.config import PRIVATE_UMASK
-
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
-            self._proc.stdin.write(json.dumps({
-                "args": [str(a) for a in args], "log": str(log_file), "env": dict(os.environ),
-                "cwd": str(Path.cwd()), "umask": PRIVATE_UMASK}) + "\n")
-            self._proc.stdin.flush()
-            answer = json.loads(self._proc.stdout.readline() or '{"error": "launcher gone"}')
-        if "pid" not in answer:
-            raise RuntimeError(f"the server launcher could not fork: {answer['error']}")
-        return ForkedServer(answer["pid"])
+        if not self._proc.stdout.readline():  # bound and listening: callers may connect
+            raise RuntimeError(f"the warm launcher did not start; see {directory}/launcher.log")
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.stdin.close()  # its loop ends; servers still up stay up until their down()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc.poll() is None:  # processes it started stay up until their down()
+            self._proc.kill()
+            self._proc.wait()
+        shutil.rmtree(os.path.dirname(self.socket), ignore_errors=True)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    serve()
+    serve(sys.argv[1])

@@ -15,9 +15,14 @@ from conftest import free_port
 
 
 def run(*args, home, check=True, env=None):
+    """``datasite ARGS`` as a real subprocess; its servers start a fresh interpreter too (not
+    the suite's warm launcher)."""
+    from datasite.launch import LAUNCHER_ENV
+
     cmd = [sys.executable, "-m", "datasite.cli", *args, "--home", str(home)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env or dict(os.environ),
-                       timeout=600)
+    env = dict(env or os.environ)
+    env.pop(LAUNCHER_ENV, None)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p

@@ -1,0 +1,79 @@
+"""Starting a site's detached processes: the HTTP server (``datasite.server``) and the round
+servers of federated schedules (``datasite.round_server``).
+
+Each is ``python -m MODULE ARGS`` in a session of its own (``datasite down`` kills the group),
+output appended to a log, owner-only umask. When the environment names a *warm launcher*
+(``DPDS_WARM_LAUNCHER``: its Unix socket), the process is instead forked from that launcher,
+which has syft imported already: the same module's ``main`` with this process's arguments,
+environment, working directory and umask, seconds of CPU less per start. The test suite runs
+one (tests/server_zygote.py); a deployment has no reason to.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import PRIVATE_UMASK
+
+LAUNCHER_ENV = "DPDS_WARM_LAUNCHER"
+# what a launcher may start (it runs ``main(args)`` of one of these)
+MODULES = ("datasite.server", "datasite.round_server")
+
+
+class Launched:
+    """A launcher's child, polled like a ``Popen``: the launcher reaps it, so a gone pid is an
+    exited process (its exit code is in its log)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            self.returncode = -1
+        return self.returncode
+
+
+def spawn_module(module: str, args: list[str], log_file: Path,
+                 env: dict | None = None) -> subprocess.Popen | Launched:
+    """Start ``python -m module args`` detached (see the module docstring); returns a handle
+    with ``pid`` and ``poll()``."""
+    if module not in MODULES:
+        raise ValueError(f"not a site process: {module}")
+    env = dict(os.environ if env is None else env)
+    launcher = env.get(LAUNCHER_ENV)
+    if launcher:
+        return _via_launcher(launcher, module, args, log_file, env)
+    log = os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    try:
+        # servers write syft.db (which holds the signing key) and blob files: owner-only
+        return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=str(Path.cwd()), env=env,
+                                umask=PRIVATE_UMASK)
+    finally:
+        log.close()  # the child has its own copy
+
+
+def _via_launcher(path: str, module: str, args: list[str], log_file: Path,
+                  env: dict) -> Launched:
+    request = {"module": module, "args": [str(a) for a in args], "log": str(log_file),
+               "env": env, "cwd": str(Path.cwd()), "umask": PRIVATE_UMASK}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(300)  # the launcher answers once its imports are done
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(s.makefile("rb").readline() or b'{"error": "no answer"}')
+    except OSError as e:
+        raise RuntimeError(f"the warm launcher at {path} ({LAUNCHER_ENV}) did not answer: {e}; "
+                           f"unset {LAUNCHER_ENV} to start processes directly") from None
+    if "pid" not in answer:
+        raise RuntimeError(f"the warm launcher could not start {module}: {answer.get('error')}")
+    return Launched(answer["pid"])

@@ -190,9 +190,15 @@ def test_tradeoff_validation():
 
 
 # -- calibration -------------------------------------------------------------------------------
-def test_calibrate_for_epsilon_reuses_calibrate_noise():
-    assert calibrate_noise_for(0.01, 1000, epsilon=4.0, delta=DELTA) == \
-        calibrate_noise(0.01, 1000, 4.0, DELTA)
+def test_calibrate_for_epsilon_reuses_calibrate_noise(monkeypatch):
+    """An epsilon target is calibrate_noise's own answer, with every argument passed on."""
+    import shared.privacy.reporting as reporting
+
+    calls = []
+    monkeypatch.setattr(reporting, "calibrate_noise",
+                        lambda *a, **kw: calls.append((a, kw)) or 0.123)
+    assert calibrate_noise_for(0.02, 50, epsilon=2.0, delta=DELTA, rtol=1e-2) == 0.123
+    assert calls == [((0.02, 50, 2.0, DELTA), {"rtol": 1e-2})]
 
 
 def test_calibrate_for_tpr_round_trip(example):

@@ -59,15 +59,21 @@ def test_step_amplified_groups_end_at_budget_and_naive_wastes_it():
         amp.unlabelled_event), SMALL["delta"]) == pytest.approx(SMALL["eps_selection"], rel=0.02)
 
 
-def test_rdp_reference_per_group_stays_within_budget():
-    plan = make_plan(mode="step_amplified", accountant="rdp_reference", **SMALL)
+@pytest.fixture(scope="module")
+def rdp_small():
+    """The reference accountant's plan of SMALL (two tests read it; none changes it)."""
+    return make_plan(mode="step_amplified", accountant="rdp_reference", **SMALL)
+
+
+def test_rdp_reference_per_group_stays_within_budget(rdp_small):
+    plan = rdp_small
     assert max(plan.eps_after_round[-1]) <= SMALL["epsilon"]
     assert min(plan.eps_after_round[-1]) >= 0.98 * SMALL["epsilon"]
     assert max(plan.group_epsilon) <= SMALL["epsilon"]
 
 
-def test_exact_pld_affords_more_steps_or_less_noise_than_rdp():
-    ref = make_plan(mode="step_amplified", accountant="rdp_reference", **SMALL)
+def test_exact_pld_affords_more_steps_or_less_noise_than_rdp(rdp_small):
+    ref = rdp_small
     pld_sigma = make_plan(mode="step_amplified", accountant="pld", rounding="reference", **SMALL)
     assert pld_sigma.noise_multiplier < ref.noise_multiplier  # same steps, lower sigma
     pld_steps = make_plan(mode="step_amplified", accountant="pld", rounding="reference",

@@ -4,7 +4,6 @@ would make (its status, its code), so no live server is needed (test_federation 
 server's journal)."""
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 from datasite import rounds
@@ -142,11 +141,8 @@ def test_serve_pending_polls_in_o_new():
     assert rounds._serve_pending(site, SCHEDULE, own, inbox) is False
     FakeRequest.reads, site.lookups = 0, 0
     calls.clear()
-    t = time.perf_counter()
     assert rounds._serve_pending(site, SCHEDULE, own, inbox) is False
-    elapsed = time.perf_counter() - t
     assert (FakeRequest.reads, site.lookups, calls) == (0, 0, [])
-    assert elapsed < 0.05, elapsed
 
 
 def test_poll_interval_is_fast_while_active_and_backs_off_when_idle():

@@ -1,7 +1,6 @@
 """DP active learning: planner (reference reproduction, per-group budgets, PLD vs RDP), private
 selection, the AL loop (oracle discipline, executed == planned events), the ``dpal`` job kind."""
 import math
-import time
 
 import numpy as np
 import pytest
@@ -81,14 +80,6 @@ def test_exact_pld_affords_more_steps_or_less_noise_than_rdp(rdp_small):
     assert all(p >= r for p, r in zip(pld_steps.steps, ref.steps))  # same sigma, more steps
     assert sum(pld_steps.steps) > sum(ref.steps)
     assert max(pld_steps.group_epsilon) <= SMALL["epsilon"]
-
-
-def test_planning_five_rounds_takes_seconds():
-    t = time.perf_counter()
-    plan = make_plan(mode="step_amplified", accountant="pld", **SMALL)
-    took = time.perf_counter() - t
-    assert len(plan.steps) == 5
-    assert took < 15, f"planning took {took:.1f} s"  # ~3 s alone; the test box is shared
 
 
 def test_plan_rejects_bad_inputs():

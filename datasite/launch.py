@@ -33,9 +33,9 @@ class Launched:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+        from .execution import process_alive
+
+        if self.returncode is None and not process_alive(self.pid):
             self.returncode = -1
         return self.returncode
 

@@ -108,14 +108,13 @@ class Launcher:
     def __init__(self, log_dir: Path):
         # a short private directory: a Unix socket's path has at most 107 bytes
         self.socket = os.path.join(tempfile.mkdtemp(prefix="dpds-launcher-"), "sock")
-        directory = log_dir
-        err = open(directory / "launcher.log", "ab")  # noqa: SIM115  (the child holds a copy)
+        err = open(log_dir / "launcher.log", "ab")  # noqa: SIM115  (the child holds a copy)
         self._proc = subprocess.Popen([sys.executable, __file__, self.socket],
                                       stdout=subprocess.PIPE, stderr=err, text=True,
                                       cwd=str(Path(__file__).resolve().parents[1]))
         err.close()
         if not self._proc.stdout.readline():  # bound and listening: callers may connect
-            raise RuntimeError(f"the warm launcher did not start; see {directory}/launcher.log")
+            raise RuntimeError(f"the warm launcher did not start; see {log_dir}/launcher.log")
 
     def close(self) -> None:
         if self._proc.poll() is None:  # processes it started stay up until their down()

@@ -46,44 +46,39 @@ def _raw(client, path):
 
 @pytest.fixture
 def lookups(monkeypatch):
-    """Counts syft's own role queries (the memo's misses)."""
-    wrapper = ObjectStash.get_role
-    LOOKUPS.clear()
-    seen = LOOKUPS
+    """The credentials of syft's own role queries (the memo's misses), in order."""
+    lookup = ObjectStash.get_role.lookup
+    seen: list[str] = []
 
     def counted(self, credentials, session=None):
         seen.append(str(credentials))
         return lookup(self, credentials, session=session)
 
-    lookup = wrapper.lookup
-    monkeypatch.setattr(wrapper, "lookup", counted)
+    monkeypatch.setattr(ObjectStash.get_role, "lookup", counted)
     return seen
 
 
-def _each_call(eve, root) -> list[list[str]]:
+def _each_call(eve, root, seen: list[str]) -> list[list[str]]:
     """The role queries of three calls (a researcher's and the owner's), call by call."""
     per_call = []
     for client, path in ((eve, "dataset.get_all"), (root, "request.get_all"),
                          (root, "user.get_all")):
-        before = len(LOOKUPS)
+        before = len(seen)
         assert not isinstance(_raw(client, path), SyftError)
-        per_call.append(LOOKUPS[before:])
+        per_call.append(seen[before:])
     return per_call
-
-
-LOOKUPS: list[str] = []
 
 
 def test_one_role_query_per_caller_per_call(server, lookups, monkeypatch):
     worker, root = server
     eve = _as_eve(worker)
-    memoized = _each_call(eve, root)
+    memoized = _each_call(eve, root, lookups)
     assert all(len(q) == len(set(q)) >= 1 for q in memoized), memoized
     # the same calls with every lookup going to syft's query (the memo off)
     wrapper = ObjectStash.get_role
     monkeypatch.setattr(ObjectStash, "get_role", lambda self, credentials, session=None:
                         wrapper.lookup(self, credentials, session=session))
-    plain = _each_call(eve, root)
+    plain = _each_call(eve, root, lookups)
     assert sum(map(len, plain)) >= 2 * sum(map(len, memoized)), (plain, memoized)
 
 

@@ -460,7 +460,12 @@ def test_progress_shows_step_phase_eta_and_moves_the_state_pill(home, monkeypatc
     c.app.state.console.runs[rid]["thread_alive"] = False
     row["state"] = "ran"
     r = c.get(f"/requests/{rid}/progress")
-    assert r.headers.get("HX-Refresh") == "true" and ">awaiting release<" in r.text
+    # finished: the poll stops (286) and the page reloads once (console.js); no refresh
+    # header, which every poll in flight during the reload would repeat
+    assert r.status_code == 286 and r.headers.get("HX-Trigger") == "run-finished"
+    assert "HX-Refresh" not in r.headers and ">awaiting release<" in r.text
+    js = c.get("/static/console.js")
+    assert js.status_code == 200 and '"run-finished"' in js.text and "reload()" in js.text
 
 
 def test_broken_audit_chain_names_the_first_bad_entry_on_the_ledger(home):
@@ -628,6 +633,24 @@ def test_charts_drawn_from_many_threads_at_once(monkeypatch):
     assert any(isinstance(e, ValueError) for e in _draw_from_threads(4, 3))
     monkeypatch.undo()  # and the parser still works afterwards, for the tests after this one
     assert _draw_from_threads(2, 1) == []
+
+
+def test_a_chart_is_drawn_once_per_inputs(monkeypatch):
+    """Each visit of a request page (and the reload that ends its progress poll) asks for the
+    same charts again: they are drawn once per inputs, and new inputs draw a new one."""
+    from datasite.console import charts
+
+    drawn = []
+    png = charts._png
+    monkeypatch.setattr(charts, "_png", lambda fig: (drawn.append(1), png(fig))[1])
+    c = {"title": "loss", "x": [1, 2], "y": [0.7, 0.5], "xlabel": "epoch", "ylabel": "loss"}
+    first = charts.curve(c)
+    assert first.startswith("data:image/png;base64,") and charts.curve(dict(c)) == first
+    assert len(drawn) == 1
+    assert charts.curve({**c, "y": [0.7, 0.4]}) != first and len(drawn) == 2
+    assert charts.per_class({"a": 0.5, "b": 1.0}, True) == charts.per_class({"a": 0.5, "b": 1.0},
+                                                                            True)
+    assert len(drawn) == 3
 
 
 def test_a_forget_release_entry_links_to_its_request_and_names_the_model_version(home):

@@ -20,8 +20,7 @@ import syft as sy
 
 import researcher
 from datasite import workers as W
-from datasite.console import accounts
-from datasite.console.app import create_app
+from datasite.console import accounts, app, pages_requests
 from researcher import jobs
 
 from conftest import RESEARCHER, free_port, make_site
@@ -35,12 +34,13 @@ STEWARD = ("steward@hospital.org", "steward-password-123")
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, demo_files):
     """A running datasite (breast-cancer table, budget 60 at delta 1e-4; Alice registered), a
-    warm job worker (started first: it imports torch while the site is set up) and the
-    console served by uvicorn in a thread."""
+    warm job worker and pricing server (started first: they import torch while the site is set
+    up) and the console served by uvicorn in a thread."""
     import uvicorn
 
     site = make_site(tmp_path_factory.mktemp("console"), "hosp-console")
     server, worker = None, W.spawn_worker(site.home, "w-console")
+    pricing = app.warm_pricing()  # as `datasite console` does
     try:
         site.upload("breast_cancer", table=str(demo_files / "breast_cancer.csv"),
                     label="diagnosis", schema=demo_files / "breast_cancer.schema.yaml",
@@ -48,8 +48,9 @@ def live(tmp_path_factory, demo_files):
         site.add_user(*RESEARCHER, name="Alice")
         accounts.add_owner(site, *STEWARD)
         W.wait_ready(site.state, [worker], timeout_s=180)
+        pricing.join()
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(site.home), host="127.0.0.1",
+        server = uvicorn.Server(uvicorn.Config(app.create_app(site.home), host="127.0.0.1",
                                                port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
@@ -108,8 +109,14 @@ def test_lockout_after_repeated_failures(live, page):
     shot(page, "02-login-locked")
 
 
-def test_request_appears_approve_run_release(live, page):
+def test_request_appears_approve_run_release(live, page, monkeypatch):
     site, _ = live
+    # a result page that takes seconds, as on a busy host: the end of the progress poll must
+    # still load it (a refresh sent by every poll restarted the reload, and it never arrived)
+    figures = pages_requests._result_figures
+    monkeypatch.setattr(pages_requests, "_result_figures",
+                        lambda summary, *a: (time.sleep(3 if summary else 0),
+                                             figures(summary, *a))[1])
     log_in(page, site.config.root_email, site.home.root_password())
     client = researcher.connect(site.url, *RESEARCHER)
     req = client.submit(jobs.DPSGD(dataset="breast_cancer", label="diagnosis", epsilon=1.0,

@@ -7,7 +7,9 @@ carries the session's CSRF token, and a strict Content-Security-Policy allows th
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
@@ -93,5 +95,21 @@ def serve(home: SiteHome, host: str = "127.0.0.1", port: int = 8090,
     loopback = host in ("127.0.0.1", "localhost", "::1")
     hosts = None if loopback else ["*"]  # exposed on purpose: the owner chose the address
     app = create_app(home, https=bool(certfile), allowed_hosts=hosts)
+    warm_pricing()
     uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
                 log_level="warning", proxy_headers=False)
+
+
+def warm_pricing() -> threading.Thread:
+    """Start the pricing server in the background (it imports torch and the accountants: many
+    seconds on a small machine), so the first page that shows a new request does not wait for
+    it. A failed start is not fatal here: the review prices again and shows why."""
+    from ..pricing_worker import PricingError, warm_up
+
+    def start() -> None:
+        with contextlib.suppress(PricingError):
+            warm_up()
+
+    t = threading.Thread(target=start, name="console-pricing-warm-up", daemon=True)
+    t.start()
+    return t

@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import json
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -31,6 +33,32 @@ def _one_at_a_time(draw):
     return wrapper
 
 
+_KEPT = 64  # drawn charts remembered (PNG data URIs of tens of kB each)
+
+
+def _remembered(draw):
+    """Remember a chart by its inputs. A page is drawn again on every visit and on the reload
+    that ends a run's progress poll, and one chart costs a second or two of CPU (tight layout,
+    log-scale tick text, PNG encoding); the same inputs always draw the same picture."""
+    kept: OrderedDict[str, str | None] = OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(draw)
+    def wrapper(*args):
+        key = json.dumps(args, sort_keys=True, default=str)
+        with lock:
+            if key in kept:
+                kept.move_to_end(key)
+                return kept[key]
+        png = draw(*args)
+        with lock:
+            kept[key] = png
+            while len(kept) > _KEPT:
+                kept.popitem(last=False)
+        return png
+    return wrapper
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -50,6 +78,7 @@ def _figure(w: float = 5.5, h: float = 3.2):
     return plt.subplots(figsize=(w, h))
 
 
+@_remembered
 def tradeoff(event_json: str) -> str | None:
     """Membership-attack trade-off: the largest TPR of any attack at each FPR (the job's
     trade-off curve, as the privacy report computes it), with the 0.1/1/10% points marked."""
@@ -129,6 +158,7 @@ def spend_over_time(ledger: Ledger, dataset: str) -> str | None:
     return _png(fig)
 
 
+@_remembered
 @_one_at_a_time
 def series(name: str, values: list[float]) -> str:
     """A learning curve (or any list of numbers from a result's metrics)."""
@@ -139,6 +169,7 @@ def series(name: str, values: list[float]) -> str:
     return _png(fig)
 
 
+@_remembered
 @_one_at_a_time
 def curve(c: dict) -> str:
     """One of a finished run's review curves (``datasite.execution.review_curves``): its
@@ -155,6 +186,7 @@ def curve(c: dict) -> str:
     return _png(fig)
 
 
+@_remembered
 @_one_at_a_time
 def per_class(accuracy: dict, noisy: bool) -> str | None:
     """Per-class accuracy (recall) as bars, one per class in the result's order; a class
@@ -177,6 +209,7 @@ def per_class(accuracy: dict, noisy: bool) -> str | None:
     return _png(fig)
 
 
+@_remembered
 @_one_at_a_time
 def record_spend(hist: dict) -> str | None:
     """The per-record spend histogram (``Ledger.record_histogram``): how many records have

@@ -2,6 +2,8 @@
 result summary), and the decisions on it: approve & run, deny with a reason, release."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 
@@ -115,6 +117,11 @@ def _result_figures(summary: dict, series: dict, noisy: bool) -> list[tuple[str,
 def _charged(event_json: str, delta: float) -> dict:
     """eps at the dataset's delta, mu and attack TPRs of the event the ledger charged (a decided
     request is not priced again by the review; this reads its ledger entry's event)."""
+    return copy.deepcopy(_charged_once(event_json, delta))
+
+
+@functools.lru_cache(maxsize=256)  # a ledger entry's event never changes; its report costs PLDs
+def _charged_once(event_json: str, delta: float) -> dict:
     from shared.privacy.accounting import event_from_json
     from shared.privacy.reporting import privacy_report
     from shared.protocol import public_privacy
@@ -139,7 +146,12 @@ def progress(request: Request, request_id: str, account: str = Depends(owner)):
     resp = render(request, "progress.html", progress=p, rid=rid,
                   pill=_pill(_group(p["state"]), p))
     if p["state"] != "running" and not p["starting"]:
-        resp.headers["HX-Refresh"] = "true"  # finished: show the result (or the error)
+        # finished: stop polling (htmx's 286) and reload once to show the result (or the
+        # error), static/console.js. An HX-Refresh header instead was sent by every poll that
+        # fired while the result page loaded, and each reload restarted the last: on a busy
+        # host the page never arrived.
+        resp.status_code = 286
+        resp.headers["HX-Trigger"] = "run-finished"
     return resp
 
 

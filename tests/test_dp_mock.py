@@ -60,10 +60,10 @@ def test_noise_std_is_sigma_times_sensitivity(bc):
     cols = cp.columns_of(meta)
     exact = cp.histograms(cols, table)
     h_noise, m_noise = [], []
+    noise = calibrate(len(cols), 1.0, DELTA)  # deterministic: the same noise for every run
     for s in range(300):
         with pinned_randomness(s):
             rng = np.random.default_rng(cp.secret_seed(cp._NOISE_STREAM))
-            noise = calibrate(len(cols), 1.0, DELTA)
             counts = [cp.noisy(h, noise.hist_sigma, rng) for h in exact]
             probs, _, _ = cp.read_marginals(cols, counts, noise.hist_sigma)
             std = noise.corr_sigma * noise.corr_sensitivity

@@ -109,3 +109,25 @@ def test_approx_dp_event_is_composed_by_pld_and_round_trips():
     assert composed > 0.5 * min(k * eps0, adv)
     with pytest.raises(ValueError, match="epsilon"):
         approx_dp_event(-1.0)
+
+
+def test_rdp_curve_is_computed_once_per_event_and_shared_read_only(monkeypatch):
+    """A tuned job's trials, its selection report and a privacy report after a calibration ask
+    for the same event's RDP again: it is composed once, and the kept vector cannot be changed
+    by one caller under another."""
+    from shared.privacy import accounting as A
+
+    A.clear_pld_cache()
+    composed = []
+    real = A._rdp_of
+    monkeypatch.setattr(A, "_rdp_of", lambda ev: (composed.append(1), real(ev))[1])
+    ev = dpsgd_event(0.02, 1.3, 300)
+    first = A.rdp_curve(ev)
+    again = A.rdp_curve(event_from_json(A.event_to_json(ev)))  # an equal event, rebuilt
+    assert again is first and len(composed) == 1
+    with pytest.raises(ValueError):
+        first += 1.0  # read-only
+    other = A.rdp_curve(dpsgd_event(0.02, 1.4, 300))
+    assert len(composed) == 2 and (other < first).all()  # more noise: less RDP at every order
+    assert epsilon_rdp(ev, 1e-5) == float(
+        A.rdp_privacy_accountant.compute_epsilon(list(A.RDP_ORDERS), real(ev), 1e-5)[0])

@@ -165,9 +165,11 @@ def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccounta
 
 
 def clear_pld_cache() -> None:
-    """Forget the composed accountants :func:`pld_accountant` keeps (benchmarks time cold calls)."""
+    """Forget the composed accountants :func:`pld_accountant` keeps and the RDP curves
+    :func:`rdp_curve` keeps (benchmarks time cold calls)."""
     with _PLD_CACHE_LOCK:
         _PLD_CACHE.clear()
+        _RDP_CACHE.clear()
 
 
 def pld_of(event: dp_accounting.DpEvent, interval: float):
@@ -224,11 +226,40 @@ def meets_epsilon(sample_rate: float, sigma: float, steps: int, epsilon: float,
     return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= epsilon
 
 
+# The same event's RDP is asked for again and again: by each trial of a tuned job (one event for
+# all of them), its selection report, the privacy report's cross-check after a calibration that
+# tried it. Keep the last few (keyed by the event's JSON, as the PLD cache).
+_RDP_CACHE: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_RDP_CACHE_SIZE = 32
+
+
 def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:
     """The event's RDP at each of RDP_ORDERS (composition adds these vectors); None for events
-    RDP cannot account (those holding an :class:`ApproxDpEvent`)."""
+    RDP cannot account (those holding an :class:`ApproxDpEvent`). Read-only: it may be shared
+    with other callers."""
     if _contains_approx(event):
         return None
+    try:
+        key = event_to_json(event)
+    except AccountingError:
+        key = None
+    if key is not None:
+        with _PLD_CACHE_LOCK:
+            got = _RDP_CACHE.get(key)
+            if got is not None:
+                _RDP_CACHE.move_to_end(key)
+                return got
+    curve = _rdp_of(event)
+    curve.flags.writeable = False
+    if key is not None:
+        with _PLD_CACHE_LOCK:
+            _RDP_CACHE[key] = curve
+            while len(_RDP_CACHE) > _RDP_CACHE_SIZE:
+                _RDP_CACHE.popitem(last=False)
+    return curve
+
+
+def _rdp_of(event: dp_accounting.DpEvent) -> np.ndarray:
     acc = RdpAccountant(orders=list(RDP_ORDERS))
     # At large q, dp_accounting cannot evaluate some fractional orders < 2 and logs a warning per
     # order; it then leaves them out, which keeps the bound valid. Silence that noise.

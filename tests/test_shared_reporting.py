@@ -143,6 +143,29 @@ def test_curve_is_the_tightest_of_dp_accountings_own_pairs():
     assert np.all(curve.tpr(alphas) <= envelope + 2e-4)
 
 
+def test_envelope_equals_the_max_over_every_line():
+    """beta is read from the upper envelope of the pairs' lines (one line per alpha, not all
+    2n): on real curves and on random pair sets, ties and equal epsilons included, it is the
+    max over every line, as the direct (alphas x pairs) computation gives it, and never above."""
+    from shared.privacy.reporting import MU_ALPHAS, TradeOff, _lines
+
+    rng = np.random.default_rng(7)
+    curves = [tradeoff_curve(dpsgd_event(q, s, t))
+              for q, s, t in ((0.1, 1.1, 15), (0.01, 0.8, 1000), (0.5, 5.0, 3))]
+    for _ in range(150):
+        n = int(rng.integers(1, 40))
+        eps = rng.uniform(0, 3, n).round(1) if rng.random() < 0.5 else rng.uniform(0, 12, n)
+        curves.append(TradeOff(eps, rng.uniform(0, 0.3, n)))
+    alphas = np.concatenate([MU_ALPHAS, rng.uniform(0, 1, 300), np.logspace(-12, 0, 50),
+                             [0.0, 1.0]])
+    for c in curves:
+        direct = np.concatenate([_lines(c.eps, c.delta, alphas[i:i + 256]).max(axis=1)
+                                 for i in range(0, len(alphas), 256)])
+        got = c.beta(alphas)
+        assert np.all(got <= direct) and np.array_equal(got, direct)
+        assert c.beta(float(alphas[600])) == direct[600]  # a scalar alpha too
+
+
 def test_tpr_bound_monotone_in_fpr_and_sigma():
     alphas = np.linspace(1e-4, 0.999, 400)
     previous = None

@@ -21,6 +21,7 @@ or attack TPR at a given FPR.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -86,10 +87,12 @@ class TradeOff:
         a = np.atleast_1d(np.asarray(alpha, dtype=float))
         if np.any((a < 0) | (a > 1)):
             raise AccountingError("a false-positive rate must lie in [0, 1]")
-        out = np.empty_like(a)
-        for i in range(0, len(a), 128):  # chunks bound the (alphas x eps) temporary
-            out[i:i + 128] = _lines(self.eps, self.delta, a[i:i + 128]).max(axis=1)
+        out = self._envelope.at(a)
         return float(out[0]) if np.ndim(alpha) == 0 else out
+
+    @functools.cached_property
+    def _envelope(self) -> "_Envelope":
+        return _Envelope(self.eps, self.delta)
 
     def tpr(self, alpha):
         """Upper bound on the true-positive rate of any membership attack at FPR ``alpha``."""
@@ -101,6 +104,57 @@ class TradeOff:
             return TradeOff(self.eps, np.minimum(self.delta, other.delta))
         return TradeOff(np.concatenate([self.eps, other.eps]),
                         np.concatenate([self.delta, other.delta]))
+
+
+class _Envelope:
+    """beta(alpha) = max(0, max_i f_{eps_i,delta_i}(alpha)) as the upper envelope of its lines.
+
+    Each pair gives two lines in alpha, 1 - delta - e^eps alpha and e^-eps (1 - delta - alpha),
+    so beta is a maximum of lines: convex, and on [0, 1] each line is the maximum on one
+    interval at most. The envelope is built once per curve (a sort and one pass); then an
+    alpha needs its interval's line, not all 2n of them (``fit_mu`` asks at 1,400 alphas, each
+    step of a risk-target calibration again). Every value is one of the lines, evaluated as
+    :func:`_lines` does, at the envelope's line and its two neighbours: never above the max
+    over all lines (each line is a valid bound), and equal to it up to rounding at a crossing.
+    """
+
+    def __init__(self, eps: np.ndarray, delta: np.ndarray):
+        e = np.asarray(eps, dtype=float)
+        d = np.asarray(delta, dtype=float)
+        # (slope, intercept, eps, delta, family): family 0 the first form, 1 the second
+        slope = np.concatenate([-np.exp(e), -np.exp(-e), [0.0]])
+        icept = np.concatenate([1.0 - d, np.exp(-e) * (1.0 - d), [0.0]])
+        fam = np.concatenate([np.zeros(len(e)), np.ones(len(e)), [2]]).astype(np.int8)
+        ee, dd = np.concatenate([e, e, [0.0]]), np.concatenate([d, d, [1.0]])
+        order = np.lexsort((icept, slope))  # slope ascending; the highest intercept last
+        keep = np.append(slope[order][1:] != slope[order][:-1], True)  # one line per slope
+        order = order[keep]
+        hull: list[int] = []
+        for k in order.tolist():  # the envelope, from alpha = -inf (steepest) to +inf
+            while len(hull) >= 2 and self._useless(slope, icept, hull[-2], hull[-1], k):
+                hull.pop()
+            hull.append(k)
+        idx = np.asarray(hull)
+        m, c = slope[idx], icept[idx]
+        self.breaks = (c[1:] - c[:-1]) / (m[:-1] - m[1:])  # where line j+1 takes over from j
+        self.fam, self.eps, self.delta = fam[idx], ee[idx], dd[idx]
+
+    @staticmethod
+    def _useless(m, c, i: int, j: int, k: int) -> bool:
+        """Line j (between i and k in slope) is nowhere strictly above both i and k."""
+        return (c[k] - c[i]) * (m[i] - m[j]) <= (c[j] - c[i]) * (m[i] - m[k])
+
+    def at(self, alpha: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(self.breaks, alpha, side="left")
+        best = np.zeros_like(alpha)
+        for jj in (j - 1, j, j + 1):
+            jj = np.clip(jj, 0, len(self.fam) - 1)
+            one_minus_delta = 1.0 - self.delta[jj]
+            first = one_minus_delta - np.exp(self.eps[jj]) * alpha
+            second = np.exp(-self.eps[jj]) * (one_minus_delta - alpha)
+            fam = self.fam[jj]
+            best = np.maximum(best, np.where(fam == 0, first, np.where(fam == 1, second, 0.0)))
+        return best
 
 
 def tradeoff_from_profile(eps, delta) -> TradeOff:

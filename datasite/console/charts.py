@@ -45,7 +45,7 @@ def _remembered(draw):
 
     @functools.wraps(draw)
     def wrapper(*args):
-        key = json.dumps(args, sort_keys=True, default=str)
+        key = json.dumps(args, default=str)  # keys in their order: bars follow it
         with lock:
             if key in kept:
                 kept.move_to_end(key)

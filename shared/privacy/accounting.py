@@ -6,6 +6,7 @@ never used for a guarantee.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -169,7 +170,7 @@ def clear_pld_cache() -> None:
     :func:`rdp_curve` keeps (benchmarks time cold calls)."""
     with _PLD_CACHE_LOCK:
         _PLD_CACHE.clear()
-        _RDP_CACHE.clear()
+    _rdp_kept.cache_clear()
 
 
 def pld_of(event: dp_accounting.DpEvent, interval: float):
@@ -226,13 +227,6 @@ def meets_epsilon(sample_rate: float, sigma: float, steps: int, epsilon: float,
     return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= epsilon
 
 
-# The same event's RDP is asked for again and again: by each trial of a tuned job (one event for
-# all of them), its selection report, the privacy report's cross-check after a calibration that
-# tried it. Keep the last few (keyed by the event's JSON, as the PLD cache).
-_RDP_CACHE: "OrderedDict[str, np.ndarray]" = OrderedDict()
-_RDP_CACHE_SIZE = 32
-
-
 def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:
     """The event's RDP at each of RDP_ORDERS (composition adds these vectors); None for events
     RDP cannot account (those holding an :class:`ApproxDpEvent`). Read-only: it may be shared
@@ -241,22 +235,22 @@ def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:
         return None
     try:
         key = event_to_json(event)
-    except AccountingError:
-        key = None
-    if key is not None:
-        with _PLD_CACHE_LOCK:
-            got = _RDP_CACHE.get(key)
-            if got is not None:
-                _RDP_CACHE.move_to_end(key)
-                return got
-    curve = _rdp_of(event)
-    curve.flags.writeable = False
-    if key is not None:
-        with _PLD_CACHE_LOCK:
-            _RDP_CACHE[key] = curve
-            while len(_RDP_CACHE) > _RDP_CACHE_SIZE:
-                _RDP_CACHE.popitem(last=False)
-    return curve
+    except AccountingError:  # not storable, so not kept either
+        return _read_only(_rdp_of(event))
+    return _rdp_kept(key)
+
+
+# The same event's RDP is asked for again and again: by each trial of a tuned job (one event for
+# all of them), its selection report, the privacy report's cross-check after a calibration that
+# tried it. Keep the last few, keyed by the event's JSON (events are not hashable).
+@functools.lru_cache(maxsize=32)
+def _rdp_kept(event_json: str) -> np.ndarray:
+    return _read_only(_rdp_of(event_from_json(event_json)))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _rdp_of(event: dp_accounting.DpEvent) -> np.ndarray:

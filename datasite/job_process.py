@@ -9,6 +9,12 @@ job's records, model or CUDA context can never be seen by the next; the worker p
 only reads the result file. The fork server is single-threaded (forking the multi-threaded
 worker would copy its locks mid-use) and touches no GPU (CUDA does not survive a fork): the
 job initialises CUDA itself.
+
+Where the environment names a warm launcher (:data:`datasite.launch.LAUNCHER_ENV`, the test
+suite's), the fork server itself is forked from that launcher, which imports :data:`PRELOAD`
+once for every fork server it starts (:func:`datasite.launch.start_fork_server`); it is still
+this process's own server: it takes this process's environment, working directory and output,
+and it exits when this process does.
 """
 from __future__ import annotations
 
@@ -18,8 +24,13 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
+import sys
+import threading
+import time
 import traceback
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing import (connection, forkserver, popen_forkserver, reduction,
+                             resource_tracker, spawn, util)
 from multiprocessing.context import ForkServerProcess, set_spawning_popen
 
 # Imported once by the fork server: what every job needs before it touches data.
@@ -39,6 +50,80 @@ _CTX = None
 _NOT_FOR_JOBS = ("init_main_from_path", "init_main_from_name")
 
 
+class _ForkServer(forkserver.ForkServer):
+    """multiprocessing's fork server, or, where the environment names a warm launcher, the
+    same server forked from that launcher (its pid is then not our child: it is watched with
+    ``kill(pid, 0)`` and the launcher reaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self._lock = threading.RLock()  # ensure_running may hand over to the stdlib's
+        self._preload_modules = PRELOAD
+        self._launched = False
+
+    def ensure_running(self):
+        from .execution import process_alive
+        from .launch import LAUNCHER_ENV
+
+        with self._lock:
+            if self._launched:
+                if process_alive(self._forkserver_pid):
+                    return
+                os.close(self._forkserver_alive_fd)
+                self._forget()
+            launcher = os.environ.get(LAUNCHER_ENV)
+            if self._forkserver_pid is not None or not launcher:
+                super().ensure_running()
+                return
+            resource_tracker.ensure_running()  # its fd goes to every job, as in the stdlib
+            self._start_launched(launcher)
+
+    def _start_launched(self, launcher: str) -> None:
+        from .launch import start_fork_server
+
+        address = connection.arbitrary_address("AF_UNIX")
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(address)
+            os.chmod(address, 0o600)
+            listener.listen()
+            # we hold the write end of "alive"; the server exits when no process holds it
+            alive_r, alive_w = os.pipe()
+            try:
+                pid = start_fork_server(launcher, [listener.fileno(), alive_r,
+                                                   sys.stdout.fileno(), sys.stderr.fileno()],
+                                        list(self._preload_modules))
+            except BaseException:
+                os.close(alive_w)
+                raise
+            finally:
+                os.close(alive_r)
+        self._forkserver_address, self._forkserver_alive_fd = address, alive_w
+        self._forkserver_pid, self._launched = pid, True
+
+    def _stop_unlocked(self):
+        if not self._launched:
+            super()._stop_unlocked()
+            return
+        from .execution import process_alive
+
+        os.close(self._forkserver_alive_fd)  # asks it to stop, as in the stdlib
+        deadline = time.monotonic() + 30
+        while process_alive(self._forkserver_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            os.unlink(self._forkserver_address)
+        except FileNotFoundError:
+            pass
+        self._forget()
+
+    def _forget(self) -> None:
+        self._forkserver_address = self._forkserver_alive_fd = self._forkserver_pid = None
+        self._launched = False
+
+
+_SERVER = _ForkServer()
+
+
 class _JobPopen(popen_forkserver.Popen):
     """multiprocessing's forkserver launch, less the owner's ``__main__``: by default each
     child re-imports the parent's main script first, so an owner's script without an
@@ -56,7 +141,7 @@ class _JobPopen(popen_forkserver.Popen):
             reduction.dump(process_obj, buf)
         finally:
             set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+        self.sentinel, w = _SERVER.connect_to_new_process(self._fds)
         _parent_w = os.dup(w)  # the child's sentinel of its parent, as in the original
         self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
         with open(w, "wb", closefd=True) as f:
@@ -73,7 +158,7 @@ class JobProcess(ForkServerProcess):
 
 
 def context():
-    """The worker's forkserver context (started on first use, with :data:`PRELOAD`)."""
+    """multiprocessing's forkserver context, for its pipes (a job is a :class:`JobProcess`)."""
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
@@ -83,7 +168,7 @@ def context():
 
 def warm_up() -> None:
     """Start the fork server now (it imports :data:`PRELOAD`), so the first job is warm too."""
-    p = context().Process(target=_noop)
+    p = JobProcess(target=_noop)
     p.start()
     p.join()
 
@@ -97,8 +182,21 @@ def shutdown() -> None:
     environment (``DP_DATASITE_JOB_MODULES``, ``PYTHONPATH``, thread counts) and imports the
     job code when it starts, so an owner process that changed them restarts it (the pricing
     server has the same rule, :func:`datasite.pricing_worker.shutdown`)."""
-    if _CTX is not None:
-        forkserver._forkserver._stop()  # pylint: disable=protected-access
+    _SERVER._stop()  # pylint: disable=protected-access
+
+
+def serve_fork_server(listener_fd: int, alive_r: int, preload: list[str]) -> None:
+    """The fork server's loop in a process forked from the warm launcher, which imported
+    ``preload`` with its own environment: what a fresh server would read from this one's is
+    read again first (the site's job kinds, torch's thread count), then multiprocessing's loop
+    (:func:`multiprocessing.forkserver.main`) runs until the client exits."""
+    from shared.jobs import load_job_modules
+
+    load_job_modules()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+    forkserver.main(listener_fd, alive_r, preload)
 
 
 def _die_with_parent() -> None:

@@ -6,7 +6,8 @@ output appended to a log, owner-only umask. When the environment names a *warm l
 (``DPDS_WARM_LAUNCHER``: its Unix socket), the process is instead forked from that launcher,
 which has syft imported already: the same module's ``main`` with this process's arguments,
 environment, working directory and umask, seconds of CPU less per start. The test suite runs
-one (tests/server_zygote.py); a deployment has no reason to.
+one (tests/server_zygote.py); a deployment has no reason to. The same launcher also forks the
+job fork servers of processes that run jobs (:func:`start_fork_server`).
 """
 from __future__ import annotations
 
@@ -65,15 +66,42 @@ def _via_launcher(path: str, module: str, args: list[str], log_file: Path,
                   env: dict) -> Launched:
     request = {"module": module, "args": [str(a) for a in args], "log": str(log_file),
                "env": env, "cwd": str(Path.cwd()), "umask": PRIVATE_UMASK}
+    return Launched(_ask(path, request, [], module))
+
+
+def start_fork_server(path: str, fds: list[int], preload: list[str]) -> int:
+    """Ask the warm launcher at ``path`` to fork a job fork server for this process: it runs
+    :func:`datasite.job_process.serve_fork_server` on ``fds`` (its listening socket, the read
+    end of its "alive" pipe, then its stdout and stderr) with ``preload`` imported, and this
+    process's environment, working directory, umask and ``sys.path``; returns its pid."""
+    request = {"fork_server": list(preload), "env": dict(os.environ), "cwd": str(Path.cwd()),
+               "umask": _umask(), "sys_path": list(sys.path)}
+    return _ask(path, request, fds, "a job fork server")
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` would change it for every
+    thread for a moment: a file another thread creates then could get the wrong mode)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return PRIVATE_UMASK
+
+
+def _ask(path: str, request: dict, fds: list[int], what: str) -> int:
+    """One request to the launcher, ``fds`` passed with its first bytes; the started pid."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(300)  # the launcher answers once its imports are done
             s.connect(path)
-            s.sendall(json.dumps(request).encode() + b"\n")
+            data = json.dumps(request).encode() + b"\n"
+            sent = socket.send_fds(s, [data], fds) if fds else 0
+            s.sendall(data[sent:])
             answer = json.loads(s.makefile("rb").readline() or b'{"error": "no answer"}')
     except OSError as e:
         raise RuntimeError(f"the warm launcher at {path} ({LAUNCHER_ENV}) did not answer: {e}; "
                            f"unset {LAUNCHER_ENV} to start processes directly") from None
     if "pid" not in answer:
-        raise RuntimeError(f"the warm launcher could not start {module}: {answer.get('error')}")
-    return Launched(answer["pid"])
+        raise RuntimeError(f"the warm launcher could not start {what}: {answer.get('error')}")
+    return answer["pid"]

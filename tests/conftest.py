@@ -98,8 +98,10 @@ def calibration_cache_file(tmp_path_factory):
 def warm_server_launcher(tmp_path_factory):
     """Site servers and round servers this run starts -- from this process or from processes it
     starts, notebook kernels included -- fork from one process with syft imported
-    (tests/server_zygote.py, named by ``DPDS_WARM_LAUNCHER``): seconds of CPU less per start.
-    ``DPDS_TEST_FRESH_SERVERS=1`` starts each with a fresh interpreter, as ``datasite up`` does."""
+    (tests/server_zygote.py, named by ``DPDS_WARM_LAUNCHER``): seconds of CPU less per start;
+    so do the job fork servers of the processes that run jobs, with torch and the job code
+    imported. ``DPDS_TEST_FRESH_SERVERS=1`` starts each with a fresh interpreter, as
+    ``datasite up`` and a worker do in a deployment."""
     from datasite.launch import LAUNCHER_ENV
     from server_zygote import Launcher
 

@@ -13,8 +13,15 @@ The product asks a launcher when ``DPDS_WARM_LAUNCHER`` names its socket
 (notebook kernels included) inherit it. The CLI tests' real subprocesses drop it, and
 ``test_server_launch_paths`` checks that both paths give a working server.
 
-Protocol: one connection per start on the Unix socket; one JSON line in ({"module", "args",
-"log", "env", "cwd", "umask"}), one back ({"pid"} or {"error"}).
+It also forks the job fork servers of the processes that run jobs (the pytest processes, the
+workers, notebook kernels; ``datasite/job_process.py``): a fresh fork server imports torch,
+Opacus, sklearn and the job code (about 16 s of CPU on the test host; about 30 per run), this
+process imports them once, on the first such request.
+
+Protocol: one connection per start on the Unix socket; one JSON line in, one back ({"pid"} or
+{"error"}). A site process: {"module", "args", "log", "env", "cwd", "umask"}. A fork server:
+{"fork_server": preload, "env", "cwd", "umask", "sys_path"}, with its listening socket, the read
+end of its "alive" pipe, its stdout and stderr passed along (SCM_RIGHTS).
 """
 from __future__ import annotations
 
@@ -62,6 +69,59 @@ def _child(req: dict) -> None:
         os._exit(code)
 
 
+def _fork_server_child(req: dict, fds: list[int]) -> None:
+    """In the forked child: become the caller's job fork server; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        listener_fd, alive_r, out, err = fds
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        os.umask(req["umask"])
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        sys.path[:] = req["sys_path"]
+        from datasite.job_process import serve_fork_server
+
+        serve_fork_server(listener_fd, alive_r, req["fork_server"])
+        code = 0
+    except SystemExit:  # the loop's end: its client is gone
+        code = 0
+    except BaseException:  # pylint: disable=broad-except
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One JSON line and the descriptors passed with it."""
+    data, fds = b"", []
+    while not data.endswith(b"\n"):
+        chunk, more, _flags, _addr = socket.recv_fds(conn, 1 << 16, 8)
+        if not chunk:
+            break
+        data += chunk
+        fds += more
+    return json.loads(data), fds
+
+
+def _preload(modules: list[str]) -> None:
+    """Import a fork server's preload here, once for every fork server (as multiprocessing's
+    own server does, a module that fails to import is skipped)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def serve(path: str) -> None:
     """The launcher's loop: listen at once (callers queue until the imports are done), import
     once, then fork one process per connection."""
@@ -84,21 +144,33 @@ def serve(path: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit
     while True:
         conn, _ = listener.accept()
+        fds: list[int] = []
         with conn:
             try:
-                req = json.loads(conn.makefile("rb").readline())
-                if req.get("module") not in MODULES:
+                req, fds = _read_request(conn)
+                fork_server = "fork_server" in req
+                if fork_server:
+                    if len(fds) != 4:
+                        raise ValueError(f"a fork server needs 4 descriptors, not {len(fds)}")
+                    _preload(req["fork_server"])
+                elif req.get("module") not in MODULES:
                     raise ValueError(f"not a site process: {req.get('module')}")
                 sys.stdout.flush()
                 sys.stderr.flush()
                 pid = os.fork()
             except (OSError, ValueError) as e:
+                for fd in fds:
+                    os.close(fd)
                 conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
                 continue
             if pid == 0:
                 listener.close()
                 conn.close()
+                if fork_server:
+                    _fork_server_child(req, fds)
                 _child(req)
+            for fd in fds:  # the child's now: the fork server ends when its client lets go
+                os.close(fd)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 

@@ -4,6 +4,7 @@ statistics job ~1 s and a DP-SGD table job ~3 s when each job imported them itse
 parquet reader 0.3 s per table job); and a job process never outlives its worker."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,11 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from datasite import job_process
 from datasite.execution import process_alive
+from datasite.launch import LAUNCHER_ENV
 
 # imported inside job code (shared.stats.mechanisms, the first torch.optim optimizer, the
 # table preprocessing), not at the top of any PRELOAD module
@@ -25,9 +29,8 @@ def _missing(conn) -> None:
 
 
 def test_a_forked_job_starts_with_the_lazy_imports_already_loaded():
-    ctx = job_process.context()
-    recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_missing, args=(send,))
+    recv, send = job_process.context().Pipe(duplex=False)
+    p = job_process.JobProcess(target=_missing, args=(send,))
     p.start()
     send.close()
     missing = recv.recv()
@@ -37,28 +40,40 @@ def test_a_forked_job_starts_with_the_lazy_imports_already_loaded():
 
 # A "worker" that forks one job which sends nothing and sleeps: only PR_SET_PDEATHSIG can end
 # it when the worker dies (a job that reports progress would also die of the broken pipe).
-_WORKER = textwrap.dedent("""
-    import sys, time
+_WORKER_JOB = textwrap.dedent("""
+    import time
     from datasite import job_process
 
     def job():
         job_process._die_with_parent()
         time.sleep(120)
+""")
+_WORKER = textwrap.dedent("""
+    import sys, time
+    from datasite import job_process
+    from worker_job import job  # a job's code comes from a module, never from __main__
 
     if __name__ == "__main__":
         job_process.PRELOAD[:] = ["datasite.job_process"]  # fast: this job needs no torch
-        p = job_process.context().Process(target=job)
+        p = job_process.JobProcess(target=job)
         p.start()
         print(p.pid, flush=True)
         time.sleep(120)
 """)
 
 
-def test_a_job_process_dies_with_its_worker_even_when_silent(tmp_path):
+@pytest.mark.parametrize("launcher", [True, False], ids=["launched", "fresh"])
+def test_a_job_process_dies_with_its_worker_even_when_silent(tmp_path, launcher):
+    """Both ways of starting the fork server: forked from the warm launcher (the tests') and
+    multiprocessing's own fresh interpreter (a deployment's)."""
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
+    (tmp_path / "worker_job.py").write_text(_WORKER_JOB)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    if not launcher:
+        env.pop(LAUNCHER_ENV)
     worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+                              env=env)
     job_pid = int(worker.stdout.readline())
     try:
         time.sleep(0.5)  # the job is past _die_with_parent
@@ -86,7 +101,6 @@ def test_a_foreground_job_forks_from_the_owner_process_warm_server(tmp_path):
     ``python -m datasite.runner`` as our own child. Both write a result and report progress;
     a job killed mid-run is a failure either way."""
     import pandas as pd
-    import pytest
     from sklearn.datasets import load_breast_cancer
 
     from datasite.config import SiteError
@@ -129,9 +143,8 @@ def test_a_foreground_job_forks_from_the_owner_process_warm_server(tmp_path):
 
 def _parent_of_a_fork() -> int:
     """The parent of a process the fork server forks now: the fork server."""
-    ctx = job_process.context()
-    recv, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_send_pid, args=(send,))
+    recv, send = job_process.context().Pipe(duplex=False)
+    p = job_process.JobProcess(target=_send_pid, args=(send,))
     p.start()
     send.close()
     parent = _parent_of(recv.recv())
@@ -175,3 +188,68 @@ def test_a_job_never_reruns_the_owners_main_script(tmp_path):
     assert len(runs["job"][0]) == 1 and runs["job"][1] == ["0"]  # ran once; the job ended well
     # defence off (multiprocessing's own launch): the child runs the script again
     assert len(runs["plain"][0]) == 2 and runs["plain"][1] != ["0"]
+
+
+# A process that runs jobs, set up at run time as an owner's process may be (environment, the
+# site's own job kinds, working directory, umask) before its first job starts the fork server.
+_PROBE = textwrap.dedent("""
+    import os, sys
+
+    def probe(conn):
+        conn.send({"mark": os.environ.get("DPDS_MARK"), "cwd": os.getcwd(),
+                   "umask": os.umask(0), "kind_loaded": "probe_kind" in sys.modules})
+""")
+_CLIENT = textwrap.dedent("""
+    import json, os, sys
+    from datasite import job_process
+    from client_probe import probe
+
+    if __name__ == "__main__":
+        job_process.PRELOAD[:] = ["datasite.job_process", "shared.jobs"]  # no torch: fast
+        os.environ["DPDS_MARK"] = "set at run time"
+        os.environ["DP_DATASITE_JOB_MODULES"] = "probe_kind"
+        os.chdir(sys.argv[1])
+        os.umask(0o027)
+        recv, send = job_process.context().Pipe(duplex=False)
+        p = job_process.JobProcess(target=probe, args=(send,))
+        p.start()
+        send.close()
+        seen = recv.recv()
+        p.join()
+        print(json.dumps(dict(seen, server=job_process._SERVER._forkserver_pid,
+                              exitcode=p.exitcode)), flush=True)
+        sys.stdin.read()  # the test reads the server's parent while this process lives
+""")
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["launched", "fresh"])
+def test_a_launched_fork_server_is_its_clients_own(tmp_path, launcher, warm_server_launcher):
+    """A fork server forked from the warm launcher runs jobs as multiprocessing's own would:
+    with the client's environment as it is when the first job starts, the site's job kinds of
+    ``DP_DATASITE_JOB_MODULES`` (imported again in the server: the launcher imported the job
+    code with its own environment), the client's working directory and umask; and it exits when
+    its client does. Only its parent differs: the launcher, not the client."""
+    (tmp_path / "probe_kind.py").write_text("")
+    (tmp_path / "work").mkdir()
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT)
+    (tmp_path / "client_probe.py").write_text(_PROBE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), str(tmp_path)]))
+    if not launcher:
+        env.pop(LAUNCHER_ENV)
+    client = subprocess.Popen([sys.executable, str(script), str(tmp_path / "work")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        seen = json.loads(client.stdout.readline())
+        server_parent = _parent_of(seen["server"])
+    finally:
+        client.stdin.close()
+    assert client.wait(timeout=60) == 0
+    assert seen["exitcode"] == 0 and seen["mark"] == "set at run time"
+    assert seen["kind_loaded"] and seen["cwd"] == str(tmp_path / "work")
+    assert seen["umask"] == 0o027
+    assert server_parent == (warm_server_launcher._proc.pid if launcher else client.pid)
+    t = time.monotonic()
+    while process_alive(seen["server"]):
+        assert time.monotonic() - t < 10, "the fork server outlived its client"
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ job initialises CUDA itself.
 
 Where the environment names a warm launcher (:data:`datasite.launch.LAUNCHER_ENV`, the test
 suite's), the fork server itself is forked from that launcher, which imports :data:`PRELOAD`
-once for every fork server it starts (:func:`datasite.launch.start_fork_server`); it is still
+once for every fork server it starts (:func:`datasite.launch.start_server`); it is still
 this process's own server: it takes this process's environment, working directory and output,
 and it exits when this process does.
 """
@@ -79,7 +79,7 @@ class _ForkServer(forkserver.ForkServer):
             self._start_launched(launcher)
 
     def _start_launched(self, launcher: str) -> None:
-        from .launch import start_fork_server
+        from .launch import start_server
 
         address = connection.arbitrary_address("AF_UNIX")
         with socket.socket(socket.AF_UNIX) as listener:
@@ -88,15 +88,16 @@ class _ForkServer(forkserver.ForkServer):
             listener.listen()
             # we hold the write end of "alive"; the server exits when no process holds it
             alive_r, alive_w = os.pipe()
+            null = os.open(os.devnull, os.O_RDONLY)  # the stdlib's server closes its stdin too
             try:
-                pid = start_fork_server(launcher, [listener.fileno(), alive_r,
-                                                   sys.stdout.fileno(), sys.stderr.fileno()],
-                                        list(self._preload_modules))
+                pid = start_server(launcher, __name__, [null, 1, 2, listener.fileno(), alive_r],
+                                   list(self._preload_modules)).pid
             except BaseException:
                 os.close(alive_w)
                 raise
             finally:
                 os.close(alive_r)
+                os.close(null)
         self._forkserver_address, self._forkserver_alive_fd = address, alive_w
         self._forkserver_pid, self._launched = pid, True
 
@@ -185,11 +186,14 @@ def shutdown() -> None:
     _SERVER._stop()  # pylint: disable=protected-access
 
 
-def serve_fork_server(listener_fd: int, alive_r: int, preload: list[str]) -> None:
-    """The fork server's loop in a process forked from the warm launcher, which imported
-    ``preload`` with its own environment: what a fresh server would read from this one's is
-    read again first (the site's job kinds, torch's thread count), then multiprocessing's loop
-    (:func:`multiprocessing.forkserver.main`) runs until the client exits."""
+def serve_launched(fds: list[int], preload: list[str]) -> None:
+    """The fork server's loop in a process forked from the warm launcher
+    (:func:`datasite.launch.start_server`; ``fds``: its listening socket and the read end of
+    its "alive" pipe), which imported ``preload`` with its own environment: what a fresh server
+    would read from this one's is read again first (the site's job kinds, torch's thread count),
+    then multiprocessing's loop (:func:`multiprocessing.forkserver.main`) runs until the
+    client exits."""
+    listener_fd, alive_r = fds
     from shared.jobs import load_job_modules
 
     load_job_modules()

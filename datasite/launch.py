@@ -7,15 +7,18 @@ output appended to a log, owner-only umask. When the environment names a *warm l
 which has syft imported already: the same module's ``main`` with this process's arguments,
 environment, working directory and umask, seconds of CPU less per start. The test suite runs
 one (tests/server_zygote.py); a deployment has no reason to. The same launcher also forks the
-job fork servers of processes that run jobs (:func:`start_fork_server`).
+helper servers a process keeps for itself, with torch imported (:func:`start_server`): a job
+fork server (``datasite.job_process``) and a pricing server (``datasite.pricing_worker``).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import PRIVATE_UMASK
@@ -23,11 +26,13 @@ from .config import PRIVATE_UMASK
 LAUNCHER_ENV = "DPDS_WARM_LAUNCHER"
 # what a launcher may start (it runs ``main(args)`` of one of these)
 MODULES = ("datasite.server", "datasite.round_server")
+# the helper servers a launcher may fork for a caller (it runs ``serve_launched`` of one of these)
+SERVERS = ("datasite.job_process", "datasite.pricing_worker")
 
 
 class Launched:
-    """A launcher's child, polled like a ``Popen``: the launcher reaps it, so a gone pid is an
-    exited process (its exit code is in its log)."""
+    """A launcher's child, handled like a ``Popen`` (``poll``, ``kill``, ``wait``): the
+    launcher reaps it, so a gone pid is an exited process (its exit code is in its log)."""
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -38,6 +43,20 @@ class Launched:
 
         if self.returncode is None and not process_alive(self.pid):
             self.returncode = -1
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.01)
         return self.returncode
 
 
@@ -69,14 +88,16 @@ def _via_launcher(path: str, module: str, args: list[str], log_file: Path,
     return Launched(_ask(path, request, [], module))
 
 
-def start_fork_server(path: str, fds: list[int], preload: list[str]) -> int:
-    """Ask the warm launcher at ``path`` to fork a job fork server for this process: it runs
-    :func:`datasite.job_process.serve_fork_server` on ``fds`` (its listening socket, the read
-    end of its "alive" pipe, then its stdout and stderr) with ``preload`` imported, and this
-    process's environment, working directory, umask and ``sys.path``; returns its pid."""
-    request = {"fork_server": list(preload), "env": dict(os.environ), "cwd": str(Path.cwd()),
-               "umask": _umask(), "sys_path": list(sys.path)}
-    return _ask(path, request, fds, "a job fork server")
+def start_server(path: str, module: str, fds: list[int], preload: list[str]) -> Launched:
+    """Ask the warm launcher at ``path`` to fork one of :data:`SERVERS` for this process:
+    ``module.serve_launched(fds[3:], preload)`` with ``fds[:3]`` as its stdin, stdout and
+    stderr, ``preload`` imported (by the launcher, once for all such servers), and this
+    process's environment, working directory, umask and ``sys.path``."""
+    if module not in SERVERS:
+        raise ValueError(f"not a helper server: {module}")
+    request = {"serve": module, "preload": list(preload), "env": dict(os.environ),
+               "cwd": str(Path.cwd()), "umask": _umask(), "sys_path": list(sys.path)}
+    return Launched(_ask(path, request, fds, module))
 
 
 def _umask() -> int:

@@ -122,17 +122,44 @@ def _server() -> subprocess.Popen:
     global _SERVER
     if _SERVER is not None and _SERVER.poll() is None:
         return _SERVER
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen([sys.executable, "-m", "datasite.pricing_worker"], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, close_fds=True)
+    from .launch import LAUNCHER_ENV
+
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher:
+        proc = _launched_server(launcher)
+    else:
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen([sys.executable, "-m", "datasite.pricing_worker"], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, close_fds=True)
     if _read_line(proc, STARTUP_TIMEOUT_S) != {"ready": True}:
         _stop(proc)
         raise PricingError("the pricing server did not start (run `python -m "
                            "datasite.pricing_worker` to see why)")
     _SERVER = proc
+    return proc
+
+
+def _launched_server(launcher: str):
+    """The pricing server forked from the warm launcher (``datasite.launch``), with pipes
+    like a ``Popen``'s: it exits when this process closes its stdin, as the fresh one does."""
+    from .launch import start_server
+
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        proc = start_server(launcher, __name__, [in_r, out_w, null], list(_PRELOAD))
+    except BaseException:
+        os.close(in_w)
+        os.close(out_r)
+        raise
+    finally:
+        for fd in (in_r, out_w, null):
+            os.close(fd)
+    proc.stdin, proc.stdout = os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb")
     return proc
 
 
@@ -142,6 +169,9 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
     except Exception:
         pass
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def _read_line(proc: subprocess.Popen, timeout_s: float) -> dict | None:
@@ -293,6 +323,14 @@ def serve() -> None:
             reply = {"kind": "error", "type": type(e).__name__, "message": str(e)[:4000]}
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
+
+
+def serve_launched(fds: list[int], preload: list[str]) -> None:
+    """:func:`serve` in a process forked from the warm launcher
+    (:func:`datasite.launch.start_server`), which imported ``preload`` already."""
+    del fds, preload
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115  (the launcher's own was another file)
+    serve()
 
 
 if __name__ == "__main__":

@@ -13,15 +13,16 @@ The product asks a launcher when ``DPDS_WARM_LAUNCHER`` names its socket
 (notebook kernels included) inherit it. The CLI tests' real subprocesses drop it, and
 ``test_server_launch_paths`` checks that both paths give a working server.
 
-It also forks the job fork servers of the processes that run jobs (the pytest processes, the
-workers, notebook kernels; ``datasite/job_process.py``): a fresh fork server imports torch,
-Opacus, sklearn and the job code (about 16 s of CPU on the test host; about 30 per run), this
-process imports them once, on the first such request.
+It also forks the helper servers that processes keep for themselves (the pytest processes,
+workers, notebook kernels, consoles, round servers): job fork servers
+(``datasite/job_process.py``) and pricing servers (``datasite/pricing_worker.py``). A fresh one
+imports torch, Opacus, sklearn, the accountants and the job code (about 10-16 s of CPU on the
+test host, dozens per run); this process imports them once, on the first such request.
 
 Protocol: one connection per start on the Unix socket; one JSON line in, one back ({"pid"} or
-{"error"}). A site process: {"module", "args", "log", "env", "cwd", "umask"}. A fork server:
-{"fork_server": preload, "env", "cwd", "umask", "sys_path"}, with its listening socket, the read
-end of its "alive" pipe, its stdout and stderr passed along (SCM_RIGHTS).
+{"error"}). A site process: {"module", "args", "log", "env", "cwd", "umask"}. A helper server:
+{"serve": module, "preload", "env", "cwd", "umask", "sys_path"}, with its stdin, stdout and
+stderr, then its own descriptors, passed along (SCM_RIGHTS).
 """
 from __future__ import annotations
 
@@ -69,27 +70,23 @@ def _child(req: dict) -> None:
         os._exit(code)
 
 
-def _fork_server_child(req: dict, fds: list[int]) -> None:
-    """In the forked child: become the caller's job fork server; never returns."""
+def _server_child(req: dict, fds: list[int]) -> None:
+    """In the forked child: become the caller's helper server; never returns."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        listener_fd, alive_r, out, err = fds
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        os.close(out)
-        os.close(err)
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+            os.close(fd)
         os.umask(req["umask"])
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
         sys.path[:] = req["sys_path"]
-        from datasite.job_process import serve_fork_server
-
-        serve_fork_server(listener_fd, alive_r, req["fork_server"])
+        importlib.import_module(req["serve"]).serve_launched(fds[3:], req["preload"])
         code = 0
-    except SystemExit:  # the loop's end: its client is gone
-        code = 0
+    except SystemExit as e:  # a fork server's loop ends so when its client is gone
+        code = e.code if isinstance(e.code, int) else 0
     except BaseException:  # pylint: disable=broad-except
         import traceback
 
@@ -113,8 +110,8 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 
 def _preload(modules: list[str]) -> None:
-    """Import a fork server's preload here, once for every fork server (as multiprocessing's
-    own server does, a module that fails to import is skipped)."""
+    """Import a helper server's preload here, once for all of them (as multiprocessing's own
+    fork server does, a module that fails to import is skipped)."""
     for name in modules:
         try:
             importlib.import_module(name)
@@ -125,7 +122,7 @@ def _preload(modules: list[str]) -> None:
 def serve(path: str) -> None:
     """The launcher's loop: listen at once (callers queue until the imports are done), import
     once, then fork one process per connection."""
-    from datasite.launch import MODULES
+    from datasite.launch import MODULES, SERVERS
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -148,11 +145,11 @@ def serve(path: str) -> None:
         with conn:
             try:
                 req, fds = _read_request(conn)
-                fork_server = "fork_server" in req
-                if fork_server:
-                    if len(fds) != 4:
-                        raise ValueError(f"a fork server needs 4 descriptors, not {len(fds)}")
-                    _preload(req["fork_server"])
+                helper = "serve" in req
+                if helper:
+                    if req["serve"] not in SERVERS or len(fds) < 3:
+                        raise ValueError(f"not a helper server: {req['serve']} ({len(fds)} fds)")
+                    _preload(req["preload"])
                 elif req.get("module") not in MODULES:
                     raise ValueError(f"not a site process: {req.get('module')}")
                 sys.stdout.flush()
@@ -166,10 +163,10 @@ def serve(path: str) -> None:
             if pid == 0:
                 listener.close()
                 conn.close()
-                if fork_server:
-                    _fork_server_child(req, fds)
+                if helper:
+                    _server_child(req, fds)
                 _child(req)
-            for fd in fds:  # the child's now: the fork server ends when its client lets go
+            for fd in fds:  # the child's now: a helper server ends when its client lets go
                 os.close(fd)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 
 import pytest
@@ -352,6 +353,36 @@ def test_price_bounded_caps_memory(worker, monkeypatch):
     with pytest.raises(worker.PricingMemoryError, match="more than 64 MiB"):
         worker.price_bounded(spec, META.to_json(), timeout_s=120, memory_mb=64)
     worker.price_bounded(spec, META.to_json(), timeout_s=120, memory_mb=4096)  # room: priced
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["launched", "fresh"])
+def test_the_pricing_server_is_its_owners_own(launcher, warm_server_launcher, monkeypatch):
+    """The pricing server, forked from the warm launcher (the tests') or started fresh
+    (``python -m datasite.pricing_worker``, a deployment's), prices the same and is gone after
+    ``shutdown``; the launched one has the launcher, not the owner, as its parent."""
+    from datasite import pricing_worker
+    from datasite.execution import process_alive
+    from datasite.launch import LAUNCHER_ENV
+    from shared.privacy.accounting import event_to_json
+
+    if not launcher:
+        monkeypatch.delenv(LAUNCHER_ENV)
+    pricing_worker.shutdown()
+    try:
+        # another spec each time: a cached price would not ask the server
+        spec = _spec("dpsgd_table", epochs=2, batch_size=64, seed=14 if launcher else 15)
+        assert pricing_worker.price_bounded(spec, META.to_json(), 60, 2048)[0] == \
+            event_to_json(planned_event(spec, META))
+        server = pricing_worker._SERVER.pid  # pylint: disable=protected-access
+        with open(f"/proc/{server}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert parent == (warm_server_launcher._proc.pid if launcher else os.getpid())
+    finally:
+        pricing_worker.shutdown()
+    t = time.monotonic()
+    while process_alive(server):
+        assert time.monotonic() - t < 10, "the pricing server outlived its shutdown"
+        time.sleep(0.05)
 
 
 def test_stats_quantile_work_is_bounded():

@@ -38,55 +38,38 @@ import tempfile
 from pathlib import Path
 
 
-def _child(req: dict) -> None:
-    """In the forked child: become the process and run it; never returns."""
+def _child(req: dict, fds: list[int]) -> None:
+    """In the forked child: become the process asked for and run it; never returns. A site
+    process gets a session of its own and its log as output; a helper server, the caller's
+    stdin, stdout and stderr (``fds[:3]``) and its own descriptors (the rest)."""
     code = 1
+    helper = "serve" in req
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it may wait on its own children
-        os.setsid()
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.close(null)
-        os.umask(req["umask"])
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        sys.argv = [req["module"], *req["args"]]
-        result = importlib.import_module(req["module"]).main(req["args"])
-        code = result if isinstance(result, int) else 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # pylint: disable=broad-except
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def _server_child(req: dict, fds: list[int]) -> None:
-    """In the forked child: become the caller's helper server; never returns."""
-    code = 1
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for target, fd in enumerate(fds[:3]):
+        if helper:
+            stdio = fds[:3]
+        else:
+            os.setsid()
+            log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            stdio = [os.open(os.devnull, os.O_RDONLY), log, log]
+        for target, fd in enumerate(stdio):
             os.dup2(fd, target)
+        for fd in set(stdio):
             os.close(fd)
         os.umask(req["umask"])
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
-        sys.path[:] = req["sys_path"]
-        importlib.import_module(req["serve"]).serve_launched(fds[3:], req["preload"])
-        code = 0
-    except SystemExit as e:  # a fork server's loop ends so when its client is gone
-        code = e.code if isinstance(e.code, int) else 0
+        if helper:
+            sys.path[:] = req["sys_path"]
+            importlib.import_module(req["serve"]).serve_launched(fds[3:], req["preload"])
+            code = 0
+        else:
+            sys.argv = [req["module"], *req["args"]]
+            result = importlib.import_module(req["module"]).main(req["args"])
+            code = result if isinstance(result, int) else 0
+    except SystemExit as e:  # as the interpreter reads it (a fork server ends with a bare one)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
     except BaseException:  # pylint: disable=broad-except
         import traceback
 
@@ -163,9 +146,7 @@ def serve(path: str) -> None:
             if pid == 0:
                 listener.close()
                 conn.close()
-                if helper:
-                    _server_child(req, fds)
-                _child(req)
+                _child(req, fds)
             for fd in fds:  # the child's now: a helper server ends when its client lets go
                 os.close(fd)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")

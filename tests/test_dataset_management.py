@@ -177,13 +177,11 @@ class FakeUsers:
 
 @pytest.fixture()
 def fake_server(offline, monkeypatch):
-    import syft
-
     site, csv, _ = offline
     users = FakeUsers()
     monkeypatch.setattr(OwnerSite, "client", property(lambda self: type("C", (), {
         "users": users})()))
-    monkeypatch.setattr(syft, "login", lambda **kw: type("L", (), {"verify_key": "k" * 64})())
+    monkeypatch.setattr(OwnerSite, "_verify_key_of", lambda self, email, password: "k" * 64)
     return site, csv, users
 
 

@@ -28,14 +28,20 @@ def _missing(conn) -> None:
     conn.send([m for m in LAZY if m not in sys.modules])
 
 
-def test_a_forked_job_starts_with_the_lazy_imports_already_loaded():
+def _ask_a_job(target, read=lambda sent: sent) -> tuple:
+    """Fork a job that runs ``target(conn)``: ``read`` of what it sends (read while it still
+    runs), and its exit code."""
     recv, send = job_process.context().Pipe(duplex=False)
-    p = job_process.JobProcess(target=_missing, args=(send,))
+    p = job_process.JobProcess(target=target, args=(send,))
     p.start()
     send.close()
-    missing = recv.recv()
+    got = read(recv.recv())
     p.join()
-    assert p.exitcode == 0 and missing == []
+    return got, p.exitcode
+
+
+def test_a_forked_job_starts_with_the_lazy_imports_already_loaded():
+    assert _ask_a_job(_missing) == ([], 0)
 
 
 # A "worker" that forks one job which sends nothing and sleeps: only PR_SET_PDEATHSIG can end
@@ -143,13 +149,7 @@ def test_a_foreground_job_forks_from_the_owner_process_warm_server(tmp_path):
 
 def _parent_of_a_fork() -> int:
     """The parent of a process the fork server forks now: the fork server."""
-    recv, send = job_process.context().Pipe(duplex=False)
-    p = job_process.JobProcess(target=_send_pid, args=(send,))
-    p.start()
-    send.close()
-    parent = _parent_of(recv.recv())
-    p.join()
-    return parent
+    return _ask_a_job(_send_pid, _parent_of)[0]
 
 
 def _send_pid(conn) -> None:

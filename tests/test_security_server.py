@@ -82,6 +82,12 @@ def listener():
     server.server_close()
 
 
+def test_the_key_recorded_at_registration_is_the_one_her_login_gets(live_site, alice):
+    """``users add`` reads the new account's verify key from PySyft's password exchange alone
+    (no API fetched); every budget and request is bound to it, so it must be her login's."""
+    assert live_site.state.researcher_keys()[RESEARCHER[0]] == str(alice.client.verify_key)
+
+
 def test_researcher_cannot_change_her_identity(live_site, alice):
     before = _admin_view(live_site, RESEARCHER[0])
     me = alice.client.account

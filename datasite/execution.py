@@ -127,17 +127,6 @@ def load_result(path: Path | str) -> ResultPayload:
         return ResultPayload.from_dict(pickle.load(f))
 
 
-def process_alive(pid: int) -> bool:
-    """True if a process with this pid exists (also one owned by another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def runner_command(spec: dict, dataset_dir: str, result_path: Path,
                    context: dict | None = None, backbones: dict | None = None) -> list[str]:
     """The job runner's command line (``datasite.runner`` reads it). ``context``: context key

@@ -33,6 +33,8 @@ from multiprocessing import (connection, forkserver, popen_forkserver, reduction
                              resource_tracker, spawn, util)
 from multiprocessing.context import ForkServerProcess, set_spawning_popen
 
+from .launch import LAUNCHER_ENV, process_alive, start_server
+
 # Imported once by the fork server: what every job needs before it touches data.
 PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privacy.accounting",
            "shared.stats", "shared.dpal", "shared.removal", "datasite.runner",
@@ -62,9 +64,6 @@ class _ForkServer(forkserver.ForkServer):
         self._launched = False
 
     def ensure_running(self):
-        from .execution import process_alive
-        from .launch import LAUNCHER_ENV
-
         with self._lock:
             if self._launched:
                 if process_alive(self._forkserver_pid):
@@ -79,8 +78,6 @@ class _ForkServer(forkserver.ForkServer):
             self._start_launched(launcher)
 
     def _start_launched(self, launcher: str) -> None:
-        from .launch import start_server
-
         address = connection.arbitrary_address("AF_UNIX")
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(address)
@@ -105,8 +102,6 @@ class _ForkServer(forkserver.ForkServer):
         if not self._launched:
             super()._stop_unlocked()
             return
-        from .execution import process_alive
-
         os.close(self._forkserver_alive_fd)  # asks it to stop, as in the stdlib
         deadline = time.monotonic() + 30
         while process_alive(self._forkserver_pid) and time.monotonic() < deadline:

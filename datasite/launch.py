@@ -30,6 +30,17 @@ MODULES = ("datasite.server", "datasite.round_server")
 SERVERS = ("datasite.job_process", "datasite.pricing_worker")
 
 
+def process_alive(pid: int) -> bool:
+    """True if a process with this pid exists (also one owned by another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Launched:
     """A launcher's child, handled like a ``Popen`` (``poll``, ``kill``, ``wait``): the
     launcher reaps it, so a gone pid is an exited process (its exit code is in its log)."""
@@ -39,8 +50,6 @@ class Launched:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        from .execution import process_alive
-
         if self.returncode is None and not process_alive(self.pid):
             self.returncode = -1
         return self.returncode

@@ -25,8 +25,10 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from shared.privacy.accounting import AccountingError
 from shared.jobs import SpecError
+from shared.privacy.accounting import AccountingError
+
+from .launch import LAUNCHER_ENV, start_server
 
 # How long the server may take to start and import the pricing modules (first call only).
 STARTUP_TIMEOUT_S = 300.0
@@ -122,8 +124,6 @@ def _server() -> subprocess.Popen:
     global _SERVER
     if _SERVER is not None and _SERVER.poll() is None:
         return _SERVER
-    from .launch import LAUNCHER_ENV
-
     launcher = os.environ.get(LAUNCHER_ENV)
     if launcher:
         proc = _launched_server(launcher)
@@ -145,8 +145,6 @@ def _server() -> subprocess.Popen:
 def _launched_server(launcher: str):
     """The pricing server forked from the warm launcher (``datasite.launch``), with pipes
     like a ``Popen``'s: it exits when this process closes its stdin, as the fresh one does."""
-    from .launch import start_server
-
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     null = os.open(os.devnull, os.O_WRONLY)

@@ -19,7 +19,8 @@ from pathlib import Path
 from shared.protocol import ResultPayload, public_privacy
 
 from .config import SiteError
-from .execution import process_alive, run_claimed_job
+from .execution import run_claimed_job
+from .launch import process_alive
 from .inbox import sender_identity
 from .release_gate import deposit
 from .request_journal import JournalReader, journal_path

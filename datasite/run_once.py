@@ -11,7 +11,8 @@ from shared.jobs import MESSAGE, SCHEDULE, spec_from_dict
 
 from . import inbox
 from .config import SiteError
-from .execution import process_alive, record_ran, run_claimed_job
+from .execution import record_ran, run_claimed_job
+from .launch import process_alive
 from .ledger import LedgerError
 from .states import Entry, Request
 

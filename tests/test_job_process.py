@@ -15,7 +15,7 @@ import time
 import pytest
 
 from datasite import job_process
-from datasite.execution import process_alive
+from datasite.launch import process_alive
 from datasite.launch import LAUNCHER_ENV
 
 # imported inside job code (shared.stats.mechanisms, the first torch.optim optimizer, the

@@ -361,7 +361,7 @@ def test_the_pricing_server_is_its_owners_own(launcher, warm_server_launcher, mo
     (``python -m datasite.pricing_worker``, a deployment's), prices the same and is gone after
     ``shutdown``; the launched one has the launcher, not the owner, as its parent."""
     from datasite import pricing_worker
-    from datasite.execution import process_alive
+    from datasite.launch import process_alive
     from datasite.launch import LAUNCHER_ENV
     from shared.privacy.accounting import event_to_json
 

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from datasite.config import init_site
-from datasite.execution import process_alive
+from datasite.launch import process_alive
 from datasite.job_queue import enqueue
 from datasite.ledger import Ledger, LedgerError
 from datasite.state import open_state

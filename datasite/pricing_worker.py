@@ -325,8 +325,13 @@ def serve() -> None:
 
 def serve_launched(fds: list[int], preload: list[str]) -> None:
     """:func:`serve` in a process forked from the warm launcher
-    (:func:`datasite.launch.start_server`), which imported ``preload`` already."""
+    (:func:`datasite.launch.start_server`), which imported ``preload`` already, with its own
+    environment: the site's job kinds (``DP_DATASITE_JOB_MODULES``) are read again from this
+    one's, as a fresh server would (a spec of such a kind could not be priced otherwise)."""
+    from shared.jobs import load_job_modules
+
     del fds, preload
+    load_job_modules()
     sys.stdin = open(0, closefd=False)  # noqa: SIM115  (the launcher's own was another file)
     serve()
 

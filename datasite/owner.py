@@ -26,7 +26,7 @@ from .publishing import DatasetsMixin
 from .review import ReviewMixin
 from .run_once import RunMixin
 from .state import open_state
-from .users import UsersMixin
+from .users import UsersMixin, login
 
 
 class OwnerSite(DatasetsMixin, UsersMixin, BudgetsMixin, ReviewMixin, RunMixin, DecisionsMixin,
@@ -72,9 +72,7 @@ class OwnerSite(DatasetsMixin, UsersMixin, BudgetsMixin, ReviewMixin, RunMixin, 
             if not lifecycle.is_healthy(self.url):
                 raise SiteError(f"Datasite {self.name} is not running at {self.url}; "
                                 f"start it with `datasite up {self.name}`.")
-            import syft as sy
-
             with contextlib.redirect_stdout(sys.stderr):  # keep the owner's stdout for results
-                self._client = sy.login(url=self.url, email=self.config.root_email,
-                                        password=self.home.root_password())
+                self._client = login(self.url, self.config.root_email,
+                                     self.home.root_password())
         return self._client

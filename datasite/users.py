@@ -8,9 +8,33 @@ import math
 import re
 import sys
 
+from shared.per_thread import kept
+
 from .config import SiteError
 
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.-]{1,189}")
+
+
+def verify_key_of(url: str, email: str, password: str) -> str:
+    """The verify key of the account ``email`` at ``url`` (hex), from PySyft's password
+    exchange alone, on a connection of its own; PySyft's error if the password is wrong."""
+    from syft.client.client import HTTPConnection
+
+    key = HTTPConnection(url=url).login(email=email, password=password)
+    if key is None or not hasattr(key, "signing_key"):
+        raise SiteError(f"Could not log in as {email} at {url}: {key}")
+    return str(key.signing_key.verify_key)
+
+
+def login(url: str, email: str, password: str):
+    """A PySyft client of ``email`` at ``url``. The password is checked by the server every
+    time (:func:`verify_key_of`: a wrong or changed password fails as a fresh login would);
+    a thread that already logged in to that account gets its client again
+    (:mod:`shared.per_thread`), without a new client API."""
+    import syft as sy
+
+    return kept(("syft client", url, verify_key_of(url, email, password)),
+                lambda: sy.login(url=url, email=email, password=password, cache=False))
 
 
 class UsersMixin:
@@ -41,7 +65,7 @@ class UsersMixin:
             # one password exchange with the password we just set tells us where to send
             # budget notes (the exchange alone: a full login would also fetch and build the
             # researcher's API, about 2 s of CPU here and in the server for nothing)
-            self.state.add_researcher(email, str(self._verify_key_of(email, password)))
+            self.state.add_researcher(email, verify_key_of(self.url, email, password))
             registered = True
             if dataset:
                 self.set_budget(dataset, budget_epsilon, researcher=email)
@@ -93,16 +117,6 @@ class UsersMixin:
             print(f"warning: could not remove the half-registered account {email} "
                   f"({type(e).__name__}: {e}); delete it before registering again.",
                   file=sys.stderr)
-
-    def _verify_key_of(self, email: str, password: str):
-        """The verify key of the account ``email``, from PySyft's password exchange on a
-        connection of its own (the owner's client keeps its credentials)."""
-        from syft.client.client import HTTPConnection
-
-        key = HTTPConnection(url=self.url).login(email=email, password=password)
-        if key is None or not hasattr(key, "signing_key"):
-            raise SiteError(f"Could not log in as {email} to read its key: {key}")
-        return key.signing_key.verify_key
 
     def _registered(self, researcher: str) -> str:
         """The registered identity named by ``researcher`` (an e-mail given at `users add`)."""

@@ -28,9 +28,17 @@ def connect(url: str, email: str, password: str) -> "Site":
         raise ConnectError(f"No datasite answers at {url}. Check the address, or ask the data "
                            "owner to start it (`datasite up NAME`).")
     import syft as sy
+    from syft.client.client import HTTPConnection
+
+    from shared.per_thread import kept
 
     try:
-        client = sy.login(url=url, email=email, password=password)
+        # the server checks the password every time (a changed one fails as a fresh login
+        # would); a thread that logged in to this account already gets its client again,
+        # without a new client API (about 1 s)
+        key = HTTPConnection(url=url).login(email=email, password=password)
+        client = kept(("syft client", url, str(key.signing_key.verify_key)),
+                      lambda: sy.login(url=url, email=email, password=password, cache=False))
     except Exception as e:  # syft raises SyftException with a generic text
         raise ConnectError(f"Login to {url} as {email} failed: wrong email or password? "
                            f"({str(e).strip().splitlines()[-1][:200]})") from None

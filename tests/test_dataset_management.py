@@ -14,6 +14,7 @@ import pytest
 
 from conftest import RESEARCHER, NoLogin, free_port, make_site
 from datasite import cli
+from datasite import users as users_module
 from datasite.config import SiteError, init_site
 from datasite.demo_data import breast_cancer_schema, write_breast_cancer_csv
 from datasite.ingest_checks import IngestError
@@ -181,7 +182,7 @@ def fake_server(offline, monkeypatch):
     users = FakeUsers()
     monkeypatch.setattr(OwnerSite, "client", property(lambda self: type("C", (), {
         "users": users})()))
-    monkeypatch.setattr(OwnerSite, "_verify_key_of", lambda self, email, password: "k" * 64)
+    monkeypatch.setattr(users_module, "verify_key_of", lambda url, email, password: "k" * 64)
     return site, csv, users
 
 

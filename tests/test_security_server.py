@@ -88,6 +88,43 @@ def test_the_key_recorded_at_registration_is_the_one_her_login_gets(live_site, a
     assert live_site.state.researcher_keys()[RESEARCHER[0]] == str(alice.client.verify_key)
 
 
+def test_a_second_login_reuses_the_client_only_after_the_server_accepts_the_password(
+        live_site, alice):
+    """A login again to the same account in the same thread gets the thread's client back
+    (no second client API: about 1 s), but only once the server has accepted the password:
+    after the owner changes it, the old one is refused, as in a fresh login. A cache keyed on
+    the password given (syft's own, which it switched off) would let the old one in. Another
+    thread gets a client of its own."""
+    again = researcher.connect(live_site.url, *RESEARCHER)
+    assert again.client is alice.client
+    uid = _admin_view(live_site, RESEARCHER[0]).id
+    new_password = "alice-new-password-2"
+    assert not isinstance(live_site.client.users.update(uid=uid, password=new_password),
+                          SyftError)
+    try:
+        with pytest.raises(researcher.ConnectError, match="wrong email or password"):
+            researcher.connect(live_site.url, *RESEARCHER)
+        assert researcher.connect(live_site.url, RESEARCHER[0], new_password).client \
+            is alice.client  # the same account: its key did not change
+    finally:
+        live_site.client.users.update(uid=uid, password=RESEARCHER[1])
+    other = []
+    t = threading.Thread(target=lambda: other.append(researcher.connect(live_site.url,
+                                                                        *RESEARCHER)))
+    t.start()
+    t.join()
+    assert other[0].client is not alice.client
+    assert str(other[0].client.verify_key) == str(alice.client.verify_key)
+
+
+def test_another_owner_object_of_the_site_reuses_the_threads_root_client(live_site):
+    """An in-process CLI command, a console page or a notebook cell opening the same site again
+    checks the root password with the server and gets this thread's root client back."""
+    from datasite.owner import OwnerSite
+
+    assert OwnerSite(live_site.home).client is live_site.client
+
+
 def test_researcher_cannot_change_her_identity(live_site, alice):
     before = _admin_view(live_site, RESEARCHER[0])
     me = alice.client.account

@@ -127,7 +127,10 @@ def test_concurrent_reservations_never_overspend(tmp_path, backend):
     led, site = _ledger(tmp_path, backend)
     budget = 3.0
     led.set_budget("c", budget, DELTA)
-    ctx = mp.get_context("spawn")
+    # six processes of their own, each with its own connection; forked from one server that
+    # imported the ledger once (spawned, each paid those imports: ~6 s of CPU apiece here)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["datasite.ledger", "datasite.state", "datasite.config"])
     with ctx.Pool(6) as pool:
         counts = pool.map(_reserve_many, [(str(site.root), None, w, 8) for w in range(6)])
     total = sum(counts)

@@ -28,7 +28,7 @@ from pathlib import Path
 from shared.jobs import SpecError
 from shared.privacy.accounting import AccountingError
 
-from .launch import LAUNCHER_ENV, start_server
+from .launch import LAUNCHER_ENV, Launched, start_server
 
 # How long the server may take to start and import the pricing modules (first call only).
 STARTUP_TIMEOUT_S = 300.0
@@ -40,7 +40,7 @@ _PRELOAD = ("shared.privacy.pricing", "shared.training", "shared.privacy.account
 _CACHE: "OrderedDict[tuple, tuple[str, list[str] | None]]" = OrderedDict()
 _CACHE_SIZE = 64
 _LOCK = threading.Lock()  # one request at a time on the server's pipe
-_SERVER: subprocess.Popen | None = None
+_SERVER: subprocess.Popen | Launched | None = None
 # Test-only: the child first allocates this many MiB (no spec the bounds allow needs enough
 # memory to show the cap working). Nothing outside tests sets it.
 _ALLOCATE_MB_FOR_TESTS = 0
@@ -120,7 +120,7 @@ def shutdown() -> None:
             _SERVER = None
 
 
-def _server() -> subprocess.Popen:
+def _server() -> subprocess.Popen | Launched:
     global _SERVER
     if _SERVER is not None and _SERVER.poll() is None:
         return _SERVER
@@ -142,7 +142,7 @@ def _server() -> subprocess.Popen:
     return proc
 
 
-def _launched_server(launcher: str):
+def _launched_server(launcher: str) -> Launched:
     """The pricing server forked from the warm launcher (``datasite.launch``), with pipes
     like a ``Popen``'s: it exits when this process closes its stdin, as the fresh one does."""
     in_r, in_w = os.pipe()
@@ -161,7 +161,7 @@ def _launched_server(launcher: str):
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen | Launched) -> None:
     try:
         proc.kill()
         proc.wait(5)
@@ -172,7 +172,7 @@ def _stop(proc: subprocess.Popen) -> None:
             pipe.close()
 
 
-def _read_line(proc: subprocess.Popen, timeout_s: float) -> dict | None:
+def _read_line(proc: subprocess.Popen | Launched, timeout_s: float) -> dict | None:
     """The server's next JSON line, or None if none came within ``timeout_s`` (or it died)."""
     fd = proc.stdout.fileno()
     ready, _, _ = select.select([fd], [], [], timeout_s)

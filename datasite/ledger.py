@@ -72,10 +72,12 @@ class Ledger:
         """
         import dp_accounting
 
-        from shared.privacy.accounting import epsilon, event_from_json
+        from shared.privacy.accounting import epsilon, epsilon_of_json, event_from_json
 
         if not event_jsons:
             return 0.0
+        if len(event_jsons) == 1:  # one request's cost: the same at estimate, reserve, commit
+            return epsilon_of_json(event_jsons[0], delta)
         groups = Counter(event_jsons)
         parts = [event_from_json(e) if k == 1 else
                  dp_accounting.SelfComposedDpEvent(event_from_json(e), k) for e, k in groups.items()]

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from shared.jobs import SpecError
-from shared.privacy.accounting import AccountingError
+from shared.privacy.accounting import AccountingError, remember_epsilon
 
 from .launch import LAUNCHER_ENV, Launched, start_server
 
@@ -39,6 +39,7 @@ _PRELOAD = ("shared.privacy.pricing", "shared.training", "shared.privacy.account
             "opendp.prelude")
 _CACHE: "OrderedDict[tuple, tuple[str, list[str] | None]]" = OrderedDict()
 _CACHE_SIZE = 64
+_LEARNED = 64  # epsilons a pricing child hands back to its server, at most
 _LOCK = threading.Lock()  # one request at a time on the server's pipe
 _SERVER: subprocess.Popen | Launched | None = None
 # Test-only: the child first allocates this many MiB (no spec the bounds allow needs enough
@@ -68,7 +69,8 @@ class PricingAccountingError(PricingError, AccountingError):
 
 # -- the owner's side --------------------------------------------------------------------------
 def price_bounded(spec: dict, meta_json: str, timeout_s: float = 30.0,
-                  memory_mb: int = 2048) -> tuple[str, list[str] | None]:
+                  memory_mb: int = 2048, delta: float | None = None
+                  ) -> tuple[str, list[str] | None]:
     """``(event_json, record_events)``: the JSON of ``shared.privacy.pricing.planned_event(spec, meta)``
     and ``shared.privacy.pricing.record_events(spec, meta)`` (None: every record gets the planned
     event), computed in a child process that is killed after ``timeout_s`` seconds of wall time
@@ -83,7 +85,10 @@ def price_bounded(spec: dict, meta_json: str, timeout_s: float = 30.0,
     The child may also reuse free heap the server already holds, so the cap stops large
     allocations (a PLD of gigabytes), not the last few megabytes.
     The first call starts the server (imports torch once: seconds, not counted in
-    ``timeout_s``); :func:`warm_up` does that ahead of time."""
+    ``timeout_s``); :func:`warm_up` does that ahead of time. ``delta`` (the dataset's): the
+    child also computes the event's epsilon there, as the ledger would, and this process keeps
+    it (``shared.privacy.accounting.epsilon_of_json``): the reservation and the commit of the
+    request then compose no PLD of their own."""
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s and math.isfinite(timeout_s)):
         raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
     if not (isinstance(memory_mb, int) and memory_mb >= 1):
@@ -94,10 +99,13 @@ def price_bounded(spec: dict, meta_json: str, timeout_s: float = 30.0,
             _CACHE.move_to_end(key)
             return _CACHE[key]
         request = {"spec": spec, "meta_json": meta_json, "timeout_s": float(timeout_s),
-                   "memory_mb": memory_mb, "allocate_mb": int(_ALLOCATE_MB_FOR_TESTS)}
+                   "memory_mb": memory_mb, "allocate_mb": int(_ALLOCATE_MB_FOR_TESTS),
+                   "delta": delta}
         # the server enforces timeout_s; this outer wait only catches a wedged server
         reply = _ask(request, timeout_s + 30.0)
         priced = _result(reply, timeout_s, memory_mb)
+        if reply.get("epsilon") is not None:
+            remember_epsilon(priced[0], delta, reply["epsilon"])
         _CACHE[key] = priced
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -245,14 +253,23 @@ def _price_in_child(request: dict, out_fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         if request.get("allocate_mb"):
             ballast = bytearray(int(request["allocate_mb"]) * 2**20)  # noqa: F841
-        from shared.privacy.accounting import event_to_json
+        from shared.privacy.accounting import epsilon_of_json, event_to_json, kept_epsilons
         from shared.data import DatasetMeta
         from shared.privacy.pricing import planned_event, record_events
 
+        known = {(e, d) for e, d, _ in kept_epsilons()}
         meta = DatasetMeta.from_json(request["meta_json"])
-        event = planned_event(request["spec"], meta)
-        reply = {"kind": "ok", "event": event_to_json(event),
+        event_json = event_to_json(planned_event(request["spec"], meta))
+        reply = {"kind": "ok", "event": event_json,
                  "record_events": record_events(request["spec"], meta)}
+        if request.get("delta") is not None:  # the ledger's number, while the PLDs are warm
+            try:
+                reply["epsilon"] = epsilon_of_json(event_json, request["delta"])
+            except AccountingError:  # the ledger says why, with its own message
+                pass
+        # what this child computed, for the server to keep: the next child forked from it
+        # (the same job again, with another seed) checks its cached sigma without a PLD
+        reply["learned"] = [x for x in kept_epsilons() if x[:2] not in known][-_LEARNED:]
     except MemoryError:
         reply = {"kind": "memory"}
     except Exception as e:
@@ -296,11 +313,16 @@ def _serve_one(request: dict) -> dict:
         return {"kind": "timeout"}
     text = b"".join(chunks).decode(errors="replace").strip()
     try:
-        return json.loads(text)
+        reply = json.loads(text)
     except ValueError:
-        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-               else f"exit code {os.WEXITSTATUS(status)}")
-        return {"kind": "crash", "detail": how}
+        reply = None
+    if isinstance(reply, dict):
+        for event_json, delta, eps in reply.pop("learned", None) or []:
+            remember_epsilon(event_json, delta, eps)
+        return reply
+    how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+           else f"exit code {os.WEXITSTATUS(status)}")
+    return {"kind": "crash", "detail": how}
 
 
 def serve() -> None:

@@ -102,9 +102,11 @@ class ReviewMixin:
         cached = self.state.cached_price(request_id, spec_json)
         if cached is None:
             meta_json = self.state.dataset(spec["dataset"])["meta_json"]
+            budget = self.ledger.budget(spec["dataset"])
             try:
                 event_json, alternatives = price_bounded(
-                    spec, meta_json, timeout_s=PRICE_TIMEOUT_S, memory_mb=PRICE_MEMORY_MB)
+                    spec, meta_json, timeout_s=PRICE_TIMEOUT_S, memory_mb=PRICE_MEMORY_MB,
+                    delta=budget["delta"] if budget else None)
             except (PricingError, SpecError, AccountingError) as e:
                 self.state.save_price(request_id, spec_json, error=str(e))
                 raise SiteError(f"Pricing request {request_id[:8]} failed: {e}") from None

@@ -336,6 +336,28 @@ def test_price_bounded_gives_the_in_process_price(worker):
         assert isinstance(e.value, error)
 
 
+def test_a_priced_requests_epsilon_is_the_ledgers_own_and_computed_once(worker):
+    """With the dataset's delta, the pricing child computes the request's epsilon too, and the
+    owner's reservation and commit reuse it: the very number the ledger computes from the event
+    (here computed afresh after forgetting it), with no PLD composed in the owner's process."""
+    from unittest import mock
+
+    from datasite.ledger import Ledger
+    from shared.privacy import accounting
+
+    spec = _spec("dpsgd_table", epochs=2, batch_size=32, seed=16)
+    accounting.clear_pld_cache()
+    event_json, _ = worker.price_bounded(spec, META.to_json(), 60, 2048, delta=1e-5)
+    with mock.patch.object(accounting, "epsilon", side_effect=AssertionError("composed again")):
+        kept = Ledger.epsilon_of([event_json], 1e-5)
+    accounting.clear_pld_cache()
+    assert kept == Ledger.epsilon_of([event_json], 1e-5) == accounting.epsilon(
+        accounting.event_from_json(event_json), 1e-5)
+    with pytest.raises(AssertionError, match="composed again"), mock.patch.object(
+            accounting, "epsilon", side_effect=AssertionError("composed again")):
+        Ledger.epsilon_of([event_json], 2e-5)  # another delta: its own number
+
+
 def test_price_bounded_kills_pricing_at_the_deadline(worker):
     spec = _spec("dpsgd_table", epochs=200, batch_size=5, test_fraction=69 / 569, seed=12)
     t0 = time.perf_counter()

@@ -166,10 +166,12 @@ def pld_accountant(event: dp_accounting.DpEvent, interval: float) -> PLDAccounta
 
 
 def clear_pld_cache() -> None:
-    """Forget the composed accountants :func:`pld_accountant` keeps and the RDP curves
-    :func:`rdp_curve` keeps (benchmarks time cold calls)."""
+    """Forget the composed accountants :func:`pld_accountant` keeps, the epsilons
+    :func:`epsilon_of_json` keeps and the RDP curves :func:`rdp_curve` keeps (benchmarks time
+    cold calls)."""
     with _PLD_CACHE_LOCK:
         _PLD_CACHE.clear()
+        _EPS_KEPT.clear()
     _rdp_kept.cache_clear()
 
 
@@ -219,12 +221,49 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
 
 _pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
 
+# A request's one event is priced at review, reserved at run and checked again at release: the
+# same deterministic refined epsilon each time (0.2 s of PLD FFTs for a DP-SGD event). Keep the
+# last few per (event JSON, delta), so that a request pays for it once per process.
+_EPS_KEPT: "OrderedDict[tuple[str, float], float]" = OrderedDict()
+_EPS_KEPT_SIZE = 256
+
+
+def epsilon_of_json(event_json: str, delta: float) -> float:
+    """:func:`epsilon` of a stored event (refined discretisation), remembered per
+    (event, delta): the same number every time, computed once per process."""
+    key = (event_json, float(delta))
+    with _PLD_CACHE_LOCK:
+        if key in _EPS_KEPT:
+            _EPS_KEPT.move_to_end(key)
+            return _EPS_KEPT[key]
+    eps = epsilon(event_from_json(event_json), delta)
+    remember_epsilon(event_json, delta, eps)
+    return eps
+
+
+def remember_epsilon(event_json: str, delta: float, eps: float) -> None:
+    """Keep ``eps`` as :func:`epsilon_of_json` (event_json, delta). Only for a number this code
+    computed with :func:`epsilon_of_json` in a process the owner runs (the pricing server's
+    child), never for one a researcher or a database supplied."""
+    with _PLD_CACHE_LOCK:
+        _EPS_KEPT[(event_json, float(delta))] = float(eps)
+        _EPS_KEPT.move_to_end((event_json, float(delta)))
+        while len(_EPS_KEPT) > _EPS_KEPT_SIZE:
+            _EPS_KEPT.popitem(last=False)
+
+
+def kept_epsilons() -> list[tuple[str, float, float]]:
+    """What :func:`epsilon_of_json` keeps: (event JSON, delta, epsilon), oldest first."""
+    with _PLD_CACHE_LOCK:
+        return [(e, d, eps) for (e, d), eps in _EPS_KEPT.items()]
+
 
 def meets_epsilon(sample_rate: float, sigma: float, steps: int, epsilon: float,
                   delta: float) -> bool:
     """Whether DP-SGD at noise ``sigma`` is ``epsilon``-DP at ``delta`` by PLD: the criterion
     :func:`calibrate_noise` bisects on (and the check of a cached sigma)."""
-    return _pld_eps(dpsgd_event(sample_rate, sigma, steps), delta) <= epsilon
+    return epsilon_of_json(event_to_json(dpsgd_event(sample_rate, sigma, steps)),
+                           delta) <= epsilon
 
 
 def rdp_curve(event: dp_accounting.DpEvent) -> np.ndarray | None:

@@ -50,6 +50,13 @@ PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privac
 
 _CTX = None
 _NOT_FOR_JOBS = ("init_main_from_path", "init_main_from_name")
+# Epsilons this process's jobs computed (event JSON, delta) -> epsilon, handed to the next job:
+# each DP-SGD job checks its cached sigma (a refined PLD, ~0.2 s) and the next job of the same
+# kind checks the same one. Kept apart from the accountant's own memo: only jobs read them, and
+# a job that took a wrong one would report an event the ledger's commit refuses.
+_JOB_EPSILONS: "dict[tuple[str, float], float]" = {}
+_JOB_EPSILONS_SIZE = 64
+_JOB_EPSILONS_LOCK = threading.Lock()
 
 
 class _ForkServer(forkserver.ForkServer):
@@ -221,14 +228,22 @@ def _die_with_parent() -> None:
 
 
 def child(spec_json: str, dataset_dir: str, result_file: str, context_json: str | None,
-          backbones_json: str | None, conn) -> None:
-    """The job process: run the job, report progress and the outcome on ``conn``."""
+          backbones_json: str | None, conn, epsilons: list | None = None) -> None:
+    """The job process: run the job, report progress, the epsilons it computed and the
+    outcome on ``conn``. ``epsilons``: ones earlier jobs computed (see ``_JOB_EPSILONS``)."""
     _die_with_parent()
+    from shared.privacy.accounting import kept_epsilons, remember_epsilon
+
     from .runner import run_to_file
 
     try:
+        for event_json, delta, eps in epsilons or []:
+            remember_epsilon(event_json, delta, eps)
+        known = {x[:2] for x in kept_epsilons()}
         run_to_file(spec_json, dataset_dir, result_file, context_json, backbones_json,
                     lambda done, total: conn.send(("progress", int(done), int(total))))
+        conn.send(("epsilons", [x for x in kept_epsilons()
+                                if x[:2] not in known][-_JOB_EPSILONS_SIZE:]))
         conn.send(("done",))
     except BaseException:  # pylint: disable=broad-except
         conn.send(("error", traceback.format_exc()[-3000:]))
@@ -246,15 +261,27 @@ def job_payload(spec: dict, dataset_dir, result_path, context: dict | None = Non
             "backbones_json": json.dumps(backbones) if backbones else None}
 
 
+def _keep_job_epsilons(entries: list) -> None:
+    with _JOB_EPSILONS_LOCK:
+        for event_json, delta, eps in entries:
+            key = (str(event_json), float(delta))
+            _JOB_EPSILONS.pop(key, None)
+            _JOB_EPSILONS[key] = float(eps)
+        while len(_JOB_EPSILONS) > _JOB_EPSILONS_SIZE:
+            _JOB_EPSILONS.pop(next(iter(_JOB_EPSILONS)))
+
+
 def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
     """Run the job described by ``payload`` (spec, dataset_dir, result_path, context,
     backbones) in a process forked from the warm server; RuntimeError with the job's
     traceback if it fails."""
     ctx = context()
     recv, send = ctx.Pipe(duplex=False)
+    with _JOB_EPSILONS_LOCK:
+        known = [(e, d, eps) for (e, d), eps in _JOB_EPSILONS.items()]
     proc = JobProcess(target=child, args=(
         payload["spec_json"], payload["dataset_dir"], payload["result_path"],
-        payload.get("context_json"), payload.get("backbones_json"), send))
+        payload.get("context_json"), payload.get("backbones_json"), send, known))
     proc.start()
     send.close()
     if on_start is not None:
@@ -275,6 +302,8 @@ def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
             break
         if msg[0] == "progress" and on_progress is not None:
             on_progress(msg[1], msg[2])
+        elif msg[0] == "epsilons":
+            _keep_job_epsilons(msg[1])
         elif msg[0] in ("done", "error"):
             outcome = msg
     proc.join()

@@ -128,6 +128,14 @@ def test_a_foreground_job_forks_from_the_owner_process_warm_server(tmp_path):
         out = tmp_path / f"result-{warm}.pkl"
         run(spec, dataset_dir, out, False, on_progress=lambda done, total: steps.append(done))
         assert load_result(out).kind == "dpsgd_table" and steps
+        if warm:  # the epsilons the job computed come back for the next job, and are right
+            from shared.privacy import accounting
+
+            kept = dict(job_process._JOB_EPSILONS)  # pylint: disable=protected-access
+            assert kept
+            for (event_json, delta), eps in list(kept.items())[-2:]:
+                accounting.clear_pld_cache()
+                assert eps == accounting.epsilon_of_json(event_json, delta)
 
         parents, pids = [], []
 

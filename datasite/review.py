@@ -27,6 +27,17 @@ class ReviewMixin:
         return {r.id.to_string(): r for r in self.client.requests.get_all()}
 
     def syft_request(self, request_id: str):
+        """(full id, syft Request) of the request ``request_id`` names (a prefix will do)."""
+        if len(request_id) == 32:  # a full id (the API, the console, workers): one round trip;
+            from syft.service.response import SyftError  # a listing grows with every job
+            from syft.types.uid import UID
+
+            try:
+                req = self.client.api.services.request.get_by_uid(uid=UID(request_id))
+            except Exception:  # not an id, or no such request: the listing says which
+                req = None
+            if req is not None and not isinstance(req, SyftError):
+                return req.id.to_string(), req
         reqs = self.syft_requests()
         matches = [k for k in reqs if k.startswith(request_id)]
         if len(matches) != 1:

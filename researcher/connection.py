@@ -188,7 +188,10 @@ class Site:
 
     @property
     def datasets(self) -> DatasetCatalog:
-        budgets = self.budgets()
+        return self._catalog(self.budgets())
+
+    def _catalog(self, budgets: dict) -> DatasetCatalog:
+        """The published datasets, each with its budget from ``budgets``."""
         out = DatasetCatalog()
         for ds in self.client.datasets.get_all():
             try:

@@ -5,8 +5,8 @@ The mechanism is :class:`shared.training.engine.DPTrainer` with ``data_parallel=
 DPDDP + distributed optimizer, noise on rank 0 only); this module only starts the processes and
 splits the records. Two ways in:
 
-* :func:`launch` spawns ``world_size`` local processes (``torch.multiprocessing.spawn``) on a
-  free loopback port and returns rank 0's result;
+* :func:`launch` starts ``world_size`` local processes (forked from a warm multiprocessing fork
+  server, :data:`RANK_PRELOAD`) on a free loopback port and returns rank 0's result;
 * under ``torchrun`` (several hosts), call :func:`init_from_env` in each process.
 
 Only rank 0's return value leaves :func:`launch`: every rank ends with the same model, but
@@ -77,9 +77,17 @@ def data_parallel_ranks() -> int:
         return 1
 
 
+# Imported once by the fork server the ranks fork from (multiprocessing's, started by the first
+# launch of this process), not by every rank: spawned, each rank imported torch and Opacus
+# afresh (seconds per rank, per job). The server never touches a GPU; each rank initialises
+# CUDA itself, after the fork.
+RANK_PRELOAD = ["torch", "torch.distributed", "opacus", "shared.training.table",
+                "shared.training.engine", "shared.training.distributed"]
+
+
 def launch(fn: Callable[..., Any], world_size: int, *args, device_type: str | None = None,
            timeout_s: float = 300) -> Any:
-    """Run ``fn(device, *args)`` in ``world_size`` fresh local processes joined in one process
+    """Run ``fn(device, *args)`` in ``world_size`` new local processes joined in one process
     group (loopback, a free port); return rank 0's return value. ``fn`` must be picklable (a
     module-level function); a failing rank raises here. ``device_type`` "cuda": rank r on GPU r
     (of those CUDA_VISIBLE_DEVICES shows), NCCL; "cpu": gloo."""
@@ -89,8 +97,10 @@ def launch(fn: Callable[..., Any], world_size: int, *args, device_type: str | No
                          f"{torch.cuda.device_count()} visible")
     with tempfile.TemporaryDirectory(prefix="dpds-ddp-") as tmp:
         out = Path(tmp) / "rank0.pkl"
-        mp.spawn(_rank_main, nprocs=world_size, join=True,
-                 args=(fn, world_size, free_port(), device_type, timeout_s, str(out), args))
+        mp.get_context("forkserver").set_forkserver_preload(RANK_PRELOAD)
+        mp.start_processes(_rank_main, nprocs=world_size, join=True, start_method="forkserver",
+                           args=(fn, world_size, free_port(), device_type, timeout_s, str(out),
+                                 args))
         with open(out, "rb") as f:
             return pickle.load(f)
 

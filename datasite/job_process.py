@@ -50,9 +50,9 @@ PRELOAD = ["torch", "opacus", "shared.runner", "shared.training", "shared.privac
 
 _CTX = None
 _NOT_FOR_JOBS = ("init_main_from_path", "init_main_from_name")
-# Epsilons this process's jobs computed (event JSON, delta) -> epsilon, handed to the next job:
-# each DP-SGD job checks its cached sigma (a refined PLD, ~0.2 s) and the next job of the same
-# kind checks the same one. Kept apart from the accountant's own memo: only jobs read them, and
+# Epsilons this process's jobs and pricings computed (event JSON, delta) -> epsilon, handed to
+# the next job: each DP-SGD job checks its cached sigma (a refined PLD, ~0.2 s), which its
+# pricing checked already and the next job of the same kind checks again. Kept apart from the accountant's own memo: only jobs read them, and
 # a job that took a wrong one would report an event the ledger's commit refuses.
 _JOB_EPSILONS: "dict[tuple[str, float], float]" = {}
 _JOB_EPSILONS_SIZE = 64
@@ -261,7 +261,9 @@ def job_payload(spec: dict, dataset_dir, result_path, context: dict | None = Non
             "backbones_json": json.dumps(backbones) if backbones else None}
 
 
-def _keep_job_epsilons(entries: list) -> None:
+def keep_job_epsilons(entries: list) -> None:
+    """Keep (event JSON, delta, epsilon) computed on the owner's side (a job, a pricing) for
+    the jobs this process forks next (see ``_JOB_EPSILONS``)."""
     with _JOB_EPSILONS_LOCK:
         for event_json, delta, eps in entries:
             key = (str(event_json), float(delta))
@@ -303,7 +305,7 @@ def run_forked(payload: dict, on_start=None, on_progress=None) -> None:
         if msg[0] == "progress" and on_progress is not None:
             on_progress(msg[1], msg[2])
         elif msg[0] == "epsilons":
-            _keep_job_epsilons(msg[1])
+            keep_job_epsilons(msg[1])
         elif msg[0] in ("done", "error"):
             outcome = msg
     proc.join()

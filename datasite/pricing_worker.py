@@ -28,6 +28,7 @@ from pathlib import Path
 from shared.jobs import SpecError
 from shared.privacy.accounting import AccountingError, remember_epsilon
 
+from .job_process import keep_job_epsilons
 from .launch import LAUNCHER_ENV, Launched, start_server
 
 # How long the server may take to start and import the pricing modules (first call only).
@@ -106,6 +107,8 @@ def price_bounded(spec: dict, meta_json: str, timeout_s: float = 30.0,
         priced = _result(reply, timeout_s, memory_mb)
         if reply.get("epsilon") is not None:
             remember_epsilon(priced[0], delta, reply["epsilon"])
+        # the job this prices checks the same cached sigmas when it runs: give it these
+        keep_job_epsilons(reply.get("learned") or [])
         _CACHE[key] = priced
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -317,7 +320,7 @@ def _serve_one(request: dict) -> dict:
     except ValueError:
         reply = None
     if isinstance(reply, dict):
-        for event_json, delta, eps in reply.pop("learned", None) or []:
+        for event_json, delta, eps in reply.get("learned") or []:
             remember_epsilon(event_json, delta, eps)
         return reply
     how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)

@@ -356,6 +356,14 @@ def test_a_priced_requests_epsilon_is_the_ledgers_own_and_computed_once(worker):
     with pytest.raises(AssertionError, match="composed again"), mock.patch.object(
             accounting, "epsilon", side_effect=AssertionError("composed again")):
         Ledger.epsilon_of([event_json], 2e-5)  # another delta: its own number
+    # what the pricing child computed on the way (its sigma's checks) waits for the job
+    from datasite import job_process
+
+    handed = list(job_process._JOB_EPSILONS.items())  # pylint: disable=protected-access
+    assert handed
+    (last_event, last_delta), eps = handed[-1]
+    accounting.clear_pld_cache()
+    assert eps == accounting.epsilon_of_json(last_event, last_delta)
 
 
 def test_price_bounded_kills_pricing_at_the_deadline(worker):

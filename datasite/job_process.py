@@ -52,8 +52,9 @@ _CTX = None
 _NOT_FOR_JOBS = ("init_main_from_path", "init_main_from_name")
 # Epsilons this process's jobs and pricings computed (event JSON, delta) -> epsilon, handed to
 # the next job: each DP-SGD job checks its cached sigma (a refined PLD, ~0.2 s), which its
-# pricing checked already and the next job of the same kind checks again. Kept apart from the accountant's own memo: only jobs read them, and
-# a job that took a wrong one would report an event the ledger's commit refuses.
+# pricing checked already and the next job of the same kind checks again. Kept apart from the
+# accountant's own memo: only jobs read them, and a job that took a wrong one would report an
+# event the ledger's commit refuses.
 _JOB_EPSILONS: "dict[tuple[str, float], float]" = {}
 _JOB_EPSILONS_SIZE = 64
 _JOB_EPSILONS_LOCK = threading.Lock()
@@ -232,18 +233,17 @@ def child(spec_json: str, dataset_dir: str, result_file: str, context_json: str 
     """The job process: run the job, report progress, the epsilons it computed and the
     outcome on ``conn``. ``epsilons``: ones earlier jobs computed (see ``_JOB_EPSILONS``)."""
     _die_with_parent()
-    from shared.privacy.accounting import kept_epsilons, remember_epsilon
+    from shared.privacy.accounting import kept_keys, kept_since, remember_epsilon
 
     from .runner import run_to_file
 
     try:
         for event_json, delta, eps in epsilons or []:
             remember_epsilon(event_json, delta, eps)
-        known = {x[:2] for x in kept_epsilons()}
+        mark = kept_keys()
         run_to_file(spec_json, dataset_dir, result_file, context_json, backbones_json,
                     lambda done, total: conn.send(("progress", int(done), int(total))))
-        conn.send(("epsilons", [x for x in kept_epsilons()
-                                if x[:2] not in known][-_JOB_EPSILONS_SIZE:]))
+        conn.send(("epsilons", kept_since(mark, _JOB_EPSILONS_SIZE)))
         conn.send(("done",))
     except BaseException:  # pylint: disable=broad-except
         conn.send(("error", traceback.format_exc()[-3000:]))

@@ -256,11 +256,11 @@ def _price_in_child(request: dict, out_fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         if request.get("allocate_mb"):
             ballast = bytearray(int(request["allocate_mb"]) * 2**20)  # noqa: F841
-        from shared.privacy.accounting import epsilon_of_json, event_to_json, kept_epsilons
+        from shared.privacy.accounting import epsilon_of_json, event_to_json, kept_keys, kept_since
         from shared.data import DatasetMeta
         from shared.privacy.pricing import planned_event, record_events
 
-        known = {(e, d) for e, d, _ in kept_epsilons()}
+        mark = kept_keys()
         meta = DatasetMeta.from_json(request["meta_json"])
         event_json = event_to_json(planned_event(request["spec"], meta))
         reply = {"kind": "ok", "event": event_json,
@@ -272,7 +272,7 @@ def _price_in_child(request: dict, out_fd: int) -> None:
                 pass
         # what this child computed, for the server to keep: the next child forked from it
         # (the same job again, with another seed) checks its cached sigma without a PLD
-        reply["learned"] = [x for x in kept_epsilons() if x[:2] not in known][-_LEARNED:]
+        reply["learned"] = kept_since(mark, _LEARNED)
     except MemoryError:
         reply = {"kind": "memory"}
     except Exception as e:

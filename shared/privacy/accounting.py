@@ -219,8 +219,6 @@ def epsilon(event: dp_accounting.DpEvent, delta: float,
     return eps
 
 
-_pld_eps = epsilon  # calibrate_noise's `epsilon` argument shadows the function
-
 # A request's one event is priced at review, reserved at run and checked again at release: the
 # same deterministic refined epsilon each time (0.2 s of PLD FFTs for a DP-SGD event). Keep the
 # last few per (event JSON, delta), so that a request pays for it once per process.
@@ -252,10 +250,19 @@ def remember_epsilon(event_json: str, delta: float, eps: float) -> None:
             _EPS_KEPT.popitem(last=False)
 
 
-def kept_epsilons() -> list[tuple[str, float, float]]:
-    """What :func:`epsilon_of_json` keeps: (event JSON, delta, epsilon), oldest first."""
+def kept_keys() -> set[tuple[str, float]]:
+    """The (event JSON, delta) pairs :func:`epsilon_of_json` keeps now: a mark for
+    :func:`kept_since`."""
     with _PLD_CACHE_LOCK:
-        return [(e, d, eps) for (e, d), eps in _EPS_KEPT.items()]
+        return set(_EPS_KEPT)
+
+
+def kept_since(mark: set[tuple[str, float]], at_most: int) -> list[tuple[str, float, float]]:
+    """(event JSON, delta, epsilon) kept since ``mark`` (:func:`kept_keys`), the newest
+    ``at_most``: what a forked child computed, to hand back to the process it serves."""
+    with _PLD_CACHE_LOCK:
+        new = [(e, d, eps) for (e, d), eps in _EPS_KEPT.items() if (e, d) not in mark]
+    return new[-at_most:]
 
 
 def meets_epsilon(sample_rate: float, sigma: float, steps: int, epsilon: float,

@@ -261,3 +261,18 @@ def test_a_launched_fork_server_is_its_clients_own(tmp_path, launcher, warm_serv
     while process_alive(seen["server"]):
         assert time.monotonic() - t < 10, "the fork server outlived its client"
         time.sleep(0.05)
+
+
+def test_an_epsilon_a_job_hands_back_never_prices_a_reservation_or_a_release():
+    """Attack: a job process (it runs on private data) hands back a tiny epsilon for an event.
+    Only later jobs read it; the ledger's reserve and commit still compose their own."""
+    from datasite.ledger import Ledger
+    from shared.privacy import accounting
+
+    event_json = accounting.event_to_json(accounting.dpsgd_event(0.1, 1.2, 10))
+    accounting.clear_pld_cache()
+    job_process.keep_job_epsilons([(event_json, 1e-5, 1e-9)])
+    try:
+        assert Ledger.epsilon_of([event_json], 1e-5) > 0.1
+    finally:
+        job_process._JOB_EPSILONS.pop((event_json, 1e-5))  # pylint: disable=protected-access

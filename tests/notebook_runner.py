@@ -8,15 +8,36 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
+from traitlets import default
 
 NB = Path(__file__).resolve().parent.parent / "notebooks"
+KERNELS = Path(__file__).resolve().parent / "kernels"
+
+
+class WarmKernelManager(AsyncKernelManager):
+    """Starts the ``dpds-warm`` kernel (tests/kernels): the stock kernel, forked from the
+    tests' warm launcher with the product imported (tests/kernel_shim.py)."""
+
+    @default("kernel_spec_manager")
+    def _warm_specs(self):
+        return KernelSpecManager(kernel_dirs=[str(KERNELS)])
+
+
+def kernel(env: dict) -> dict:
+    """How NotebookClient starts a notebook's kernel: the stock python3 kernel, or, with the
+    tests' warm launcher, the same kernel forked from it (the cells run alike)."""
+    if not dict(os.environ, **env).get("DPDS_WARM_LAUNCHER"):
+        return {"kernel_name": "python3"}
+    return {"kernel_name": "dpds-warm", "kernel_manager_class": WarmKernelManager}
 
 
 def execute(name: str, env: dict):
     """Run every cell of notebooks/NAME in a fresh kernel with ``env`` added to its environment."""
     nb = nbformat.read(NB / name, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = NotebookClient(nb, timeout=600, **kernel(env),
                             resources={"metadata": {"path": str(NB.parent)}})
     client.execute(env=dict(os.environ, **env))  # the kernel gets its own environment
     return nb

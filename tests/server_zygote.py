@@ -19,23 +19,34 @@ workers, notebook kernels, consoles, round servers): job fork servers
 imports torch, Opacus, sklearn, the accountants and the job code (about 10-16 s of CPU on the
 test host, dozens per run); this process imports them once, on the first such request.
 
+And it forks the notebook tests' kernels (tests/kernel_shim.py): an ipykernel with syft, torch
+and the product imported, which a fresh kernel's first cells spend 5-8 s of CPU on.
+
 Protocol: one connection per start on the Unix socket; one JSON line in, one back ({"pid"} or
 {"error"}). A site process: {"module", "args", "log", "env", "cwd", "umask"}. A helper server:
 {"serve": module, "preload", "env", "cwd", "umask", "sys_path"}, with its stdin, stdout and
-stderr, then its own descriptors, passed along (SCM_RIGHTS).
+stderr, then its own descriptors, passed along (SCM_RIGHTS). A kernel: {"kernel": its
+arguments, "env", "cwd", "umask", "sys_path", "watch": the shim's pid}, with its stdin, stdout
+and stderr.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+
+# not matplotlib: it reads MPLBACKEND, which the kernel sets, when it is imported
+KERNEL_PRELOAD = ["ipykernel.kernelapp", "researcher", "researcher.jobs", "datasite.ledger_view",
+                  "torch", "opacus"]
 
 
 def _child(req: dict, fds: list[int]) -> None:
@@ -44,10 +55,13 @@ def _child(req: dict, fds: list[int]) -> None:
     stdin, stdout and stderr (``fds[:3]``) and its own descriptors (the rest)."""
     code = 1
     helper = "serve" in req
+    kernel = "kernel" in req
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it may wait on its own children
-        if helper:
+        if helper or kernel:
             stdio = fds[:3]
+            if kernel:
+                os.setsid()  # as jupyter_client starts a kernel
         else:
             os.setsid()
             log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -64,6 +78,14 @@ def _child(req: dict, fds: list[int]) -> None:
             sys.path[:] = req["sys_path"]
             importlib.import_module(req["serve"]).serve_launched(fds[3:], req["preload"])
             code = 0
+        elif kernel:
+            sys.path[:] = req["sys_path"]
+            sys.argv = ["ipykernel_launcher", *req["kernel"]]
+            _exit_with(req["watch"])
+            from ipykernel import kernelapp
+
+            kernelapp.launch_new_instance()
+            code = 0
         else:
             sys.argv = [req["module"], *req["args"]]
             result = importlib.import_module(req["module"]).main(req["args"])
@@ -78,6 +100,17 @@ def _child(req: dict, fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _exit_with(pid: int) -> None:
+    """End this process when ``pid`` (the kernel's shim, which jupyter_client holds) ends."""
+    def watch():
+        try:
+            select.select([os.pidfd_open(pid)], [], [])
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-shim").start()
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -133,6 +166,10 @@ def serve(path: str) -> None:
                     if req["serve"] not in SERVERS or len(fds) < 3:
                         raise ValueError(f"not a helper server: {req['serve']} ({len(fds)} fds)")
                     _preload(req["preload"])
+                elif "kernel" in req:
+                    if len(fds) != 3:
+                        raise ValueError(f"a kernel takes its 3 standard streams ({len(fds)})")
+                    _preload(KERNEL_PRELOAD)
                 elif req.get("module") not in MODULES:
                     raise ValueError(f"not a site process: {req.get('module')}")
                 sys.stdout.flush()

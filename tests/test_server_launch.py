@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,51 @@ def test_the_launcher_starts_only_site_processes(tmp_path):
                               "env": {}, "cwd": str(tmp_path), "umask": 0o77}).encode() + b"\n")
         answer = json.loads(s.makefile("rb").readline())
     assert "not a site process" in answer["error"]
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("end", ["shutdown", "kill -9 the shim"])
+def test_a_warm_notebook_kernel_runs_cells_and_never_outlives_its_shim(end):
+    """The notebook tests' kernels fork from the launcher (tests/kernel_shim.py): the cells
+    run there, with the product already imported; a shutdown ends both processes, and so does
+    killing the shim jupyter_client holds (no kernel is left behind)."""
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    from notebook_runner import KERNELS
+
+    km = KernelManager(kernel_name="dpds-warm",
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(KERNELS)]))
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        sent = kc.execute("import os, sys", user_expressions={"pid": "os.getpid()",
+                                                              "warm": "'syft' in sys.modules"})
+        reply = kc.get_shell_msg(timeout=60)
+        while reply["parent_header"].get("msg_id") != sent:
+            reply = kc.get_shell_msg(timeout=60)
+        answer = reply["content"]["user_expressions"]
+        pid, warm = (answer[k]["data"]["text/plain"] for k in ("pid", "warm"))
+        pid, shim = int(pid), km.provisioner.process.pid
+        assert pid != shim and "server_zygote.py" in _cmdline(pid) and warm == "True"
+        assert "kernel_shim.py" in _cmdline(shim)
+        if end == "shutdown":
+            km.shutdown_kernel()
+        else:
+            os.kill(shim, signal.SIGKILL)
+        assert _gone(pid, within=10), "the kernel outlived its shim"
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)

@@ -27,8 +27,7 @@ def main(argv: list[str]) -> int:
     if not launcher:
         os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
     cwd = os.getcwd()
-    # as ``python -m`` would have it (the launcher drops the cwd entry, IPython adds it back)
-    path = [cwd, *(p for p in sys.path[1:])]
+    path = [cwd, *sys.path[1:]]  # the notebook's folder first, where this script's was
     req = {"kernel": argv, "env": dict(os.environ), "cwd": cwd, "umask": _umask(),
            "sys_path": path, "watch": os.getpid()}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:

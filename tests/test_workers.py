@@ -291,6 +291,55 @@ def test_a_worker_killed_mid_job_is_refunded_once_and_replaced(site):
     assert W.alive(site.state) == []  # the workers are gone, with their heartbeat rows
 
 
+def test_a_site_killed_with_jobs_queued_and_running_picks_up_after_restart(site):
+    """The host goes down (kill -9 of the supervisor, its worker and the job in hand) with jobs
+    still queued; `datasite workers` started again refunds the job that was running, once,
+    visibly, and runs every queued job once."""
+    import sys
+
+    def supervise():
+        p = subprocess.Popen([sys.executable, "-m", "datasite.cli", "workers", "wk", "--cpus",
+                              "1", "--home", str(site.home.root)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        site.procs.append(p)
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+        return p, lines
+
+    sup, _ = supervise()
+    site.wait_workers(1)
+    running = site.queue(_dpsgd(2000))
+    t = time.monotonic()
+    while not site.state.request(running)["progress_json"]:
+        assert time.monotonic() - t < 120, site.logs()
+        time.sleep(0.1)
+    queued = [site.queue(STATS) for _ in range(3)]
+    job_pid = site.state.request(running)["runner_pid"]
+    workers = [w["pid"] for w in W.alive(site.state)]
+    for pid in [sup.pid, *workers]:  # every process of the site at once, no clean-up
+        os.killpg(pid, signal.SIGKILL)
+    t = time.monotonic()
+    while process_alive(job_pid):
+        assert time.monotonic() - t < 10, "the job outlived its worker"
+        time.sleep(0.05)
+    assert site.state.request(running)["state"] == Request.RUNNING  # nobody has noticed yet
+    assert all(site.state.request(r)["started_at"] is None for r in queued)
+
+    sup, lines = supervise()  # the site comes back
+    site.wait_states([running, *queued])
+    assert "died" in site.state.request(running)["reason"]
+    assert site.ledger.entry(running)["state"] == "refunded"
+    for rid in queued:
+        own = site.state.request(rid)
+        assert own["state"] == Request.RAN, own["reason"]
+        assert site.state.execution_count(rid) == 1
+    assert site.ledger.spent(DATASET)["jobs"] == len(queued) and site.ledger.verify()[0]
+    os.killpg(sup.pid, signal.SIGTERM)
+    assert sup.wait(timeout=60) == 0
+    out = "".join(lines)
+    assert out.count("refunded") == 1 and f"request {running[:8]}" in out, out
+
+
 def test_cpu_workers_divide_the_cores_between_their_jobs(tmp_path, monkeypatch):
     """N CPU workers' jobs get cores // N intra-op threads each (not a pool over every core per
     job, which makes concurrent jobs spin on each other); an owner's OMP_NUM_THREADS wins."""

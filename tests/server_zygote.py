@@ -31,6 +31,7 @@ and stderr.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -133,6 +134,9 @@ def _preload(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    # what is imported here lives as long as every child: out of the collector's sight, a
+    # child's collections no longer walk (and copy, page by page) the whole of syft and torch
+    gc.freeze()
 
 
 def serve(path: str) -> None:
@@ -153,6 +157,7 @@ def serve(path: str) -> None:
     for module in MODULES:
         importlib.import_module(module)
     import datasite.owner  # noqa: F401  (a round server's site)
+    gc.freeze()  # see _preload
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit
     while True:

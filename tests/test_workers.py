@@ -93,6 +93,15 @@ class _Site:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        # and the workers a killed supervisor started (a failed test must leave none running)
+        for w in self.state.workers():
+            try:
+                with open(f"/proc/{w['pid']}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if b"datasite.worker" in cmd and str(self.home.root).encode() in cmd:
+                os.killpg(w["pid"], signal.SIGKILL)
 
 
 @pytest.fixture

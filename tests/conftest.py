@@ -100,8 +100,9 @@ def warm_server_launcher(tmp_path_factory):
     starts, notebook kernels included -- fork from one process with syft imported
     (tests/server_zygote.py, named by ``DPDS_WARM_LAUNCHER``): seconds of CPU less per start;
     so do the job fork servers of the processes that run jobs, with torch and the job code
-    imported, and the notebook tests' kernels (tests/kernel_shim.py). ``DPDS_TEST_FRESH_SERVERS=1`` starts each with a fresh interpreter, as
-    ``datasite up`` and a worker do in a deployment."""
+    imported, and the notebook tests' kernels (tests/kernel_shim.py).
+    ``DPDS_TEST_FRESH_SERVERS=1`` starts each with a fresh interpreter, as ``datasite up`` and a
+    worker do in a deployment."""
     from datasite.launch import LAUNCHER_ENV
     from server_zygote import Launcher
 

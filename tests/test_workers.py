@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -67,6 +68,16 @@ class _Site:
                       self.home.results / f"{rid}.pkl")
         enqueue(self.home, rid)
         return rid
+
+    def supervise(self) -> tuple[subprocess.Popen, list[str]]:
+        """`datasite workers wk --cpus 1` in its own session, and the lines it prints."""
+        p = subprocess.Popen([sys.executable, "-m", "datasite.cli", "workers", "wk", "--cpus",
+                              "1", "--home", str(self.home.root)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.procs.append(p)
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+        return p, lines
 
     def start_worker(self, wid: str) -> subprocess.Popen:
         p = W.spawn_worker(self.home, wid, log_path=self.home.root / f"{wid}.log")
@@ -249,14 +260,7 @@ def test_a_worker_killed_mid_job_is_refunded_once_and_replaced(site):
     """`datasite workers NAME --cpus 1`, then kill -9 its worker mid-job: the job process dies
     with it (no result is written), the supervisor refunds the job once and starts a new
     worker, which takes the next job; SIGTERM stops it all."""
-    import sys
-
-    sup = subprocess.Popen([sys.executable, "-m", "datasite.cli", "workers", "wk", "--cpus", "1",
-                            "--home", str(site.home.root)], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    site.procs.append(sup)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(sup.stdout), daemon=True).start()
+    sup, lines = site.supervise()
 
     def worker_pid(not_pid=None, timeout=120) -> int:
         t = time.monotonic()
@@ -304,18 +308,7 @@ def test_a_site_killed_with_jobs_queued_and_running_picks_up_after_restart(site)
     """The host goes down (kill -9 of the supervisor, its worker and the job in hand) with jobs
     still queued; `datasite workers` started again refunds the job that was running, once,
     visibly, and runs every queued job once."""
-    import sys
-
-    def supervise():
-        p = subprocess.Popen([sys.executable, "-m", "datasite.cli", "workers", "wk", "--cpus",
-                              "1", "--home", str(site.home.root)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        site.procs.append(p)
-        lines: list[str] = []
-        threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
-        return p, lines
-
-    sup, _ = supervise()
+    sup, _ = site.supervise()
     site.wait_workers(1)
     running = site.queue(_dpsgd(2000))
     t = time.monotonic()
@@ -334,7 +327,7 @@ def test_a_site_killed_with_jobs_queued_and_running_picks_up_after_restart(site)
     assert site.state.request(running)["state"] == Request.RUNNING  # nobody has noticed yet
     assert all(site.state.request(r)["started_at"] is None for r in queued)
 
-    sup, lines = supervise()  # the site comes back
+    sup, lines = site.supervise()  # the site comes back
     site.wait_states([running, *queued])
     assert "died" in site.state.request(running)["reason"]
     assert site.ledger.entry(running)["state"] == "refunded"
